@@ -1,0 +1,186 @@
+"""Atari environments on the RL Baselines3 Zoo protocol.
+
+``{Game}NoFrameskip-v4`` + SB3's ``AtariWrapper`` (30 no-op starts, frame skip 4,
+episodic life, fire reset, 84x84 grey, clipped reward for training) + a 4-frame stack.
+``Monitor`` sits *inside* the wrappers, so logged returns are unclipped full games, and
+one agent step is 4 emulator frames. This is exactly what ``rl_zoo3`` does, so public
+SB3 Atari agents are valid zoo members.
+
+A *task* is a game plus an optional ALE flavour (``mode``, ``difficulty``): a flavour of
+a game is a different task (``Pong`` vs ``Pong-m1-d1``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+from stable_baselines3.common.env_util import make_atari_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
+
+#: Standard evaluation cap: 108,000 frames = 30 minutes of play = 27,000 agent steps.
+MAX_EPISODE_FRAMES = 108_000
+#: Frames stacked into one observation.
+FRAME_STACK = 4
+
+_SUFFIX = "NoFrameskip-v4"
+_SLUG = re.compile(r"^(?P<game>[A-Za-z]+)(?:-m(?P<mode>\d+))?(?:-d(?P<difficulty>\d+))?$")
+
+
+def _register_ale() -> None:
+    import ale_py
+
+    gym.register_envs(ale_py)
+
+
+@functools.lru_cache(maxsize=1)
+def available_games() -> tuple[str, ...]:
+    """Short names (``Pong``) of every game registered as ``{Game}NoFrameskip-v4``."""
+    _register_ale()
+    return tuple(sorted(k[: -len(_SUFFIX)] for k in gym.registry if k.endswith(_SUFFIX) and "/" not in k))
+
+
+@functools.lru_cache(maxsize=None)
+def available_flavours(game: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(modes, difficulties)`` that ALE offers for ``game`` (a short name)."""
+    _register_ale()
+    env = gym.make(game + _SUFFIX)
+    try:
+        ale = env.unwrapped.ale
+        return tuple(int(m) for m in ale.getAvailableModes()), tuple(int(d) for d in ale.getAvailableDifficulties())
+    finally:
+        env.close()
+
+
+@dataclass(frozen=True)
+class AtariTask:
+    """A game and an optional ALE flavour. ``None`` means the game's default."""
+
+    game: str
+    mode: int | None = None
+    difficulty: int | None = None
+
+    @property
+    def env_id(self) -> str:
+        return self.game + _SUFFIX
+
+    @property
+    def slug(self) -> str:
+        """File-system friendly name: ``Pong``, ``Pong-m1``, ``Pong-m1-d1``."""
+        parts = [self.game]
+        if self.mode is not None:
+            parts.append(f"m{self.mode}")
+        if self.difficulty is not None:
+            parts.append(f"d{self.difficulty}")
+        return "-".join(parts)
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.mode is not None:
+            kwargs["mode"] = self.mode
+        if self.difficulty is not None:
+            kwargs["difficulty"] = self.difficulty
+        return kwargs
+
+    def same_task(self, other: "AtariTask") -> bool:
+        """True when both name the same game *and* flavour (``None`` equals the default 0)."""
+        return (
+            self.game == other.game
+            and (self.mode or 0) == (other.mode or 0)
+            and (self.difficulty or 0) == (other.difficulty or 0)
+        )
+
+
+def _canonical_game(name: str) -> str:
+    games = available_games()
+    short = name
+    if short.startswith("ALE/"):
+        short = short[4:].split("-v")[0]
+    for suffix in (_SUFFIX, "NoFrameskip-v0", "-v4", "-v5", "-v0"):
+        if short.endswith(suffix):
+            short = short[: -len(suffix)]
+            break
+    by_lower = {g.lower(): g for g in games}
+    if short.lower() in by_lower:
+        return by_lower[short.lower()]
+    close = difflib.get_close_matches(short, games, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"Unknown Atari game {name!r}.{hint} Use a short name such as 'Pong' or a full id such as "
+        f"'PongNoFrameskip-v4'; envs.atari.available_games() lists all {len(games)}."
+    )
+
+
+def resolve_task(game: str, mode: int | None = None, difficulty: int | None = None) -> AtariTask:
+    """Validate a game name and flavour and return the :class:`AtariTask`.
+
+    :param game: short name (``Pong``), full id (``PongNoFrameskip-v4``, ``ALE/Pong-v5``) or a
+        task slug (``Pong-m1-d1``); a slug's flavour is used unless ``mode``/``difficulty`` are given.
+    :param mode: ALE game mode, ``None`` for the default.
+    :param difficulty: ALE difficulty, ``None`` for the default.
+    :raises ValueError: for an unknown game (with the closest names) or an unsupported flavour
+        (with the valid ones).
+    """
+    match = _SLUG.match(game)
+    if match and (match["mode"] or match["difficulty"]):
+        game = match["game"]
+        mode = int(match["mode"]) if mode is None and match["mode"] else mode
+        difficulty = int(match["difficulty"]) if difficulty is None and match["difficulty"] else difficulty
+    name = _canonical_game(game)
+    modes, difficulties = available_flavours(name)
+    if mode is not None and mode not in modes:
+        raise ValueError(f"{name} has no mode {mode}; valid modes: {list(modes)}.")
+    if difficulty is not None and difficulty not in difficulties:
+        raise ValueError(f"{name} has no difficulty {difficulty}; valid difficulties: {list(difficulties)}.")
+    return AtariTask(name, mode, difficulty)
+
+
+def make_atari(
+    task: AtariTask | str,
+    n_envs: int = 8,
+    seed: int | None = 0,
+    *,
+    mode: int | None = None,
+    difficulty: int | None = None,
+    monitor_dir: str | None = None,
+    clip_reward: bool = True,
+    terminal_on_life_loss: bool = True,
+    subproc: bool = False,
+    monitor_append: bool = False,
+) -> VecEnv:
+    """Build the vectorised, frame-stacked Atari environment of the RL Baselines3 Zoo.
+
+    :param task: an :class:`AtariTask` or a game name (see :func:`resolve_task`).
+    :param n_envs: number of parallel environments.
+    :param seed: seed of the first environment; environment ``i`` gets ``seed + i``.
+    :param mode: ALE mode when ``task`` is a name.
+    :param difficulty: ALE difficulty when ``task`` is a name.
+    :param monitor_dir: folder for the Monitor CSV files (``None``: not written).
+    :param clip_reward: clip training rewards to their sign (unclipped returns are still logged).
+    :param terminal_on_life_loss: end a training episode on each lost life.
+    :param subproc: one process per environment (``SubprocVecEnv``) instead of ``DummyVecEnv``.
+    :param monitor_append: append to existing Monitor files (when resuming a run).
+    :return: a ``VecEnv`` with observations ``(n_envs, 84, 84, 4)`` uint8.
+    """
+    if not isinstance(task, AtariTask):
+        task = resolve_task(task, mode, difficulty)
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be at least 1, got {n_envs}.")
+    env_kwargs = dict(task.env_kwargs, max_episode_steps=MAX_EPISODE_FRAMES)
+    _register_ale()
+    venv = make_atari_env(
+        task.env_id,
+        n_envs=n_envs,
+        seed=seed,
+        monitor_dir=monitor_dir,
+        wrapper_kwargs=dict(clip_reward=clip_reward, terminal_on_life_loss=terminal_on_life_loss),
+        env_kwargs=env_kwargs,
+        vec_env_cls=SubprocVecEnv if subproc else DummyVecEnv,
+        monitor_kwargs=dict(override_existing=not monitor_append),
+    )
+    return VecFrameStack(venv, n_stack=FRAME_STACK)

@@ -1,0 +1,93 @@
+"""A faster CPU pipeline for SB3 actor-critic policies: bfloat16 extractor, channels-last.
+
+:class:`FastCnnPolicy` is SB3's ``CnnPolicy`` (any features extractor, ZooExtractor
+included) whose feature extractor runs under ``torch.autocast("cpu", torch.bfloat16)`` on
+channels-last tensors. Everything after the extractor (the heads, the distribution, every
+loss term) stays float32: features are cast back to float32 as they leave the extractor.
+The parameters and Adam's state stay float32 as well; only the matmuls/convolutions of the
+extractor run in bfloat16. The same rule holds in rollouts and in updates, so PPO's ratio
+sees one network, not two.
+
+Use ``policy=FastCnnPolicy`` (or ``"FastCnnPolicy"`` through :func:`policy_class`) where you
+would write ``"CnnPolicy"``; ``bf16=False, channels_last=False`` gives back plain float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticCnnPolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
+from torch import nn
+
+
+def cpu_supports_bf16() -> bool:
+    """True where oneDNN has native bfloat16 kernels (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class FastCnnPolicy(ActorCriticCnnPolicy):
+    """``ActorCriticCnnPolicy`` with a bfloat16, channels-last feature extractor.
+
+    :param bf16: run the extractor under bfloat16 autocast (``None``: when the CPU has native
+        bfloat16 support, see :func:`cpu_supports_bf16`; always off on CUDA, where it is not needed
+        for speed here).
+    :param channels_last: lay images out channels-last (NHWC), oneDNN's fast layout for convolutions.
+    Other arguments are those of :class:`~stable_baselines3.common.policies.ActorCriticCnnPolicy`.
+    """
+
+    def __init__(self, *args: Any, bf16: bool | None = None, channels_last: bool = True, **kwargs: Any) -> None:
+        self.bf16 = cpu_supports_bf16() if bf16 is None else bool(bf16)
+        self.channels_last = bool(channels_last)
+        super().__init__(*args, **kwargs)
+        if self.channels_last:
+            for extractor in {id(m): m for m in self._extractors()}.values():
+                extractor.to(memory_format=torch.channels_last)
+
+    def _extractors(self) -> list[nn.Module]:
+        if self.share_features_extractor:
+            return [self.features_extractor]
+        return [self.pi_features_extractor, self.vf_features_extractor]
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(bf16=self.bf16, channels_last=self.channels_last)
+        return data
+
+    def _run_extractor(self, obs: torch.Tensor, extractor: nn.Module) -> torch.Tensor:
+        x = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        use_bf16 = self.bf16 and x.device.type == "cpu"
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            features = extractor(x)
+        return features.float()
+
+    def extract_features(  # type: ignore[override]
+        self, obs: torch.Tensor, features_extractor: nn.Module | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if features_extractor is not None:
+            return self._run_extractor(obs, features_extractor)
+        if self.share_features_extractor:
+            return self._run_extractor(obs, self.features_extractor)
+        return self._run_extractor(obs, self.pi_features_extractor), self._run_extractor(obs, self.vf_features_extractor)
+
+    # SB3 calls BaseModel.extract_features directly (``super()``) in these two; route them
+    # through the same bf16/channels-last path so that every forward sees the same network.
+    def predict_values(self, obs: torch.Tensor) -> torch.Tensor:
+        features = self._run_extractor(obs, self.vf_features_extractor)
+        return self.value_net(self.mlp_extractor.forward_critic(features))
+
+    def get_distribution(self, obs: torch.Tensor) -> Distribution:
+        features = self._run_extractor(obs, self.pi_features_extractor)
+        return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(features))
+
+
+def policy_class(name: str) -> Any:
+    """``"FastCnnPolicy"`` -> the class; any other name is returned for SB3 to resolve."""
+    return FastCnnPolicy if name == "FastCnnPolicy" else name

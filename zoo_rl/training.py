@@ -1,0 +1,323 @@
+"""Resumable SB3 training runs: hyperparameters from YAML, periodic evaluation, checkpoints.
+
+Used by ``agents/train.py`` (the source zoo) and ``experiments/transfer.py`` (studies).
+A run lives in one folder::
+
+    run_dir/
+      config.json        resolved configuration and the command that started it
+      checkpoint.zip     latest SB3 save (weights + optimizer + step count), written atomically
+      evaluations.npz    SB3 EvalCallback layout: timesteps, results (n_evals, n_episodes), ep_lengths
+      monitor/           Monitor CSVs of the training envs (unclipped full-game returns)
+      final.zip          the finished model
+
+Killing the process at any moment loses at most one checkpoint interval: a rerun loads
+``checkpoint.zip`` and continues the step count and the learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv
+
+from zoo_rl.sources import atomic_write_bytes
+
+try:
+    from sb3_contrib import QRDQN
+except ImportError:  # sb3-contrib is in requirements.txt, but keep the core importable without it
+    QRDQN = None
+
+#: SB3 algorithms by the names used on the command line.
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
+if QRDQN is not None:
+    ALGOS["qrdqn"] = QRDQN
+#: Algorithms whose rollouts are collected on-policy (evaluated with sampled actions).
+ON_POLICY = ("ppo", "a2c")
+
+_SCHEDULE = re.compile(r"^lin_(?P<value>[-+0-9.eE]+)$")
+CHECKPOINT = "checkpoint.zip"
+FINAL = "final.zip"
+EVALUATIONS = "evaluations.npz"
+CONFIG = "config.json"
+
+
+def algo_class(algo: str) -> type[BaseAlgorithm]:
+    """The SB3 class for ``algo`` (``ppo``, ``a2c``, ``dqn``, ``qrdqn``)."""
+    try:
+        return ALGOS[algo.lower()]
+    except KeyError:
+        raise ValueError(f"Unknown algorithm {algo!r}; choose one of {sorted(ALGOS)}.") from None
+
+
+class LinearSchedule:
+    """``progress_remaining -> progress_remaining * initial`` (the RL Baselines3 Zoo's ``lin_X``)."""
+
+    def __init__(self, initial: float) -> None:
+        self.initial = float(initial)
+
+    def __call__(self, progress_remaining: float) -> float:
+        return progress_remaining * self.initial
+
+    def __repr__(self) -> str:
+        return f"lin_{self.initial:g}"
+
+
+def parse_value(value: Any) -> Any:
+    """Turn the zoo's ``lin_2.5e-4`` strings into schedules; leave everything else alone."""
+    if isinstance(value, str):
+        match = _SCHEDULE.match(value)
+        if match:
+            return LinearSchedule(float(match["value"]))
+    return value
+
+
+def load_hyperparams(path: str | Path, game: str) -> dict[str, Any]:
+    """Hyperparameters for ``game`` from a YAML file keyed like the RL Baselines3 Zoo's.
+
+    The ``atari`` entry holds the defaults; an entry named by the game (``Pong``) or its env id
+    (``PongNoFrameskip-v4``) overrides them. Values are data only: ``lin_X`` becomes a linear
+    schedule, nothing is evaluated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Hyperparameter file {path} does not exist.")
+    table = yaml.safe_load(path.read_text()) or {}
+    params = dict(table.get("atari", {}))
+    for key in (game, f"{game}NoFrameskip-v4"):
+        params.update(table.get(key, {}) or {})
+    return params
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n").encode())
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def save_model_atomic(model: BaseAlgorithm, path: str | Path) -> None:
+    """``model.save`` into a temporary file, then rename: a reader never sees half a zip."""
+    buffer = io.BytesIO()
+    model.save(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class _EveryN(BaseCallback):
+    """Calls :meth:`_fire` each time ``num_timesteps`` crosses a multiple of ``every``.
+
+    Counting on ``num_timesteps`` (not on callback calls) keeps the schedule the same after a
+    resume and for any number of environments.
+    """
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        if every <= 0:
+            raise ValueError(f"interval must be positive, got {every}.")
+        self.every = int(every)
+        self._next: int | None = None
+
+    def _on_training_start(self) -> None:
+        self._next = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self._next:
+            self._next = (self.num_timesteps // self.every + 1) * self.every
+            self._fire()
+        return True
+
+    def _fire(self) -> None:
+        raise NotImplementedError
+
+
+class CheckpointEvery(_EveryN):
+    """Save the whole model (optimizer included) to ``path`` every ``every`` steps, atomically."""
+
+    def __init__(self, path: str | Path, every: int) -> None:
+        super().__init__(every)
+        self.path = Path(path)
+
+    def _fire(self) -> None:
+        save_model_atomic(self.model, self.path)
+
+
+def load_evaluations(path: str | Path) -> dict[str, list]:
+    path = Path(path)
+    if not path.is_file():
+        return {"timesteps": [], "results": [], "ep_lengths": []}
+    with np.load(path) as data:
+        return {k: list(data[k]) for k in ("timesteps", "results", "ep_lengths")}
+
+
+def save_evaluations(path: str | Path, evaluations: dict[str, list]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in evaluations.items()})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class EvalEvery(_EveryN):
+    """Evaluate every ``every`` steps on ``eval_env``; append to ``evaluations.npz`` (resumable).
+
+    The file has SB3's ``EvalCallback`` layout, so tools that read that file read this one.
+    Returns are full-game, unclipped returns (read from the Monitor inside the wrappers).
+    """
+
+    def __init__(
+        self,
+        eval_env: VecEnv,
+        path: str | Path,
+        every: int,
+        n_episodes: int,
+        deterministic: bool,
+        on_eval: Callable[[int, np.ndarray], None] | None = None,
+    ) -> None:
+        super().__init__(every)
+        self.eval_env = eval_env
+        self.path = Path(path)
+        self.n_episodes = n_episodes
+        self.deterministic = deterministic
+        self.on_eval = on_eval
+        self.evaluations = load_evaluations(self.path)
+
+    def evaluate_now(self) -> np.ndarray:
+        if self.evaluations["timesteps"] and int(self.evaluations["timesteps"][-1]) == self.num_timesteps:
+            return np.asarray(self.evaluations["results"][-1])
+        returns, lengths = evaluate_policy(
+            self.model, self.eval_env, n_eval_episodes=self.n_episodes,
+            deterministic=self.deterministic, return_episode_rewards=True, warn=False,
+        )
+        self.evaluations["timesteps"].append(self.num_timesteps)
+        self.evaluations["results"].append(np.asarray(returns, dtype=np.float64))
+        self.evaluations["ep_lengths"].append(np.asarray(lengths, dtype=np.int64))
+        save_evaluations(self.path, self.evaluations)
+        self.logger.record("eval/mean_reward", float(np.mean(returns)))
+        if self.on_eval is not None:
+            self.on_eval(self.num_timesteps, np.asarray(returns))
+        return np.asarray(returns)
+
+    def _fire(self) -> None:
+        self.evaluate_now()
+
+
+@dataclass
+class RunSpec:
+    """Everything a resumable run needs besides the environments.
+
+    :param run_dir: the run's folder (created).
+    :param algo: ``ppo``, ``a2c``, ``dqn`` or ``qrdqn``.
+    :param total_steps: agent steps to train for (1 step = 4 frames, summed over envs).
+    :param hyperparams: SB3 constructor arguments (``n_envs`` and ``policy`` excluded).
+    :param policy: SB3 policy name or class.
+    :param seed: SB3 seed.
+    :param checkpoint_every: steps between checkpoints.
+    :param eval_every: steps between evaluations (0: none during training).
+    :param eval_episodes: episodes per evaluation.
+    :param device: torch device (``auto``).
+    """
+
+    run_dir: Path
+    algo: str
+    total_steps: int
+    hyperparams: dict[str, Any]
+    policy: Any = "CnnPolicy"
+    seed: int = 0
+    checkpoint_every: int = 50_000
+    eval_every: int = 0
+    eval_episodes: int = 5
+    device: str = "auto"
+
+
+def build_or_resume(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorithm:
+    """A fresh model, or the one in ``run_dir/checkpoint.zip`` with its step count."""
+    cls = algo_class(spec.algo)
+    checkpoint = Path(spec.run_dir) / CHECKPOINT
+    if checkpoint.is_file():
+        model = cls.load(checkpoint, env=env, device=spec.device)
+        if verbose:
+            print(f"Resuming {checkpoint} at {model.num_timesteps} steps", flush=True)
+        return model
+    kwargs = {k: parse_value(v) for k, v in spec.hyperparams.items()}
+    return cls(spec.policy, env, seed=spec.seed, device=spec.device, verbose=verbose, **kwargs)
+
+
+def train_run(
+    spec: RunSpec,
+    env: VecEnv,
+    eval_env: VecEnv | None = None,
+    callbacks: list[BaseCallback] | None = None,
+    verbose: int = 0,
+    model: BaseAlgorithm | None = None,
+) -> tuple[BaseAlgorithm, EvalEvery | None]:
+    """Train (or resume) ``spec`` to ``total_steps``; checkpoints and evaluations on the way.
+
+    :param model: a model built by the caller (e.g. with a custom extractor); ignored when a
+        checkpoint exists, which always wins so that a rerun resumes.
+    :return: the trained model and the evaluation callback (``None`` without ``eval_env``).
+    """
+    run_dir = Path(spec.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / CHECKPOINT).is_file() or model is None:
+        model = build_or_resume(spec, env, verbose)
+    all_callbacks: list[BaseCallback] = [CheckpointEvery(run_dir / CHECKPOINT, spec.checkpoint_every)]
+    evaluator = None
+    if eval_env is not None:
+        every = spec.eval_every if spec.eval_every > 0 else spec.total_steps + 1
+        evaluator = EvalEvery(eval_env, run_dir / EVALUATIONS, every, spec.eval_episodes,
+                              deterministic=spec.algo not in ON_POLICY)
+        all_callbacks.append(evaluator)
+    all_callbacks += callbacks or []
+    remaining = spec.total_steps - model.num_timesteps
+    started = time.time()
+    if remaining > 0:
+        model.learn(remaining, callback=CallbackList(all_callbacks), reset_num_timesteps=False,
+                    progress_bar=False)
+    save_model_atomic(model, run_dir / CHECKPOINT)
+    if evaluator is not None and evaluator.model is None:
+        evaluator.init_callback(model)
+    status = {"num_timesteps": int(model.num_timesteps), "seconds_this_call": time.time() - started}
+    write_json(run_dir / "status.json", status)
+    return model, evaluator
+
+
+def env_versions() -> dict[str, str]:
+    """Versions of the packages a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "stable-baselines3", "sb3-contrib", "gymnasium", "ale-py", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def cpu_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

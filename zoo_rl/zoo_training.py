@@ -1,0 +1,192 @@
+"""Training source agents for the zoo and exporting them in the compact format.
+
+``agents/train.py`` is the command-line front end. One source = one resumable run under
+``runs/zoo/<name>/`` (checkpoints, evaluations, monitor logs) whose result is exported to
+``agents/zoo/<name>/`` (``weights.pt`` + ``meta.json``, see :mod:`zoo_rl.sources`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecEnv
+
+from envs.atari import AtariTask, make_atari, resolve_task
+from zoo_rl.fast import policy_class
+from zoo_rl.sources import LAYERS, write_compact
+from zoo_rl.training import ON_POLICY, RunSpec, command_line, env_versions, load_hyperparams, train_run, write_json
+
+#: Episodes of the final evaluation and of the random-policy baseline.
+FINAL_EVAL_EPISODES = 10
+#: Observations collected to check that float16 storage keeps every greedy action.
+FP16_CHECK_OBS = 512
+_EXTRACTOR_PREFIXES = ("features_extractor.", "pi_features_extractor.", "vf_features_extractor.",
+                       "q_net.features_extractor.", "quantile_net.features_extractor.")
+
+
+@dataclass
+class SourceSpec:
+    """One zoo member to train (a manifest entry)."""
+
+    game: str
+    algo: str = "ppo"
+    steps: int = 1_000_000
+    seed: int = 0
+    mode: int | None = None
+    difficulty: int | None = None
+    name: str | None = None
+
+    @property
+    def task(self) -> AtariTask:
+        return resolve_task(self.game, self.mode, self.difficulty)
+
+    @property
+    def source_name(self) -> str:
+        return self.name or self.task.slug.lower()
+
+
+def read_manifest(path: str | Path) -> list[SourceSpec]:
+    """Zoo members listed in ``manifest.yml`` (``sources: [{game: Pong, mode: 1, ...}]``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Zoo manifest {path} does not exist.")
+    entries = (yaml.safe_load(path.read_text()) or {}).get("sources", [])
+    known = set(SourceSpec.__dataclass_fields__)
+    specs = []
+    for entry in entries:
+        unknown = set(entry) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)} in entry {entry}; allowed: {sorted(known)}.")
+        specs.append(SourceSpec(**entry))
+    return specs
+
+
+def split_policy_state(model: BaseAlgorithm) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(extractor, heads)`` tensors of a trained SB3 model; target networks are dropped."""
+    state = model.policy.state_dict()
+    extractor: dict[str, torch.Tensor] = {}
+    heads: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if "_target" in key:
+            continue
+        prefix = next((p for p in _EXTRACTOR_PREFIXES if key.startswith(p)), None)
+        if prefix is None:
+            heads[key] = value
+        elif prefix != "vf_features_extractor." and key[len(prefix):].split(".")[0] in ("cnn", "linear"):
+            extractor.setdefault(key[len(prefix):], value)
+    return extractor, heads
+
+
+def collect_observations(env: VecEnv, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` observations from random play, for dtype round-trip checks."""
+    rng = np.random.default_rng(seed)
+    obs = env.reset()
+    out = []
+    while sum(len(o) for o in out) < n:
+        out.append(obs)
+        obs, *_ = env.step(rng.integers(env.action_space.n, size=env.num_envs))
+    return np.concatenate(out)[:n]
+
+
+def float16_is_exact(model: BaseAlgorithm, observations: np.ndarray) -> bool:
+    """True if rounding the policy to float16 keeps every greedy action on ``observations``."""
+    policy = model.policy
+    rounded = copy.deepcopy(policy)
+    rounded.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in policy.state_dict().items()})
+    a, _ = policy.predict(observations, deterministic=True)
+    b, _ = rounded.predict(observations, deterministic=True)
+    return bool(np.array_equal(a, b))
+
+
+def random_returns(env: VecEnv, n_episodes: int, seed: int) -> list[float]:
+    """Full-game returns of the uniform random policy on ``env`` (Monitor inside the wrappers)."""
+    rng = np.random.default_rng(seed)
+    env.seed(seed)
+    env.reset()
+    returns: list[float] = []
+    while len(returns) < n_episodes:
+        _, _, _, infos = env.step(rng.integers(env.action_space.n, size=env.num_envs))
+        returns += [float(info["episode"]["r"]) for info in infos if "episode" in info]
+    return returns[:n_episodes]
+
+
+def train_source(
+    spec: SourceSpec,
+    zoo_dir: str | Path = "agents/zoo",
+    runs_dir: str | Path = "runs/zoo",
+    hyperparams_dir: str | Path = Path(__file__).resolve().parents[1] / "agents" / "hyperparams",
+    eval_every: int = 250_000,
+    eval_episodes: int = 5,
+    checkpoint_every: int = 50_000,
+    device: str = "auto",
+    verbose: int = 1,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) one source and export it to ``zoo_dir/<name>``; return its metadata."""
+    task = spec.task
+    name = spec.source_name
+    run_dir = Path(runs_dir) / name
+    params = load_hyperparams(Path(hyperparams_dir) / f"{spec.algo}.yml", task.game)
+    n_envs = int(params.pop("n_envs", 8))
+    policy = policy_class(params.pop("policy", "CnnPolicy"))
+    run = RunSpec(run_dir=run_dir, algo=spec.algo, total_steps=spec.steps, hyperparams=params, policy=policy,
+                  seed=spec.seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                  eval_episodes=eval_episodes, device=device)
+    resumed = (run_dir / "checkpoint.zip").is_file()
+    env = make_atari(task, n_envs, seed=spec.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed)
+    eval_env = make_atari(task, eval_episodes, seed=spec.seed + 10_000)
+    write_json(run_dir / "config.json", {"source": asdict(spec), "task": asdict(task), "n_envs": n_envs,
+                                         "hyperparams": params, "command": command_line(), "versions": env_versions()})
+    started = time.time()
+    model, evaluator = train_run(run, env, eval_env, verbose=verbose)
+    train_seconds = time.time() - started
+
+    final_env = make_atari(task, FINAL_EVAL_EPISODES, seed=spec.seed + 20_000)
+    final, _ = evaluate_policy(model, final_env, n_eval_episodes=FINAL_EVAL_EPISODES,
+                               deterministic=spec.algo not in ON_POLICY, return_episode_rewards=True, warn=False)
+    rand = random_returns(final_env, FINAL_EVAL_EPISODES, seed=spec.seed + 30_000)
+    test_obs = collect_observations(make_atari(task, 8, seed=spec.seed + 40_000), FP16_CHECK_OBS)
+    dtype = torch.float16 if float16_is_exact(model, test_obs) else torch.float32
+    extractor, heads = split_policy_state(model)
+    meta = {
+        "name": name,
+        "game": task.game,
+        "env_id": task.env_id,
+        "mode": task.mode,
+        "difficulty": task.difficulty,
+        "algo": spec.algo,
+        "seed": spec.seed,
+        "steps": int(model.num_timesteps),
+        "n_envs": n_envs,
+        "policy": getattr(policy, "__name__", str(policy)),
+        "hyperparams": {k: repr(v) if not isinstance(v, (int, float, str, bool, type(None))) else v
+                        for k, v in params.items()},
+        "eval_return_mean": float(np.mean(final)),
+        "eval_return_std": float(np.std(final)),
+        "eval_episodes": len(final),
+        "eval_deterministic": spec.algo not in ON_POLICY,
+        "random_return_mean": float(np.mean(rand)),
+        "random_return_std": float(np.std(rand)),
+        "n_actions": int(env.action_space.n),
+        "observation_shape": list(model.observation_space.shape),
+        "layers": list(LAYERS),
+        "train_seconds_last_call": round(train_seconds, 1),
+        "command": f"python agents/train.py --game {task.game} --algo {spec.algo} --steps {spec.steps} --seed {spec.seed}"
+                   + (f" --mode {task.mode}" if task.mode is not None else "")
+                   + (f" --difficulty {task.difficulty}" if task.difficulty is not None else ""),
+        "versions": env_versions(),
+        **(extra_meta or {}),
+    }
+    meta = write_compact(Path(zoo_dir) / name, extractor, heads, meta, dtype=dtype)
+    for venv in (env, eval_env, final_env):
+        venv.close()
+    return meta
