@@ -45,9 +45,11 @@ class FastCnnPolicy(ActorCriticCnnPolicy):
         self.bf16 = cpu_supports_bf16() if bf16 is None else bool(bf16)
         self.channels_last = bool(channels_last)
         super().__init__(*args, **kwargs)
-        if self.channels_last:
-            for extractor in {id(m): m for m in self._extractors()}.values():
-                extractor.to(memory_format=torch.channels_last)
+        if self.channels_last:  # conv kernels in NHWC too; other layouts (e.g. a zoo bank) are left alone
+            for extractor in self._extractors():
+                for module in extractor.modules():
+                    if isinstance(module, nn.Conv2d):
+                        module.to(memory_format=torch.channels_last)
 
     def _extractors(self) -> list[nn.Module]:
         if self.share_features_extractor:

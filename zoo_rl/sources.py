@@ -12,8 +12,8 @@ Formats understood by :func:`load_source`:
   ``q_net.features_extractor.``, ``quantile_net.features_extractor.`` keys);
 - a **CleanRL** Atari checkpoint (``network.0/2/4/7``; CleanRL divides by 255 inside
   ``forward`` where SB3 divides in ``preprocess_obs``, so the weights see the same inputs);
-- a **Hugging Face hub** id of the RL Baselines3 Zoo (``sb3/ppo-PongNoFrameskip-v4``), when
-  ``huggingface_sb3`` is installed and the hub is reachable.
+- a **Hugging Face hub** id of the RL Baselines3 Zoo (``sb3/ppo-PongNoFrameskip-v4``), fetched
+  with ``huggingface_hub`` when the hub is reachable.
 
 Only tensors are ever read (``torch.load(..., weights_only=True)``): the pickled ``data``
 entry of an SB3 zip is never opened, so a zip from a stranger cannot run code.
@@ -50,6 +50,14 @@ WEIGHTS_FILE = "weights.pt"
 META_FILE = "meta.json"
 #: ``owner/name`` with no file suffix: a Hugging Face hub id when no such local path exists.
 _HUB_ID = re.compile(r"^(hf:)?[A-Za-z0-9_-]+/[A-Za-z0-9_.-]+-v\d+$|^hf:.+$")
+
+
+class SourceUnavailable(FileNotFoundError):
+    """A source that cannot be read *here*: a missing path, or a hub id while offline.
+
+    ``ZooExtractor`` treats it differently from a broken file: a saved model restores its
+    bank from its own weights, so loading it must work with the zoo files gone.
+    """
 
 
 @dataclass
@@ -213,22 +221,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def _from_hub(repo_id: str) -> Path:
+    """Download ``<name>.zip`` of an RL Baselines3 Zoo repository (``sb3/ppo-PongNoFrameskip-v4``)."""
     try:
-        from huggingface_sb3 import load_from_hub
+        from huggingface_hub import hf_hub_download
     except ImportError:
-        raise ValueError(
-            f"{repo_id!r} is no local path and looks like a Hugging Face hub id, but huggingface_sb3 is "
-            "not installed: "
-            "`pip install huggingface_sb3`, or download the zip and pass its path."
+        raise SourceUnavailable(
+            f"{repo_id!r} is no local path and looks like a Hugging Face hub id, but huggingface_hub is not "
+            "installed: `pip install huggingface_hub`, or download the zip and pass its path."
         ) from None
-    env_name = repo_id.split("/", 1)[1].split("-", 1)[-1]
     filename = repo_id.split("/", 1)[1] + ".zip"
     try:
-        return Path(load_from_hub(repo_id=repo_id, filename=filename))
-    except Exception as exc:  # network errors come in many types
-        raise ValueError(
-            f"Could not fetch {repo_id!r} ({filename}, env {env_name}) from the Hugging Face hub: "
-            f"{type(exc).__name__}. Are you offline? Download the zip elsewhere and pass its path."
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except Exception as exc:  # offline, unknown repo, ...: huggingface_hub raises many types
+        raise SourceUnavailable(
+            f"Could not fetch {filename} of {repo_id!r} from the Hugging Face hub ({type(exc).__name__}). "
+            "Are you offline? Download the zip where the hub is reachable and pass its path instead."
         ) from None
 
 
@@ -248,7 +255,7 @@ def load_source(spec: str | os.PathLike, name: str | None = None) -> Source:
             repo_id = text.removeprefix("hf:")
             zip_path = _from_hub(repo_id)
             return Source(name or repo_id.split("/")[-1], read_sb3_zip(zip_path)[0], {"origin": repo_id})
-        raise FileNotFoundError(
+        raise SourceUnavailable(
             f"Zoo source {text!r} does not exist. Give a zoo folder (agents/zoo/<name>), an SB3 .zip, "
             "a CleanRL checkpoint, or a hub id such as 'hf:sb3/ppo-PongNoFrameskip-v4'."
         )
@@ -257,8 +264,13 @@ def load_source(spec: str | os.PathLike, name: str | None = None) -> Source:
         state, meta = read_compact(path)
         extractor = _check_extractor(_strip(state, "features."), str(path))
         return Source(label, extractor, dict(meta, origin=str(path)))
-    if zipfile.is_zipfile(path):
-        return Source(label, read_sb3_zip(path)[0], {"origin": str(path)})
+    if zipfile.is_zipfile(path):  # an SB3 zip, or a torch checkpoint (also a zip since torch 1.6)
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        if "policy.pth" in names:
+            return Source(label, read_sb3_zip(path)[0], {"origin": str(path)})
+        if not any(n.endswith("data.pkl") for n in names):
+            raise ValueError(f"{path} is a zip but neither an SB3 model (no policy.pth) nor a torch checkpoint.")
     state = _read_tensors(path, str(path))
     if any(k.startswith("network.") for k in state):
         return Source(label, _from_cleanrl(state, str(path)), {"origin": str(path)})

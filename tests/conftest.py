@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny image environment and a zoo of random NatureCNN sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.torch_layers import NatureCNN
+
+from zoo_rl.sources import write_compact
+
+# One thread: the tests are many small ops, and CI's two cores may be shared with another job.
+torch.set_num_threads(1)
+
+OBS_SHAPE_HWC = (84, 84, 4)
+OBS_SPACE_CHW = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+
+
+class ImageEnv(gym.Env):
+    """84x84x4 uint8 observations, 3 actions, 40-step episodes: Atari's shapes at no emulator cost."""
+
+    metadata: dict = {"render_modes": []}
+
+    def __init__(self, n_actions: int = 3, episode_length: int = 40) -> None:
+        self.observation_space = gym.spaces.Box(0, 255, OBS_SHAPE_HWC, np.uint8)
+        self.action_space = gym.spaces.Discrete(n_actions)
+        self.episode_length = episode_length
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        return self.np_random.integers(0, 256, OBS_SHAPE_HWC, dtype=np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self._t += 1
+        reward = float(action == self._t % self.action_space.n)
+        return self._obs(), reward, self._t >= self.episode_length, False, {}
+
+
+def random_nature_state(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return NatureCNN(OBS_SPACE_CHW).state_dict()
+
+
+@pytest.fixture(scope="session")
+def zoo_paths(tmp_path_factory) -> list[str]:
+    """Three compact zoo folders holding different random NatureCNNs."""
+    root = tmp_path_factory.mktemp("zoo")
+    paths = []
+    for k in range(3):
+        folder = root / f"src{k}"
+        write_compact(folder, random_nature_state(k), {"action_net.weight": torch.zeros(3, 512)}, {"name": f"src{k}"})
+        paths.append(str(folder))
+    return paths
+
+
+@pytest.fixture()
+def image_env():
+    from stable_baselines3.common.env_util import make_vec_env
+
+    return make_vec_env(ImageEnv, n_envs=2, seed=0)
+
+
+def obs_batch(n: int = 8, seed: int = 0) -> torch.Tensor:
+    """``(n, 4, 84, 84)`` float observations scaled like SB3's preprocessing (0..1)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 4, 84, 84), generator=g).float() / 255.0
+
+
+def tmp_copy(paths: list[str], tmp: Path) -> list[str]:
+    import shutil
+
+    out = []
+    for p in paths:
+        dest = tmp / Path(p).name
+        shutil.copytree(p, dest)
+        out.append(str(dest))
+    return out

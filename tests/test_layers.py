@@ -1,0 +1,173 @@
+"""ZooLayer and ZooExtractor invariants: one-hot gates, single-source zoos, uniform, lite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from stable_baselines3.common.torch_layers import NatureCNN
+
+from conftest import OBS_SPACE_CHW, obs_batch, random_nature_state
+from zoo_rl.extractor import ZooExtractor
+from zoo_rl.layers import GATE_MODES, SourceGate, ZooLayer
+from zoo_rl.sources import LAYERS, load_source
+
+
+def nature(state) -> NatureCNN:
+    net = NatureCNN(OBS_SPACE_CHW)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def one_hot_extractor(zoo_paths, k):
+    """An extractor whose every gate selects source k (sample mode, identity alignment)."""
+    ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths, gate="sample")
+    with torch.no_grad():
+        for layer in ext.layers.values():
+            layer.gate.weight2.zero_()
+            layer.gate.bias2.fill_(-1e4)
+            layer.gate.bias2[k] = 1e4
+    return ext.eval()
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_one_hot_gate_reproduces_source_exactly(zoo_paths, k):
+    x = obs_batch()
+    expected = nature(random_nature_state(k))(x)
+    got = one_hot_extractor(zoo_paths, k)(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", GATE_MODES)
+@pytest.mark.parametrize("normalisation", ["softmax", "sigmoid-sum"])
+def test_zoo_of_one_source_is_that_source(zoo_paths, mode, normalisation):
+    ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths[:1], gate=mode, normalisation=normalisation)
+    x = obs_batch()
+    expected = nature(random_nature_state(0))(x)
+    for training in (True, False):
+        ext.train(training)
+        torch.testing.assert_close(ext(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_uniform_equals_averaged_weights(zoo_paths):
+    ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths, gate="uniform")
+    states = [random_nature_state(k) for k in range(3)]
+    averaged = {key: sum(s[key] for s in states) / 3 for key in states[0]}
+    x = obs_batch()
+    torch.testing.assert_close(ext(x), nature(averaged)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_sigmoid_gates_inflate_the_output_scale(zoo_paths):
+    """Why the default is normalised: K sigmoids near 0.5 scale every layer by K/2 (no batch norm)."""
+    x = obs_batch(32)
+    first, final = {}, {}
+    for norm in ("sigmoid", "softmax"):
+        ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths, gate="batch", normalisation=norm)
+        first[norm] = ext.layers["cnn_0"](x)
+        final[norm] = ext(x).norm().item()
+    torch.testing.assert_close(first["sigmoid"], 1.5 * first["softmax"])  # K/2 = 1.5 with K = 3
+    assert final["sigmoid"] > 1.5 * final["softmax"]  # and it compounds through the layers
+
+
+def test_every_gate_starts_equal():
+    gate = SourceGate(16, 4, "sigmoid-sum")
+    values = gate(torch.randn(5, 16, 3, 3))
+    torch.testing.assert_close(values, torch.full((5, 4), 0.25))
+
+
+def lite_layer(seed=0, momentum=0.1):
+    g = torch.Generator().manual_seed(seed)
+    layer = ZooLayer(torch.randn(3, 6, 8, generator=g), torch.randn(3, 6, generator=g), mode="lite",
+                     lite_momentum=momentum)
+    with torch.no_grad():
+        layer.gate.weight2.normal_(generator=g)
+    return layer
+
+
+def test_lite_moving_average_starts_from_first_batch_and_updates():
+    layer = lite_layer()
+    x1, x2 = torch.randn(4, 8), torch.randn(4, 8) + 3
+    first = layer.gate(x1).mean(0).detach()
+    layer.train()
+    layer(x1)
+    # started from the first batch mean, then one update towards it again: still that mean
+    torch.testing.assert_close(layer.running_gates, first)
+    second = layer.gate(x2).mean(0).detach()
+    layer(x2)
+    torch.testing.assert_close(layer.running_gates, 0.9 * first + 0.1 * second)
+
+
+def test_lite_uses_the_same_gates_in_train_and_eval():
+    """Rollouts (eval) and PPO updates (train) see one network: the first ratio is exactly 1."""
+    layer = lite_layer()
+    x = torch.randn(4, 8)
+    layer.train()
+    layer(torch.randn(4, 8))  # initialise the average
+    layer.eval()
+    out_eval = layer(x)
+    layer.train()
+    out_train = layer(x)
+    torch.testing.assert_close(out_train, out_eval, rtol=0, atol=0)
+
+
+def test_lite_gate_network_gets_gradients():
+    layer = lite_layer()
+    layer.train()
+    layer(torch.randn(4, 8)).square().sum().backward()
+    assert layer.gate.weight2.grad is not None and layer.gate.weight2.grad.abs().sum() > 0
+
+
+def test_lite_eval_does_not_move_the_average():
+    layer = lite_layer()
+    layer.train()
+    layer(torch.randn(4, 8))
+    before = layer.running_gates.clone()
+    layer.eval()
+    layer(torch.randn(4, 8) + 5)
+    torch.testing.assert_close(layer.running_gates, before)
+
+
+@pytest.mark.parametrize("mode", ["lite", "uniform"])
+def test_merged_layer_equals_layer_in_eval(mode):
+    layer = lite_layer() if mode == "lite" else ZooLayer(torch.randn(3, 6, 8), torch.randn(3, 6), mode="uniform")
+    with torch.no_grad():
+        if layer.align is not None:
+            layer.align.add_(0.1 * torch.randn_like(layer.align))
+    layer.train()
+    layer(torch.randn(4, 8))
+    layer.eval()
+    x = torch.randn(4, 8)
+    w, b = layer.merged()
+    torch.testing.assert_close(layer(x), x @ w.t() + b, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_mode_cannot_merge():
+    layer = ZooLayer(torch.randn(3, 6, 8), torch.randn(3, 6), mode="sample")
+    with pytest.raises(ValueError, match="mode='lite'"):
+        layer.merged()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(gate="average"), "Unknown gate mode 'average'"),
+    (dict(normalisation="relu"), "Unknown gate normalisation 'relu'"),
+    (dict(zoo=[]), "non-empty list"),
+    (dict(zoo="agents/zoo/pong"), "non-empty list"),
+])
+def test_bad_extractor_arguments(zoo_paths, kwargs, match):
+    args = dict(zoo=zoo_paths) | kwargs
+    with pytest.raises(ValueError, match=match):
+        ZooExtractor(OBS_SPACE_CHW, **args)
+
+
+def test_no_alignment_option(zoo_paths):
+    ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths, align=False)
+    assert all(layer.align is None for layer in ext.layers.values())
+    assert all(layer.align is not None for layer in ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths).layers.values())
+
+
+def test_bank_holds_every_source(zoo_paths):
+    ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths)
+    for k, path in enumerate(zoo_paths):
+        src = load_source(path)
+        for name, key in zip(ext.layers, LAYERS):
+            assert torch.equal(ext.layers[name].weight[k], src.state[f"{key}.weight"])
+            assert torch.equal(ext.layers[name].bias[k], src.state[f"{key}.bias"])

@@ -1,0 +1,191 @@
+"""ZooExtractor inside SB3: weights survive construction, every algorithm learns, save/load, export."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sb3_contrib import QRDQN
+from stable_baselines3 import A2C, DQN, PPO
+
+import zoo_rl.extractor as extractor_module
+from conftest import obs_batch, tmp_copy
+from zoo_rl import GateLogger, ZooExtractor, export_lite
+from zoo_rl.fast import FastCnnPolicy
+from zoo_rl.sources import LAYERS, SourceUnavailable, load_source
+
+ON_POLICY = {"ppo": PPO, "a2c": A2C}
+OFF_POLICY = {"dqn": DQN, "qrdqn": QRDQN}
+SMALL = {
+    "ppo": dict(n_steps=32, batch_size=32, n_epochs=1),
+    "a2c": dict(n_steps=8),
+    "dqn": dict(buffer_size=500, learning_starts=64, target_update_interval=50, train_freq=4, batch_size=16),
+    "qrdqn": dict(buffer_size=500, learning_starts=64, target_update_interval=50, train_freq=4, batch_size=16,
+                  policy_kwargs=dict(n_quantiles=5)),
+}
+
+
+def build(algo, env, zoo, gate="lite", share=True, **extra):
+    cls = {**ON_POLICY, **OFF_POLICY}[algo]
+    kwargs = dict(SMALL[algo])
+    policy_kwargs = dict(kwargs.pop("policy_kwargs", {}))
+    policy_kwargs.update(features_extractor_class=ZooExtractor, features_extractor_kwargs=dict(zoo=zoo, gate=gate))
+    if algo in ON_POLICY:
+        policy_kwargs.update(net_arch=[], share_features_extractor=share)
+    policy_kwargs.update(extra.pop("policy_kwargs", {}))
+    return cls(extra.pop("policy", "CnnPolicy"), env, learning_rate=1e-4, seed=0, policy_kwargs=policy_kwargs,
+               device="cpu", **kwargs, **extra)
+
+
+def extractors(model):
+    return [m for m in model.policy.modules() if isinstance(m, ZooExtractor)]
+
+
+CASES = [("ppo", True), ("ppo", False), ("a2c", True), ("a2c", False), ("dqn", True), ("qrdqn", True)]
+
+
+@pytest.mark.parametrize("algo, share", CASES)
+def test_pretrained_weights_survive_policy_construction(image_env, zoo_paths, algo, share):
+    model = build(algo, image_env, zoo_paths, share=share)
+    found = extractors(model)
+    assert len(found) >= (2 if algo in OFF_POLICY or not share else 1)
+    for ext in found:
+        for k, path in enumerate(zoo_paths):
+            src = load_source(path).state
+            for name, key in zip(ext.layers, LAYERS):
+                assert torch.equal(ext.layers[name].weight[k], src[f"{key}.weight"]), (algo, name, k)
+
+
+def test_zoo_is_read_once(image_env, zoo_paths, tmp_path, monkeypatch):
+    calls = []
+    original = extractor_module.load_zoo
+    monkeypatch.setattr(extractor_module, "load_zoo", lambda specs: calls.append(specs) or original(specs))
+    paths = tmp_copy(zoo_paths, tmp_path)  # a new key for the cache
+    build("dqn", image_env, paths)  # q_net and q_net_target
+    build("ppo", image_env, paths, share=False)  # pi and vf extractors
+    assert len(calls) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo, share", CASES)
+def test_learn_save_delete_zoo_load_same_actions(image_env, zoo_paths, tmp_path, algo, share):
+    paths = tmp_copy(zoo_paths, tmp_path / "zoo")
+    model = build(algo, image_env, paths, share=share)
+    model.learn(200)
+    obs = image_env.reset()
+    before, _ = model.predict(obs, deterministic=True)
+    model.save(tmp_path / "target.zip")
+    shutil.rmtree(tmp_path / "zoo")
+    extractor_module._ZOO_CACHE.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = type(model).load(tmp_path / "target.zip", device="cpu")
+    after, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(before, after)
+    for a, b in zip(extractors(model), extractors(loaded)):
+        for name in a.layers:
+            assert torch.equal(a.layers[name].weight, b.layers[name].weight)
+            assert torch.equal(a.layers[name].running_gates, b.layers[name].running_gates)
+
+
+def test_missing_zoo_fails_at_first_use_with_the_path(image_env, tmp_path):
+    with pytest.warns(UserWarning, match="empty bank"):
+        model = build("ppo", image_env, [str(tmp_path / "nowhere")])
+    with pytest.raises(SourceUnavailable, match="nowhere' does not exist"):
+        model.learn(64)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+def test_export_lite_matches_lite_model(image_env, zoo_paths, algo):
+    model = build(algo, image_env, zoo_paths)
+    model.learn(300)
+    for ext in extractors(model):  # make alignment and gates matter
+        with torch.no_grad():
+            for layer in ext.layers.values():
+                layer.align.add_(0.05 * torch.randn_like(layer.align))
+                layer.running_gates.copy_(torch.softmax(torch.randn(3), 0))
+    plain = export_lite(model)
+    assert not extractors(plain)
+    assert type(plain) is type(model)
+    model.policy.set_training_mode(False)
+    x = obs_batch(16)
+    with torch.no_grad():
+        if algo == "ppo":
+            got, want = plain.policy.evaluate_actions(x, torch.zeros(16)), model.policy.evaluate_actions(x, torch.zeros(16))
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+            got_logits = plain.policy.get_distribution(x).distribution.logits
+            want_logits = model.policy.get_distribution(x).distribution.logits
+        else:
+            got_logits, want_logits = plain.q_net(x), model.q_net(x)
+        assert (got_logits - want_logits).abs().max() <= 1e-5
+        np.testing.assert_array_equal(plain.predict(x.numpy(), deterministic=True)[0],
+                                      model.predict(x.numpy(), deterministic=True)[0])
+    n_plain = sum(p.numel() for p in plain.policy.parameters())
+    n_nature = sum(p.numel() for p in build_plain(algo, image_env, model.policy.net_arch).policy.parameters())
+    assert n_plain == n_nature
+
+
+def build_plain(algo, env, net_arch):
+    cls = {**ON_POLICY, **OFF_POLICY}[algo]
+    kwargs = dict(SMALL[algo])
+    kwargs.pop("policy_kwargs", None)
+    return cls("CnnPolicy", env, policy_kwargs=dict(net_arch=net_arch), device="cpu", **kwargs)
+
+
+def test_export_rejects_per_sample_gates(image_env, zoo_paths):
+    with pytest.raises(ValueError, match="gate='lite'"):
+        export_lite(build("ppo", image_env, zoo_paths, gate="sample"))
+
+
+def test_lite_average_reaches_dqn_target_network(image_env, zoo_paths):
+    model = build("dqn", image_env, zoo_paths)
+    model.learn(400)  # learning starts at 64, target syncs every 50 steps
+    online = model.q_net.features_extractor.layers["cnn_0"]
+    target = model.q_net_target.features_extractor.layers["cnn_0"]
+    assert online.running_updates.item() > 1
+    model._on_step()  # force a sync check of the last step
+    with torch.no_grad():
+        from stable_baselines3.common.utils import polyak_update
+        polyak_update(model.batch_norm_stats, model.batch_norm_stats_target, 1.0)
+    torch.testing.assert_close(target.running_gates, online.running_gates)
+    names = [n for n, _ in model.q_net.named_buffers() if "running_" in n]
+    assert any("running_gates" in n for n in names)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_lite_ppo_first_ratio_is_one(image_env, zoo_paths, share):
+    """Rollouts in eval mode and updates in train mode give the same log-probabilities."""
+    model = build("ppo", image_env, zoo_paths, share=share)
+    model.learn(64)
+    x = obs_batch(16)
+    actions = torch.randint(0, 3, (16,))
+    model.policy.set_training_mode(False)
+    with torch.no_grad():
+        _, logp_rollout, _ = model.policy.evaluate_actions(x, actions)
+    model.policy.set_training_mode(True)
+    _, logp_train, _ = model.policy.evaluate_actions(x, actions)
+    torch.testing.assert_close(torch.exp(logp_train - logp_rollout), torch.ones(16), rtol=0, atol=0)
+
+
+def test_gate_logger_records_every_source(image_env, zoo_paths, tmp_path):
+    model = build("ppo", image_env, zoo_paths, gate="sample")
+    model.learn(128, callback=GateLogger(csv_path=tmp_path / "gates.csv", every=32))
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "gates.csv")
+    assert set(table.columns) == {"timesteps", "extractor", "layer", "source", "gate"}
+    assert set(table["source"]) == {"src0", "src1", "src2"}
+    assert set(table["layer"]) == {"cnn_0", "cnn_2", "cnn_4", "linear_0"}
+    sums = table.groupby(["timesteps", "layer"])["gate"].sum()
+    np.testing.assert_allclose(sums, 1.0, rtol=1e-5)
+
+
+def test_fast_policy_works_with_zoo_extractor(image_env, zoo_paths):
+    model = build("ppo", image_env, zoo_paths, policy=FastCnnPolicy)
+    model.learn(64)
+    assert model.policy.bf16 in (True, False)
+    assert extractors(model)

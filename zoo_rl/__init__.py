@@ -1,0 +1,32 @@
+"""zoo-rl: Zoo-Tuning (Shu et al., ICML 2021) for stable-baselines3.
+
+Public API: :class:`ZooExtractor` (plug into any SB3 algorithm through ``policy_kwargs``),
+:func:`export_lite` (a lite model as one plain NatureCNN), :func:`load_zoo` /
+:func:`load_source` (read SB3 zips, compact zoo folders, CleanRL checkpoints, hub ids),
+:class:`GateLogger` (gates to the SB3 logger), and the layers themselves.
+"""
+
+from zoo_rl.aggregate import zoo_conv2d, zoo_linear
+from zoo_rl.callbacks import GateLogger
+from zoo_rl.export import export_lite
+from zoo_rl.extractor import ZooExtractor
+from zoo_rl.fast import FastCnnPolicy
+from zoo_rl.layers import GATE_MODES, NORMALISATIONS, SourceGate, ZooLayer
+from zoo_rl.sources import Source, SourceUnavailable, load_source, load_zoo
+
+__all__ = [
+    "FastCnnPolicy",
+    "GATE_MODES",
+    "GateLogger",
+    "NORMALISATIONS",
+    "Source",
+    "SourceGate",
+    "SourceUnavailable",
+    "ZooExtractor",
+    "ZooLayer",
+    "export_lite",
+    "load_source",
+    "load_zoo",
+    "zoo_conv2d",
+    "zoo_linear",
+]

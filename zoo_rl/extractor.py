@@ -1,0 +1,177 @@
+"""``ZooExtractor``: a NatureCNN built from a zoo of pretrained NatureCNNs, for any SB3 algorithm.
+
+    model = PPO("CnnPolicy", env, learning_rate=1e-4, policy_kwargs=dict(
+        features_extractor_class=ZooExtractor,
+        features_extractor_kwargs=dict(zoo=["agents/zoo/breakout", "ppo-SpaceInvaders.zip"]),
+        net_arch=[]))
+
+The topology is NatureCNN's (conv 8x8/4 -> conv 4x4/2 -> conv 3x3/1 -> linear to 512, ReLU
+after each), every layer a :class:`~zoo_rl.layers.ZooLayer` initialised from the K sources.
+
+How it stays correct inside SB3 (see ``shared/METHOD.md``, section 3):
+
+- the bank is made of raw parameters, so ``ortho_init`` cannot overwrite it;
+- the zoo is read once per process and shared by every extractor SB3 builds (DQN's target
+  network, ``share_features_extractor=False``);
+- ``features_extractor_kwargs`` hold only paths, names and numbers, so ``save`` stays small
+  and ``load`` works with the zoo files gone: the extractor is then built with an empty bank
+  of the right shapes, which SB3 fills from the saved weights (using such an extractor without
+  weights raises the original "not found" error);
+- the lite moving averages are ``running_*`` buffers, which DQN copies to its target network;
+- SB3 divides images by 255 before the extractor, and so do all supported source formats.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Sequence
+
+import gymnasium as gym
+import torch
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from zoo_rl.layers import GATE_MODES, LITE_MOMENTUM, NORMALISATIONS, GateMode, Normalisation, ZooLayer, check_choice
+from zoo_rl.sources import LAYERS, Source, SourceUnavailable, load_zoo
+
+#: NatureCNN's convolutions: (out_channels, kernel, stride), in forward order.
+NATURE_CONVS: tuple[tuple[int, int, int], ...] = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
+NATURE_FEATURES = 512
+
+_ZOO_CACHE: dict[tuple[str, ...], list[Source]] = {}
+
+
+def cached_zoo(specs: Sequence[str | os.PathLike]) -> list[Source]:
+    """:func:`~zoo_rl.sources.load_zoo`, read once per process for the same list of specs."""
+    key = tuple(os.fspath(s) for s in specs)
+    if key not in _ZOO_CACHE:
+        _ZOO_CACHE[key] = load_zoo(list(key))
+    return _ZOO_CACHE[key]
+
+
+def nature_shapes(observation_space: gym.spaces.Box, features_dim: int = NATURE_FEATURES) -> dict[str, tuple[int, ...]]:
+    """Weight shapes of NatureCNN on ``observation_space`` (channels first), by layer name."""
+    channels, height, width = observation_space.shape
+    shapes = {}
+    for name, (out, kernel, stride) in zip(LAYERS[:3], NATURE_CONVS):
+        shapes[name] = (out, channels, kernel, kernel)
+        channels, height, width = out, (height - kernel) // stride + 1, (width - kernel) // stride + 1
+        if height < 1 or width < 1:
+            raise ValueError(f"Observations of shape {observation_space.shape} are too small for NatureCNN.")
+    shapes[LAYERS[3]] = (features_dim, channels * height * width)
+    return shapes
+
+
+class ZooExtractor(BaseFeaturesExtractor):
+    """NatureCNN whose layers aggregate a zoo of K pretrained NatureCNNs (Zoo-Tuning).
+
+    :param observation_space: channel-first image space, e.g. ``Box(0, 255, (4, 84, 84), uint8)``.
+    :param zoo: the sources: compact zoo folders, SB3 zips, CleanRL checkpoints or hub ids
+        (see :func:`zoo_rl.sources.load_source`). K = ``len(zoo)``.
+    :param gate: ``lite`` (default: batch-mean gates with a moving average that merges into
+        one plain network, at about the cost of one network), ``sample`` (per-sample gates, the
+        paper's exact layer, K times the linear layer's cost), ``batch`` or ``uniform``.
+    :param normalisation: ``softmax`` (default), ``sigmoid-sum`` or ``sigmoid``; see
+        :mod:`zoo_rl.layers` for why the default is normalised.
+    :param align: learn a channel-alignment matrix per source on every layer.
+    :param lite_momentum: momentum of the lite moving average.
+    :param features_dim: must equal the sources' feature size (512 for NatureCNN).
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Box,
+        zoo: Sequence[str],
+        gate: GateMode = "lite",
+        normalisation: Normalisation = "softmax",
+        align: bool = True,
+        lite_momentum: float = LITE_MOMENTUM,
+        features_dim: int = NATURE_FEATURES,
+    ) -> None:
+        if not isinstance(observation_space, gym.spaces.Box) or not is_image_space(observation_space, check_channels=False):
+            raise ValueError(
+                f"ZooExtractor needs an image observation space (C, H, W), got {observation_space}. "
+                "Use it with CnnPolicy on image environments (e.g. envs.make_atari)."
+            )
+        check_choice(gate, GATE_MODES, "gate mode")
+        check_choice(normalisation, NORMALISATIONS, "gate normalisation")
+        if isinstance(zoo, (str, os.PathLike)) or len(zoo) == 0:
+            raise ValueError("zoo must be a non-empty list of sources, e.g. zoo=['agents/zoo/breakout'].")
+        super().__init__(observation_space, features_dim)
+        shapes = nature_shapes(observation_space, features_dim)
+        self._missing: str | None = None
+        try:
+            sources = cached_zoo(zoo)
+        except SourceUnavailable as exc:
+            # Possibly SB3's load(): the saved state will fill an empty bank. Used without it, fail.
+            self._missing = str(exc)
+            sources = None
+            warnings.warn(f"{exc} ZooExtractor built with an empty bank; it works only once weights are loaded.")
+        if sources is not None:
+            _check_against_env(sources, shapes, observation_space)
+        self.source_names = [s.name for s in sources] if sources else [os.path.basename(os.fspath(z).rstrip("/")) for z in zoo]
+        self.gate_mode = gate
+        k = len(zoo)
+
+        def bank(layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+            if sources is None:
+                return torch.zeros(k, *shapes[layer]), torch.zeros(k, shapes[layer][0])
+            return (torch.stack([s.state[f"{layer}.weight"] for s in sources]),
+                    torch.stack([s.state[f"{layer}.bias"] for s in sources]))
+
+        common = dict(mode=gate, normalisation=normalisation, align=align, lite_momentum=lite_momentum)
+        self.layers = nn.ModuleDict()
+        for name, (_, _, stride) in zip(LAYERS[:3], NATURE_CONVS):
+            self.layers[name.replace(".", "_")] = ZooLayer(*bank(name), stride=stride, **common)
+        # The linear layer's gate pools the last conv map over space, like the conv gates do.
+        self.layers["linear_0"] = ZooLayer(*bank("linear.0"), gate_channels=NATURE_CONVS[-1][0], **common)
+        self.register_buffer("zoo_loaded", torch.tensor(0.0 if sources is None else 1.0))
+
+    @property
+    def n_sources(self) -> int:
+        return len(self.source_names)
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        if self._missing is not None:
+            if self.zoo_loaded.item() == 0:
+                raise SourceUnavailable(self._missing)
+            self._missing = None  # weights were loaded into the bank
+        x = observations
+        for layer in self.layers.values():
+            x = torch.relu(layer(x))
+        return x
+
+    def gate_values(self) -> dict[str, torch.Tensor]:
+        """Per layer, the ``(K,)`` gates last used (batch mean), or the moving average in lite mode."""
+        out = {}
+        for name, layer in self.layers.items():
+            if layer.mode == "lite":
+                out[name] = layer.running_gates.detach().clone()
+            elif layer.last_gates is not None:
+                out[name] = layer.last_gates.clone()
+        return out
+
+    @torch.no_grad()
+    def merged_state(self) -> dict[str, torch.Tensor]:
+        """The plain NatureCNN this extractor equals at inference (``lite`` and ``uniform`` modes).
+
+        Keys are SB3 NatureCNN's: ``cnn.0.weight`` ... ``linear.0.bias``.
+        """
+        state = {}
+        for (name, layer), key in zip(self.layers.items(), LAYERS):
+            weight, bias = layer.merged()
+            state[f"{key}.weight"], state[f"{key}.bias"] = weight.clone(), bias.clone()
+        return state
+
+
+def _check_against_env(sources: list[Source], shapes: dict[str, tuple[int, ...]], space: gym.spaces.Box) -> None:
+    for layer in LAYERS:
+        got = sources[0].shape(layer)
+        if got != shapes[layer]:
+            raise ValueError(
+                f"The zoo does not fit this environment: layer {layer} of source {sources[0].name!r} has shape "
+                f"{got}, but NatureCNN on observations {tuple(space.shape)} needs {shapes[layer]}. Zoo sources "
+                "must be trained on the same observation format (e.g. 84x84 grey, 4 stacked frames, channel first)."
+            )

@@ -1,0 +1,196 @@
+"""Zoo-Tuning layers: a bank of K source layers, channel alignment, and the source gate.
+
+A :class:`ZooLayer` holds, for one layer of the network,
+
+- the **bank**: the K source weights and biases, all trainable;
+- the **alignment**: one learnable ``O x O`` matrix per source on its output channels,
+  identity at start (``align=False`` removes it);
+- the **gate**: a small network reading the layer's own input (global average pool ->
+  linear ``I -> I/4+1`` -> ReLU -> linear ``-> K``; on a pooled vector a 1x1 convolution is
+  a linear layer), whose K scores are normalised into gate values.
+
+Every tensor is a raw ``nn.Parameter`` used through ``F.conv2d`` / ``F.linear``, never an
+``nn.Conv2d`` / ``nn.Linear`` module: SB3's ``ortho_init`` re-initialises those modules inside a
+features extractor after ``__init__`` and would silently destroy the pretrained bank.
+
+Gate modes (``mode``):
+
+- ``sample``: per-sample gates, as in the paper;
+- ``batch``: the gates averaged over the batch, one aggregated layer per batch;
+- ``lite``: batch-mean gates plus their exponential moving average ``running_gates``; the
+  forward pass always uses the moving average, in training and at inference, so that the
+  network that collects rollouts (eval mode) and the one that is trained (train mode) are the
+  same network and PPO's first ratio is exactly 1. Gradients still reach the gate network
+  through a straight-through term ``ᾱ - stopgrad(ᾱ)`` (zero in value). After each training
+  forward the average moves towards the batch mean: ``α̂ <- (1-m) α̂ + m ᾱ``. It starts from
+  the first batch's mean (no zero start, no bias correction needed). Because the gates are
+  constants at inference, :meth:`ZooLayer.merged` folds the layer into one plain layer.
+- ``uniform``: fixed gates ``1/K`` (weight averaging, a baseline; no gate network).
+
+Gate normalisation (``normalisation``):
+
+- ``softmax`` (default): gates sum to 1, so the aggregated layer has the scale of one source
+  layer. NatureCNN has no batch normalisation; with the paper's independent sigmoids five
+  gates near 0.5 sum to 2.5, each layer's output grows by that factor and the growth
+  compounds over the four layers (``benchmarks/gate_scale.py`` measures it). Softmax is
+  also the usual mixture-of-experts choice.
+- ``sigmoid-sum``: independent sigmoids divided by their sum (the paper's gate, normalised).
+- ``sigmoid``: the paper's independent sigmoids, unnormalised.
+
+The gate's last layer starts at zero, so every mode starts from equal gates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo_rl.aggregate import align_biases, align_weights, mix, zoo_conv2d, zoo_linear
+
+GateMode = Literal["sample", "batch", "lite", "uniform"]
+Normalisation = Literal["softmax", "sigmoid-sum", "sigmoid"]
+GATE_MODES: tuple[str, ...] = ("sample", "batch", "lite", "uniform")
+NORMALISATIONS: tuple[str, ...] = ("softmax", "sigmoid-sum", "sigmoid")
+#: Default momentum m of the lite moving average: about the last 100 updates count.
+LITE_MOMENTUM = 0.01
+
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")
+    return value
+
+
+class SourceGate(nn.Module):
+    """Gate network of the paper: ``(B, I, ...) -> (B, K)`` gate values.
+
+    :param in_channels: channels I of the layer input (its spatial axes are averaged away).
+    :param n_sources: K.
+    :param normalisation: ``softmax``, ``sigmoid-sum`` or ``sigmoid``.
+    """
+
+    def __init__(self, in_channels: int, n_sources: int, normalisation: Normalisation = "softmax") -> None:
+        super().__init__()
+        self.normalisation = check_choice(normalisation, NORMALISATIONS, "gate normalisation")
+        hidden = in_channels // 4 + 1
+        bound = 1.0 / math.sqrt(in_channels)  # nn.Linear's default init for the first layer
+        self.weight1 = nn.Parameter(torch.empty(hidden, in_channels).uniform_(-bound, bound))
+        self.bias1 = nn.Parameter(torch.empty(hidden).uniform_(-bound, bound))
+        self.weight2 = nn.Parameter(torch.zeros(n_sources, hidden))  # zero: equal gates at start
+        self.bias2 = nn.Parameter(torch.zeros(n_sources))
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw scores ``(B, K)``; ``x`` is ``(B, I)`` or ``(B, I, *spatial)``."""
+        pooled = x.flatten(2).mean(-1) if x.dim() > 2 else x
+        return F.linear(F.relu(F.linear(pooled, self.weight1, self.bias1)), self.weight2, self.bias2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.scores(x).float()  # normalise in float32, also under bf16 autocast
+        if self.normalisation == "softmax":
+            return torch.softmax(scores, dim=-1)
+        gates = torch.sigmoid(scores)
+        if self.normalisation == "sigmoid-sum":
+            gates = gates / gates.sum(dim=-1, keepdim=True)
+        return gates
+
+
+class ZooLayer(nn.Module):
+    """One Zoo-Tuning layer (convolution or linear) with its gate.
+
+    :param weights: ``(K, O, I, kh, kw)`` for a convolution, ``(K, O, I)`` for a linear layer.
+    :param biases: ``(K, O)``.
+    :param mode: gate mode, see the module docstring.
+    :param normalisation: gate normalisation, see the module docstring.
+    :param align: learn one ``O x O`` alignment per source (identity at start).
+    :param stride: convolution stride.
+    :param gate_channels: channels the gate pools over; for a linear layer fed with an
+        unflattened ``(B, C, H, W)`` map this is C (default: the layer's input channels).
+    :param lite_momentum: momentum m of the lite moving average.
+    """
+
+    def __init__(
+        self,
+        weights: torch.Tensor,
+        biases: torch.Tensor,
+        mode: GateMode = "lite",
+        normalisation: Normalisation = "softmax",
+        align: bool = True,
+        stride: int = 1,
+        gate_channels: int | None = None,
+        lite_momentum: float = LITE_MOMENTUM,
+    ) -> None:
+        super().__init__()
+        if weights.dim() not in (3, 5):
+            raise ValueError(f"weights must be (K, O, I) or (K, O, I, kh, kw), got {tuple(weights.shape)}.")
+        if biases.shape != weights.shape[:2]:
+            raise ValueError(f"biases must be (K, O) = {tuple(weights.shape[:2])}, got {tuple(biases.shape)}.")
+        if not 0.0 < lite_momentum <= 1.0:
+            raise ValueError(f"lite_momentum must be in (0, 1], got {lite_momentum}.")
+        self.mode = check_choice(mode, GATE_MODES, "gate mode")
+        self.is_conv = weights.dim() == 5
+        self.stride = stride
+        self.lite_momentum = float(lite_momentum)
+        k, o, i = weights.shape[:3]
+        self.weight = nn.Parameter(weights.detach().clone().float())
+        self.bias = nn.Parameter(biases.detach().clone().float())
+        self.align = nn.Parameter(torch.eye(o).repeat(k, 1, 1)) if align else None
+        self.gate = None if mode == "uniform" else SourceGate(gate_channels or i, k, normalisation)
+        self.register_buffer("uniform_gates", torch.full((k,), 1.0 / k), persistent=False)
+        # Names start with "running_": SB3's DQN copies such buffers to its target network.
+        self.register_buffer("running_gates", torch.full((k,), 1.0 / k))
+        self.register_buffer("running_updates", torch.zeros(()))
+        self.last_gates: torch.Tensor | None = None  # batch mean of the gates last used, for logging
+
+    @property
+    def n_sources(self) -> int:
+        return self.weight.shape[0]
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        """Gate values for input ``x``: ``(B, K)`` in ``sample`` mode, else ``(K,)``."""
+        if self.mode == "uniform":
+            return self.uniform_gates
+        values = self.gate(x)
+        if self.mode == "sample":
+            return values
+        batch_mean = values.mean(0)
+        if self.mode == "batch":
+            return batch_mean
+        # lite: forward with the moving average (same in train and eval), gradient via the batch mean.
+        detached = batch_mean.detach()
+        if self.running_updates.item() == 0:
+            self.running_gates.copy_(detached)
+            self.running_updates.fill_(1)
+        gates = self.running_gates.clone() + (batch_mean - detached)
+        if self.training:
+            self.running_gates.mul_(1.0 - self.lite_momentum).add_(detached, alpha=self.lite_momentum)
+            self.running_updates.add_(1)
+        return gates
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gates = self.gates(x)
+        self.last_gates = gates.detach().reshape(-1, self.n_sources).mean(0)
+        if self.is_conv:
+            return zoo_conv2d(x, self.weight, self.bias, gates, self.align, self.stride)
+        return zoo_linear(x.flatten(1), self.weight, self.bias, gates, self.align)
+
+    @torch.no_grad()
+    def merged(self, gates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The single plain layer ``(Σ_k g_k A_k W_k, Σ_k g_k A_k b_k)`` for constant gates.
+
+        :param gates: ``(K,)``; default: the gates this layer uses at inference (the moving
+            average in ``lite`` mode, ``1/K`` in ``uniform`` mode).
+        """
+        if gates is None:
+            if self.mode == "lite":
+                gates = self.running_gates
+            elif self.mode == "uniform":
+                gates = self.uniform_gates
+            else:
+                raise ValueError(
+                    f"A {self.mode!r} layer's gates depend on its input: pass constant gates, or use mode='lite'."
+                )
+        return mix(gates, align_weights(self.weight, self.align)), mix(gates, align_biases(self.bias, self.align))
