@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import ActorCriticCnnPolicy
-from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
 from torch import nn
 
 
@@ -62,10 +62,15 @@ class FastCnnPolicy(ActorCriticCnnPolicy):
         return data
 
     def _run_extractor(self, obs: torch.Tensor, extractor: nn.Module) -> torch.Tensor:
-        x = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        use_bf16 = self.bf16 and x.device.type == "cpu"
+        use_bf16 = self.bf16 and obs.device.type == "cpu"
+        if self.channels_last and obs.dim() == 4 and self.normalize_images and is_image_space(self.observation_space):
+            # One pass from the stored observations to the layout and dtype the convolutions
+            # want (instead of float -> /255 -> NHWC copy -> bf16 copy), then scale in place.
+            # Pixel values 0..255 are exact in bfloat16.
+            x = obs.to(dtype=torch.bfloat16 if use_bf16 else torch.float32, memory_format=torch.channels_last)
+            x = x.div_(255.0)
+        else:
+            x = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             features = extractor(x)
         return features.float()

@@ -158,11 +158,23 @@ class _EveryN(BaseCallback):
 
 
 class CheckpointEvery(_EveryN):
-    """Save the whole model (optimizer included) to ``path`` every ``every`` steps, atomically."""
+    """Save the whole model (optimizer included) to ``path`` every ``every`` steps, atomically.
+
+    Saves happen when a rollout starts, i.e. after the update on the previous one, so a saved
+    step count never includes collected-but-untrained experience.
+    """
 
     def __init__(self, path: str | Path, every: int) -> None:
         super().__init__(every)
         self.path = Path(path)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps >= self._next:
+            self._next = (self.num_timesteps // self.every + 1) * self.every
+            self._fire()
 
     def _fire(self) -> None:
         save_model_atomic(self.model, self.path)
@@ -293,7 +305,8 @@ def train_run(
                               deterministic=spec.algo not in ON_POLICY)
         all_callbacks.append(evaluator)
     all_callbacks += callbacks or []
-    remaining = spec.total_steps - model.num_timesteps
+    resumed_from = int(model.num_timesteps)
+    remaining = spec.total_steps - resumed_from
     started = time.time()
     if remaining > 0:
         model.learn(remaining, callback=CallbackList(all_callbacks), reset_num_timesteps=False,
@@ -301,7 +314,8 @@ def train_run(
     save_model_atomic(model, run_dir / CHECKPOINT)
     if evaluator is not None and evaluator.model is None:
         evaluator.init_callback(model)
-    status = {"num_timesteps": int(model.num_timesteps), "seconds_this_call": time.time() - started}
+    status = {"num_timesteps": int(model.num_timesteps), "resumed_from": resumed_from,
+              "seconds_this_call": time.time() - started}
     write_json(run_dir / "status.json", status)
     return model, evaluator
 

@@ -1,0 +1,62 @@
+"""Atari environments on the RL Baselines3 Zoo protocol, flavours, and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from envs.atari import AtariTask, available_flavours, make_atari, resolve_task
+
+
+@pytest.mark.parametrize("name, game", [("Pong", "Pong"), ("pong", "Pong"), ("BreakoutNoFrameskip-v4", "Breakout"),
+                                        ("ALE/SpaceInvaders-v5", "SpaceInvaders")])
+def test_names_resolve(name, game):
+    assert resolve_task(name).game == game
+
+
+def test_slug_round_trip():
+    task = resolve_task("Pong", mode=1, difficulty=2)
+    assert task.slug == "Pong-m1-d2"
+    assert resolve_task(task.slug) == task
+    assert task.env_kwargs == {"mode": 1, "difficulty": 2}
+    assert AtariTask("Pong").same_task(AtariTask("Pong", 0, 0))
+    assert not AtariTask("Pong").same_task(AtariTask("Pong", 1))
+
+
+def test_unknown_game_lists_closest_names():
+    with pytest.raises(ValueError, match="Did you mean: Pong"):
+        resolve_task("Pongg")
+
+
+def test_unsupported_flavour_lists_valid_ones():
+    modes, difficulties = available_flavours("Pong")
+    with pytest.raises(ValueError, match=r"valid modes: \[0, 1\]"):
+        resolve_task("Pong", mode=7)
+    with pytest.raises(ValueError, match="valid difficulties"):
+        resolve_task("Pong", difficulty=max(difficulties) + 1)
+    assert modes == (0, 1)
+
+
+@pytest.mark.parametrize("game, mode", [("Pong", None), ("Breakout", None), ("Pong", 1)])
+def test_observations_and_unclipped_returns(game, mode, tmp_path):
+    env = make_atari(game, n_envs=2, seed=0, mode=mode, monitor_dir=str(tmp_path))
+    obs = env.reset()
+    assert obs.shape == (2, 84, 84, 4) and obs.dtype == np.uint8
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        obs, rewards, dones, infos = env.step(rng.integers(env.action_space.n, size=2))
+        assert set(np.unique(rewards)) <= {-1.0, 0.0, 1.0}  # clipped for training
+    assert obs.shape == (2, 84, 84, 4)
+    assert len(list(tmp_path.glob("*.monitor.csv"))) == 2
+    env.close()
+
+
+def test_flavour_reaches_the_emulator():
+    env = make_atari("Pong", n_envs=1, seed=0, mode=1, difficulty=1)
+    atari = env.venv.envs[0].unwrapped  # ale-py's AtariEnv sets these on the emulator at reset
+    assert (atari._game_mode, atari._game_difficulty) == (1, 1)
+
+
+def test_bad_env_count():
+    with pytest.raises(ValueError, match="n_envs"):
+        make_atari("Pong", n_envs=0)

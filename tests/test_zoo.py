@@ -1,0 +1,107 @@
+"""Training sources: a short run writes a loadable source; interrupted runs resume; the committed zoo loads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from stable_baselines3.common.callbacks import BaseCallback
+
+from envs.atari import make_atari
+from zoo_rl.sources import load_source, load_zoo, sha256_of
+from zoo_rl.training import CHECKPOINT, EVALUATIONS, RunSpec, load_hyperparams, parse_value, train_run
+from zoo_rl.zoo_training import SourceSpec, read_manifest, train_source
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "agents" / "zoo"
+COMMITTED = sorted(p.parent for p in ZOO.glob("*/meta.json"))
+TINY_PPO = dict(n_steps=64, batch_size=128, n_epochs=1, learning_rate=2.5e-4)
+
+
+def test_hyperparams_are_data_not_code(tmp_path):
+    (tmp_path / "ppo.yml").write_text("atari:\n  learning_rate: lin_2.5e-4\n  n_envs: 8\nPong:\n  n_envs: 4\n")
+    params = load_hyperparams(tmp_path / "ppo.yml", "Pong")
+    assert params["n_envs"] == 4
+    schedule = parse_value(params["learning_rate"])
+    assert schedule(1.0) == pytest.approx(2.5e-4) and schedule(0.5) == pytest.approx(1.25e-4)
+    assert parse_value("__import__('os')") == "__import__('os')"
+
+
+def test_manifest_lists_valid_tasks():
+    specs = read_manifest(ZOO / "manifest.yml")
+    assert len(specs) >= 5
+    tasks = [s.task for s in specs]
+    assert any(t.game == "Pong" and (t.mode or t.difficulty) for t in tasks), "one non-default Pong flavour"
+    assert all(s.steps >= 1_000_000 for s in specs)
+
+
+class StopAt(BaseCallback):
+    """Simulates a kill: raises once training has passed ``steps``."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.steps:
+            raise KeyboardInterrupt
+        return True
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_its_step_count(tmp_path):
+    spec = RunSpec(run_dir=tmp_path, algo="ppo", total_steps=1024, hyperparams=TINY_PPO, seed=0,
+                   checkpoint_every=256, eval_every=512, eval_episodes=1, device="cpu")
+    env = make_atari("Pong", 4, seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(spec, env, callbacks=[StopAt(600)])
+    model, _ = train_run(spec, make_atari("Pong", 4, seed=0), eval_env=make_atari("Pong", 1, seed=1))
+    assert model.num_timesteps == 1024
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["resumed_from"] == 512  # the last checkpoint before the kill, not a fresh start
+    assert model.policy.optimizer.state_dict()["state"][0]["step"].item() == 8  # 4 rollouts x 2 minibatches
+    with np.load(tmp_path / EVALUATIONS) as data:
+        assert list(data["timesteps"]) == [1024]
+
+
+@pytest.mark.slow
+def test_train_script_writes_a_loadable_source(tmp_path):
+    zoo, runs = tmp_path / "zoo", tmp_path / "runs"
+    cmd = [sys.executable, str(ROOT / "agents" / "train.py"), "--game", "Pong", "--mode", "1", "--steps", "1024",
+           "--eval-every", "1024", "--eval-episodes", "1", "--checkpoint-every", "512",
+           "--zoo-dir", str(zoo), "--runs-dir", str(runs)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    folder = zoo / "pong-m1"
+    meta = json.loads((folder / "meta.json").read_text())
+    for key in ("game", "mode", "algo", "steps", "seed", "eval_return_mean", "eval_return_std",
+                "random_return_mean", "command", "versions", "sha256"):
+        assert key in meta, key
+    assert meta["steps"] >= 1024 and meta["mode"] == 1 and meta["eval_episodes"] >= 10
+    assert meta["sha256"] == sha256_of(folder / "weights.pt")
+    source = load_source(folder)
+    assert source.shape("cnn.0") == (32, 4, 8, 8)
+    assert (runs / "pong-m1" / CHECKPOINT).is_file()
+    # a second call with more steps resumes the same run
+    subprocess.run(cmd[:6] + ["--steps", "2048"] + cmd[8:], check=True, capture_output=True, timeout=600)
+    assert json.loads((folder / "meta.json").read_text())["steps"] >= 2048
+
+
+@pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_committed_source_loads_and_matches_its_sha(folder):
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["sha256"] == sha256_of(folder / "weights.pt")
+    assert meta["steps"] >= 1_000_000
+    assert meta["eval_return_mean"] > meta["random_return_mean"]
+    load_source(folder)
+
+
+def test_committed_zoo_matches_manifest():
+    """Every committed source is a manifest entry (the zoo is reproducible by `agents/train.py --zoo`)."""
+    names = {s.source_name for s in read_manifest(ZOO / "manifest.yml")}
+    assert {p.name for p in COMMITTED} <= names
+    if COMMITTED:
+        assert len(load_zoo([str(p) for p in COMMITTED])) == len(COMMITTED)
