@@ -208,21 +208,29 @@ class EvalEvery(_EveryN):
         every: int,
         n_episodes: int,
         deterministic: bool,
-        on_eval: Callable[[int, np.ndarray], None] | None = None,
+        evaluate_as: Callable[[BaseAlgorithm], BaseAlgorithm] | None = None,
+        at_start: bool = False,
     ) -> None:
         super().__init__(every)
         self.eval_env = eval_env
         self.path = Path(path)
         self.n_episodes = n_episodes
         self.deterministic = deterministic
-        self.on_eval = on_eval
+        self.evaluate_as = evaluate_as
+        self.at_start = at_start
         self.evaluations = load_evaluations(self.path)
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        if self.at_start and self.num_timesteps == 0:
+            self.evaluate_now()
 
     def evaluate_now(self) -> np.ndarray:
         if self.evaluations["timesteps"] and int(self.evaluations["timesteps"][-1]) == self.num_timesteps:
             return np.asarray(self.evaluations["results"][-1])
+        model = self.evaluate_as(self.model) if self.evaluate_as is not None else self.model
         returns, lengths = evaluate_policy(
-            self.model, self.eval_env, n_eval_episodes=self.n_episodes,
+            model, self.eval_env, n_eval_episodes=self.n_episodes,
             deterministic=self.deterministic, return_episode_rewards=True, warn=False,
         )
         self.evaluations["timesteps"].append(self.num_timesteps)
@@ -230,8 +238,6 @@ class EvalEvery(_EveryN):
         self.evaluations["ep_lengths"].append(np.asarray(lengths, dtype=np.int64))
         save_evaluations(self.path, self.evaluations)
         self.logger.record("eval/mean_reward", float(np.mean(returns)))
-        if self.on_eval is not None:
-            self.on_eval(self.num_timesteps, np.asarray(returns))
         return np.asarray(returns)
 
     def _fire(self) -> None:
@@ -286,11 +292,15 @@ def train_run(
     callbacks: list[BaseCallback] | None = None,
     verbose: int = 0,
     model: BaseAlgorithm | None = None,
+    evaluate_as: Callable[[BaseAlgorithm], BaseAlgorithm] | None = None,
+    evaluate_at_start: bool = False,
 ) -> tuple[BaseAlgorithm, EvalEvery | None]:
     """Train (or resume) ``spec`` to ``total_steps``; checkpoints and evaluations on the way.
 
     :param model: a model built by the caller (e.g. with a custom extractor); ignored when a
         checkpoint exists, which always wins so that a rerun resumes.
+    :param evaluate_as: evaluate ``evaluate_as(model)`` instead of the model (e.g. ``export_lite``).
+    :param evaluate_at_start: also evaluate before the first step (transfer's jumpstart).
     :return: the trained model and the evaluation callback (``None`` without ``eval_env``).
     """
     run_dir = Path(spec.run_dir)
@@ -302,7 +312,8 @@ def train_run(
     if eval_env is not None:
         every = spec.eval_every if spec.eval_every > 0 else spec.total_steps + 1
         evaluator = EvalEvery(eval_env, run_dir / EVALUATIONS, every, spec.eval_episodes,
-                              deterministic=spec.algo not in ON_POLICY)
+                              deterministic=spec.algo not in ON_POLICY, evaluate_as=evaluate_as,
+                              at_start=evaluate_at_start)
         all_callbacks.append(evaluator)
     all_callbacks += callbacks or []
     resumed_from = int(model.num_timesteps)
@@ -314,8 +325,11 @@ def train_run(
     save_model_atomic(model, run_dir / CHECKPOINT)
     if evaluator is not None and evaluator.model is None:
         evaluator.init_callback(model)
+    seconds = time.time() - started
+    before = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
     status = {"num_timesteps": int(model.num_timesteps), "resumed_from": resumed_from,
-              "seconds_this_call": time.time() - started}
+              "seconds_this_call": round(seconds, 1),
+              "wall_seconds": round(before.get("wall_seconds", 0.0) + seconds, 1)}
     write_json(run_dir / "status.json", status)
     return model, evaluator
 

@@ -1,0 +1,133 @@
+"""Plots of a transfer study, from its CSV files only (no model is loaded).
+
+    python experiments/plot.py runs/transfer/Pong-ppo            # writes PNG and SVG beside the CSVs
+    python experiments/plot.py runs/transfer/Pong-ppo --out results/pong
+
+Figures: learning curves (mean over seeds with a 95% bootstrap band, x in agent steps), the
+gates over training per layer and source, and a bar chart of the IQM final return with its
+95% stratified-bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def bootstrap_band(values: np.ndarray, reps: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of ``values`` (1-D)."""
+    if len(values) < 2:
+        return float(values.mean()), float(values.mean())
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(reps, len(values)), replace=True).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def plot_curves(curves: pd.DataFrame, ax) -> None:
+    for method, g in curves.groupby("method"):
+        stats = []
+        for steps, h in g.groupby("steps"):
+            low, high = bootstrap_band(h["return"].to_numpy())
+            stats.append((steps, h["return"].mean(), low, high))
+        steps, mean, low, high = map(np.asarray, zip(*sorted(stats)))
+        line, = ax.plot(steps, mean, label=f"{method} (n={g['seed'].nunique()})")
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("agent steps")
+    ax.set_ylabel("evaluation return (full games)")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+
+
+def plot_gates(gates: pd.DataFrame, path_stem: Path) -> list[Path]:
+    written = []
+    for method, g in gates.groupby("method"):
+        layers = sorted(g["layer"].unique())
+        fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3), sharey=True, squeeze=False)
+        for ax, layer in zip(axes[0], layers):
+            h = g[g["layer"] == layer].groupby(["timesteps", "source"])["gate"].mean().unstack()
+            h.plot(ax=ax, legend=ax is axes[0][-1])
+            ax.set_title(f"{method}: {layer}", fontsize=9)
+            ax.set_xlabel("agent steps")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("mean gate (over seeds)")
+        if axes[0][-1].get_legend() is not None:
+            axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+        fig.tight_layout()
+        stem = path_stem.with_name(f"{path_stem.name}_{method}")
+        written += save(fig, stem)
+    return written
+
+
+def plot_summary(summary: pd.DataFrame, ax) -> None:
+    table = summary.sort_values("iqm")
+    err = np.vstack([table["iqm"] - table["iqm_low"], table["iqm_high"] - table["iqm"]])
+    ax.barh(table["method"], table["iqm"], xerr=err, color="tab:blue", alpha=0.7, capsize=3)
+    ax.set_xlabel("IQM final return (95% stratified-bootstrap CI)")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def save(fig, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def make_plots(study_dir: Path, out: Path | None = None) -> list[Path]:
+    """Write every figure of ``study_dir``; return the files written."""
+    study_dir = Path(study_dir)
+    out = Path(out or study_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("curves.csv", "summary.csv"):
+        if not (study_dir / name).is_file():
+            raise FileNotFoundError(f"{study_dir / name} is missing: run experiments/transfer.py first.")
+    target = ""
+    if (study_dir / "results.csv").is_file():
+        results = pd.read_csv(study_dir / "results.csv")
+        target = ", ".join(results["target"].unique()) if not results.empty else ""
+    written = []
+    curves = pd.read_csv(study_dir / "curves.csv")
+    if not curves.empty:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        plot_curves(curves, ax)
+        ax.set_title(f"Transfer to {target}")
+        written += save(fig, out / "learning_curves")
+    summary = pd.read_csv(study_dir / "summary.csv")
+    if not summary.empty:
+        fig, ax = plt.subplots(figsize=(6, 0.35 * len(summary) + 1.2))
+        plot_summary(summary, ax)
+        ax.set_title(f"Final return, {target}")
+        written += save(fig, out / "summary")
+    if (study_dir / "gates.csv").is_file():
+        gates = pd.read_csv(study_dir / "gates.csv")
+        if not gates.empty:
+            written += plot_gates(gates, out / "gates")
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="folder for the figures (default: the study folder)")
+    args = parser.parse_args()
+    try:
+        written = make_plots(args.study_dir, args.out)
+    except FileNotFoundError as exc:
+        sys.exit(f"error: {exc}")
+    for path in written:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Run a transfer study: every method x seed on one target, then CSV tables.
+
+    python experiments/transfer.py --target Pong
+    python experiments/transfer.py --target Breakout --methods scratch,zoo-lite --seeds 5
+    python experiments/transfer.py --aggregate runs/transfer/Pong-ppo runs/transfer/Breakout-ppo
+
+Rerunning the same command skips finished runs and resumes interrupted ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from zoo_rl.study import METHODS, StudyConfig, cross_target, run_study, write_csv_atomic  # noqa: E402
+
+METHOD_HELP = "; ".join(f"{k}: {v}" for k, v in METHODS.items())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", help="target game: short name (Pong) or full id (PongNoFrameskip-v4)")
+    p.add_argument("--mode", type=int, default=None, help="ALE mode of the target (default: the game's)")
+    p.add_argument("--difficulty", type=int, default=None, help="ALE difficulty of the target (default: the game's)")
+    p.add_argument("--zoo", nargs="+", default=None,
+                   help="sources: zoo folders, SB3 zips or hub ids (default: the committed zoo minus sources "
+                        "trained on exactly the target task)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated methods (default: all). {METHOD_HELP}")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds per method (default 3)")
+    p.add_argument("--algo", default="ppo", help="ppo (default), a2c, dqn or qrdqn")
+    p.add_argument("--steps", type=int, default=100_000, help="agent steps per run (default 100k, Atari-100k)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4, the paper's)")
+    p.add_argument("--out", type=Path, default=None, help="study folder (default runs/transfer/<target>-<algo>)")
+    p.add_argument("--eval-every", type=int, default=10_000, help="steps between evaluations and checkpoints")
+    p.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="return for steps-to-threshold (default: scratch's mean final return)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                   help="bf16: FastCnnPolicy (bf16 channels-last extractor, default); fp32: plain CnnPolicy")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel with the local launcher")
+    p.add_argument("--launcher", choices=["local", "ray"], default="local")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--n-envs", type=int, default=None, help="environments per run (default: the algorithm's YAML)")
+    p.add_argument("--aggregate", nargs="+", type=Path, default=None, metavar="STUDY_DIR",
+                   help="instead of training: one table across finished studies, written to --out")
+    args = p.parse_args(argv)
+    if args.aggregate is None and not args.target:
+        p.error("--target is required (or --aggregate STUDY_DIR ...)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.aggregate is not None:
+        out = args.out or ROOT / "results" / "cross_target.csv"
+        table = cross_target(args.aggregate)
+        write_csv_atomic(table, out)
+        print(table.to_string(index=False))
+        print(f"\nwrote {out}")
+        return
+    study = StudyConfig(
+        target=args.target, mode=args.mode, difficulty=args.difficulty, zoo=args.zoo,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()], seeds=args.seeds, algo=args.algo,
+        steps=args.steps, lr=args.lr, out=args.out, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+        threshold=args.threshold, precision=args.precision, workers=args.workers, launcher=args.launcher,
+        ray_address=args.ray_address, n_envs=args.n_envs,
+    )
+    try:
+        results, summary = run_study(study)
+    except (ValueError, FileNotFoundError) as exc:
+        sys.exit(f"error: {exc}")
+    print(summary.to_string(index=False))
+    print(f"\ntables: {Path(study.out) / 'results.csv'}, {Path(study.out) / 'summary.csv'}")
+    print(f"plots:  python experiments/plot.py {study.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Transfer studies: metrics by hand, tables, plots from CSV, errors before training, resume, Ray."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import zoo_rl.study as study_module
+from conftest import random_nature_state
+from zoo_rl.metrics import area_under_curve, human_normalised, iqm, steps_to_threshold
+from zoo_rl.sources import write_compact
+from zoo_rl.study import RESULT_COLUMNS, StudyConfig, cross_target, plan, run_study, summarise
+
+TINY = dict(steps=512, eval_every=256, eval_episodes=1, n_envs=2, seeds=1)
+
+
+def test_metrics_by_hand():
+    steps, returns = np.array([0, 10, 20]), np.array([0.0, 10.0, 4.0])
+    # trapezoids: (0+10)/2*10 + (10+4)/2*10 = 50 + 70 = 120 over 20 steps
+    assert area_under_curve(steps, returns) == pytest.approx(6.0)
+    assert steps_to_threshold(steps, returns, 5.0) == 10
+    assert math.isnan(steps_to_threshold(steps, returns, 11.0))
+    assert iqm(np.array([1, 2, 3, 4, 5, 6, 7, 100])) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert human_normalised(-20.7, "Pong") == pytest.approx(0.0)
+    assert human_normalised(14.6, "Pong") == pytest.approx(1.0)
+    assert math.isnan(human_normalised(3.0, "NoSuchGame"))
+
+
+def results_table(rows):
+    table = pd.DataFrame(rows, columns=["method", "seed", "final_return"])
+    table["target"], table["steps"] = "Pong", 100
+    table["human_normalised"] = human_normalised(table["final_return"].to_numpy(), "Pong")
+    table["auc"], table["steps_to_threshold"], table["timesteps_per_second"] = 0.0, np.nan, 100.0
+    return table
+
+
+def test_summary_by_hand():
+    rows = [("scratch", s, v) for s, v in enumerate([-21, -20, -19])]
+    rows += [("finetune:a", s, v) for s, v in enumerate([-10, -12, -8])]
+    rows += [("finetune:b", s, v) for s, v in enumerate([-15, -15, -15])]
+    rows += [("zoo", s, v) for s, v in enumerate([-5, -7, -6])]
+    summary = summarise(results_table(rows), reps=200).set_index("method")
+    assert summary.loc["scratch", "final_mean"] == pytest.approx(-20)
+    assert summary.loc["scratch", "final_std"] == pytest.approx(1.0)
+    assert summary.loc["finetune-best", "final_mean"] == pytest.approx(-10)  # finetune:a
+    assert summary.loc["finetune-mean", "final_mean"] == pytest.approx(-12.5)
+    assert summary.loc["finetune-mean", "runs"] == 6
+    assert summary.loc["zoo", "vs_scratch"] == pytest.approx(14)
+    assert summary.loc["zoo", "vs_best_finetune"] == pytest.approx(4)
+    assert summary.loc["zoo", "rank"] == 1 and summary.loc["scratch", "rank"] == 4
+    assert summary.loc["zoo", "iqm_low"] <= summary.loc["zoo", "iqm"] <= summary.loc["zoo", "iqm_high"]
+    assert math.isnan(summary.loc["finetune-best", "rank"])
+
+
+def test_cross_target_table(tmp_path):
+    for target, offset in (("Pong", 0), ("Breakout", 5)):
+        table = results_table([("scratch", s, -20 + offset + s) for s in range(3)])
+        table["target"] = target
+        table["human_normalised"] = human_normalised(table["final_return"].to_numpy(), target)
+        (tmp_path / target).mkdir()
+        table.to_csv(tmp_path / target / "results.csv", index=False)
+    out = cross_target([tmp_path / "Pong", tmp_path / "Breakout"], reps=200).set_index("method")
+    assert out.loc["scratch", "return_Pong"] == pytest.approx(-19)
+    assert out.loc["scratch", "return_Breakout"] == pytest.approx(-14)
+    assert np.isfinite(out.loc["scratch", "hns_iqm"])
+
+
+def test_plots_from_fixture_csv(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from plot import make_plots
+
+    curves = pd.DataFrame([(m, s, st, r + s + (m == "zoo") * st / 1000)
+                           for m in ("scratch", "zoo") for s in range(3) for st, r in ((0, -21), (1000, -19))],
+                          columns=["method", "seed", "steps", "return"])
+    curves.to_csv(tmp_path / "curves.csv", index=False)
+    summarise(results_table([("scratch", s, -20 + s) for s in range(3)] + [("zoo", s, -18 + s) for s in range(3)]),
+              reps=100).to_csv(tmp_path / "summary.csv", index=False)
+    pd.DataFrame([("zoo", 0, t, "features_extractor", layer, src, g) for t in (0, 1000)
+                  for layer in ("cnn_0", "linear_0") for src, g in (("a", 0.4), ("b", 0.6))],
+                 columns=["method", "seed", "timesteps", "extractor", "layer", "source", "gate"]
+                 ).to_csv(tmp_path / "gates.csv", index=False)
+    written = {p.name for p in make_plots(tmp_path)}
+    assert {"learning_curves.png", "learning_curves.svg", "summary.png", "summary.svg",
+            "gates_zoo.png", "gates_zoo.svg"} <= written
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(target="Pongg"), ValueError, "Did you mean: Pong"),
+    (dict(target="Pong", methods=["scratch", "distill"]), ValueError, "Unknown method 'distill'"),
+    (dict(target="Pong", methods=["finetune:nobody"]), ValueError, "finetune:nobody names no source"),
+    (dict(target="Pong", algo="trpo"), ValueError, "Unknown algorithm 'trpo'"),
+])
+def test_errors_before_training(zoo_paths, tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        plan(StudyConfig(zoo=zoo_paths, out=tmp_path, **kwargs))
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_source_is_an_error_before_training(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        plan(StudyConfig(target="Pong", zoo=[str(tmp_path / "nope")], out=tmp_path / "study"))
+
+
+def test_zoo_that_does_not_fit_the_target(tmp_path):
+    state = random_nature_state(0)
+    state["cnn.0.weight"] = torch.zeros(32, 3, 8, 8)  # an RGB agent
+    write_compact(tmp_path / "rgb", state, {}, {})
+    with pytest.raises(ValueError, match="does not fit this environment"):
+        plan(StudyConfig(target="Pong", zoo=[str(tmp_path / "rgb")], out=tmp_path / "study"))
+
+
+def test_default_zoo_leaves_out_the_target_task(tmp_path):
+    for name, meta in (("pong", {"game": "Pong"}), ("pong-m1", {"game": "Pong", "mode": 1}),
+                       ("breakout", {"game": "Breakout"})):
+        write_compact(tmp_path / name, random_nature_state(0), {}, meta)
+    names = [p.split("/")[-1] for p in study_module.default_zoo(study_module.resolve_task("Pong"), tmp_path)]
+    assert names == ["breakout", "pong-m1"]
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
+    out = tmp_path / "study"
+    config = StudyConfig(target="Pong", zoo=zoo_paths[:2], methods=["scratch", "zoo-lite"], out=out, **TINY)
+
+    class Killed(Exception):
+        pass
+
+    real_progress = study_module._Progress
+
+    class KillAt300(real_progress):  # the zoo-lite run dies after its first checkpoint (256 steps)
+        def __init__(self, path, every=2048):
+            super().__init__(path, every=64)
+            outer_step = self.callback._on_step
+
+            def step():
+                if "zoo-lite" in str(path) and self.callback.num_timesteps >= 300:
+                    raise Killed
+                return outer_step()
+
+            self.callback._on_step = step
+
+    monkeypatch.setattr(study_module, "_Progress", KillAt300)
+    with pytest.raises(Killed):
+        run_study(config, progress=False)
+    results = pd.read_csv(out / "results.csv")
+    assert list(results["method"]) == ["scratch"]  # only the finished run, no half row
+    scratch_result = (out / "scratch" / "seed0" / "result.json").stat().st_mtime
+
+    monkeypatch.setattr(study_module, "_Progress", real_progress)
+    results, summary = run_study(config, progress=False)
+    assert (out / "scratch" / "seed0" / "result.json").stat().st_mtime == scratch_result  # skipped
+    assert json.loads((out / "zoo-lite" / "seed0" / "status.json").read_text())["resumed_from"] == 256
+    assert list(results.columns) == RESULT_COLUMNS
+    assert sorted(results["method"]) == ["scratch", "zoo-lite"] and len(results) == 2
+    assert {"method", "iqm", "iqm_low", "iqm_high", "vs_scratch", "rank"} <= set(summary.columns)
+    for name in ("results.csv", "summary.csv", "curves.csv", "gates.csv", "study.json"):
+        assert (out / name).is_file(), name
+    run = out / "zoo-lite" / "seed0"
+    for name in ("evaluations.npz", "config.json", "gates.csv", "final.zip", "monitor"):
+        assert (run / name).exists(), name
+    with np.load(run / "evaluations.npz") as ev:
+        assert list(ev["timesteps"]) == [0, 256, 512]
+    assert "command" in json.loads((run / "config.json").read_text())
+    gates = pd.read_csv(out / "gates.csv")
+    assert set(gates["source"]) == {"src0", "src1"}
+
+
+@pytest.mark.slow
+def test_ray_launcher_with_local_ray(zoo_paths, tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    out = tmp_path / "study"
+    config = StudyConfig(target="Pong", zoo=zoo_paths[:1], methods=["scratch"], out=out, launcher="ray",
+                         **dict(TINY, steps=256, eval_every=256))
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        results, _ = run_study(config, progress=False)
+    finally:
+        ray.shutdown()
+    assert len(results) == 1 and (out / "scratch" / "seed0" / "result.json").is_file()

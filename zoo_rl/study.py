@@ -1,0 +1,512 @@
+"""Transfer studies: every method x seed on one target task, resumable, with CSV tables.
+
+Layout of a study folder (``--out``)::
+
+    study.json                      the resolved StudyConfig and the command
+    <method>/seed<k>/               one resumable run (see zoo_rl.training): checkpoint.zip,
+                                    evaluations.npz, monitor/, config.json, gates.csv (zoo
+                                    methods), final.zip, result.json (written last)
+    results.csv                     one row per finished run
+    summary.csv                     one row per method (plus finetune-best / finetune-mean)
+    curves.csv                      every evaluation: method, seed, steps, return
+    gates.csv                       gate values over training of the zoo methods
+
+``results.csv`` and ``summary.csv`` are rebuilt from the ``result.json`` files each time a
+run finishes, and written atomically: a killed study never leaves a duplicate or a half row,
+and a rerun skips finished runs and resumes interrupted ones from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from envs.atari import AtariTask, make_atari, resolve_task
+from zoo_rl.baselines import EnsembleExtractor, load_extractor_weights
+from zoo_rl.callbacks import GateLogger
+from zoo_rl.export import export_lite
+from zoo_rl.extractor import ZooExtractor, cached_zoo
+from zoo_rl.fast import FastCnnPolicy
+from zoo_rl.metrics import area_under_curve, human_normalised, iqm_with_interval, steps_to_threshold
+from zoo_rl.sources import Source, atomic_write_bytes
+from zoo_rl.training import (
+    ALGOS, EVALUATIONS, FINAL, ON_POLICY, RunSpec, command_line, env_versions, load_evaluations,
+    load_hyperparams, parse_value, save_model_atomic, train_run, write_json,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ZOO_DIR = ROOT / "agents" / "zoo"
+HYPERPARAMS_DIR = ROOT / "agents" / "hyperparams"
+
+#: Method name -> one-line description (``finetune:<source>`` is expanded per source).
+METHODS: dict[str, str] = {
+    "scratch": "NatureCNN from random initialisation",
+    "finetune": "NatureCNN initialised from one source (finetune:<source>, one run per source)",
+    "uniform": "average of the source weights, no gates (gate='uniform')",
+    "zoo": "Zoo-Tuning with per-sample gates (gate='sample'), the paper's layer",
+    "zoo-lite": "lite Zoo-Tuning (gate='lite'), evaluated as the merged single NatureCNN",
+    "ensemble": "the K frozen source extractors side by side with a learned head",
+}
+ZOO_GATES = {"uniform": "uniform", "zoo": "sample", "zoo-lite": "lite"}
+RESULT = "result.json"
+RESULT_COLUMNS = ["target", "method", "seed", "steps", "final_return", "final_return_std", "initial_return",
+                  "auc", "threshold", "steps_to_threshold", "human_normalised", "wall_seconds", "timesteps_per_second"]
+
+
+@dataclass
+class StudyConfig:
+    """One transfer study.
+
+    :param target: target game (short name or full id).
+    :param mode: ALE mode of the target (``None``: default).
+    :param difficulty: ALE difficulty of the target (``None``: default).
+    :param zoo: sources; ``None``: every committed source except those trained on the target task.
+    :param methods: method names (``finetune`` expands to one ``finetune:<source>`` per source).
+    :param seeds: number of seeds (0..seeds-1).
+    :param algo: SB3 algorithm (ppo, a2c, dqn, qrdqn).
+    :param steps: agent steps per run.
+    :param lr: Adam learning rate, constant.
+    :param out: study folder.
+    :param eval_every: steps between evaluations (also the checkpoint interval).
+    :param eval_episodes: episodes per evaluation.
+    :param threshold: return for ``steps_to_threshold``; ``None``: scratch's mean final return.
+    :param precision: ``bf16`` (FastCnnPolicy: bf16 channels-last extractor) or ``fp32``.
+    :param workers: parallel runs (local launcher).
+    :param launcher: ``local`` (process pool) or ``ray``.
+    :param ray_address: Ray cluster address (``None``: start a local Ray instance).
+    :param n_envs: parallel environments per run (``None``: the algorithm's YAML value).
+    """
+
+    target: str
+    mode: int | None = None
+    difficulty: int | None = None
+    zoo: list[str] | None = None
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seeds: int = 3
+    algo: str = "ppo"
+    steps: int = 100_000
+    lr: float = 1e-4
+    out: Path | None = None
+    eval_every: int = 10_000
+    eval_episodes: int = 5
+    threshold: float | None = None
+    precision: str = "bf16"
+    workers: int = 1
+    launcher: str = "local"
+    ray_address: str | None = None
+    n_envs: int | None = None
+
+
+@dataclass
+class RunJob:
+    """One (method, seed) run of a study; everything a worker process needs, picklable."""
+
+    study: StudyConfig
+    task: AtariTask
+    zoo: list[str]
+    method: str
+    seed: int
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.study.out) / self.method.replace(":", "-") / f"seed{self.seed}"
+
+
+def committed_zoo(zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[Path]:
+    """Every exported source folder (with ``meta.json``) under ``zoo_dir``."""
+    return sorted(p.parent for p in Path(zoo_dir).glob("*/meta.json"))
+
+
+def default_zoo(task: AtariTask, zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[str]:
+    """The committed zoo minus any source trained on exactly ``task`` (game and flavour)."""
+    out = []
+    for folder in committed_zoo(zoo_dir):
+        meta = json.loads((folder / "meta.json").read_text())
+        source_task = AtariTask(meta["game"], meta.get("mode"), meta.get("difficulty"))
+        if not source_task.same_task(task):
+            out.append(str(folder))
+    return out
+
+
+def expand_methods(methods: list[str], sources: list[Source]) -> list[str]:
+    """Validate method names and expand ``finetune`` into one entry per source.
+
+    :raises ValueError: an unknown method, or ``finetune:<name>`` naming no source.
+    """
+    names = [s.name for s in sources]
+    out: list[str] = []
+    for method in methods:
+        base, _, arg = method.partition(":")
+        if base not in METHODS:
+            raise ValueError(f"Unknown method {method!r}; choose from: "
+                             + "; ".join(f"{k} ({v})" for k, v in METHODS.items()))
+        if base == "finetune" and arg:
+            if arg not in names:
+                raise ValueError(f"finetune:{arg} names no source of the zoo; sources are: {', '.join(names)}.")
+            out.append(method)
+        elif base == "finetune":
+            out += [f"finetune:{n}" for n in names]
+        else:
+            out.append(method)
+    return list(dict.fromkeys(out))
+
+
+def plan(study: StudyConfig) -> list[RunJob]:
+    """Resolve and check everything before any training: target, zoo, methods, algorithm.
+
+    :raises ValueError / FileNotFoundError: with what to fix.
+    """
+    if study.algo.lower() not in ALGOS:
+        raise ValueError(f"Unknown algorithm {study.algo!r}; choose one of {sorted(ALGOS)}.")
+    if study.seeds < 1 or study.steps < 1:
+        raise ValueError("--seeds and --steps must be positive.")
+    if study.precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'bf16' or 'fp32', got {study.precision!r}.")
+    if study.launcher not in ("local", "ray"):
+        raise ValueError(f"launcher must be 'local' or 'ray', got {study.launcher!r}.")
+    task = resolve_task(study.target, study.mode, study.difficulty)
+    zoo = study.zoo if study.zoo is not None else default_zoo(task)
+    needs_zoo = any(m.partition(":")[0] != "scratch" for m in study.methods)
+    sources: list[Source] = []
+    if needs_zoo:
+        if not zoo:
+            raise ValueError(f"No zoo sources for target {task.slug}: train some with `python agents/train.py "
+                             "--zoo`, pass --zoo, or run only --methods scratch.")
+        sources = cached_zoo(zoo)
+        env = make_atari(task, 1, seed=0)
+        try:
+            from stable_baselines3.common.vec_env import VecTransposeImage
+
+            space = VecTransposeImage(env).observation_space
+            ZooExtractor(space, zoo=zoo, gate="uniform")  # raises if the zoo does not fit the env
+        finally:
+            env.close()
+    methods = expand_methods(study.methods, sources)
+    if study.out is None:
+        study.out = ROOT / "runs" / "transfer" / f"{task.slug}-{study.algo}"
+    return [RunJob(study, task, list(zoo), m, s) for m in methods for s in range(study.seeds)]
+
+
+def _hyperparams(job: RunJob) -> tuple[dict[str, Any], int]:
+    study = job.study
+    params = load_hyperparams(HYPERPARAMS_DIR / f"{study.algo}.yml", job.task.game)
+    n_envs = int(params.pop("n_envs", 8))
+    params.pop("policy", None)
+    if study.n_envs is not None:
+        n_envs = study.n_envs
+    params["learning_rate"] = study.lr  # constant: the paper's RL setting is Adam at 1e-4
+    if study.algo not in ON_POLICY:
+        # the zoo's DQN settings wait 100k steps before learning: scale to the budget
+        params["learning_starts"] = min(int(params.get("learning_starts", 0)), study.steps // 10)
+        params["buffer_size"] = min(int(params.get("buffer_size", 100_000)), study.steps)
+    return params, n_envs
+
+
+def build_model(job: RunJob, env) -> Any:
+    """The SB3 model for ``job.method`` on ``env`` (fresh, before any checkpoint is applied)."""
+    study = job.study
+    params, _ = _hyperparams(job)
+    cls = ALGOS[study.algo]
+    on_policy = study.algo in ON_POLICY
+    policy: Any = FastCnnPolicy if on_policy and study.precision == "bf16" else "CnnPolicy"
+    policy_kwargs: dict[str, Any] = dict(net_arch=[])  # the same heads for every method
+    if on_policy:
+        policy_kwargs["optimizer_class"] = torch.optim.Adam  # A2C defaults to RMSprop
+    base, _, arg = job.method.partition(":")
+    if base in ZOO_GATES:
+        policy_kwargs.update(features_extractor_class=ZooExtractor,
+                             features_extractor_kwargs=dict(zoo=job.zoo, gate=ZOO_GATES[base]))
+    elif base == "ensemble":
+        policy_kwargs.update(features_extractor_class=EnsembleExtractor, features_extractor_kwargs=dict(zoo=job.zoo))
+    params = {k: parse_value(v) for k, v in params.items()}
+    model = cls(policy, env, seed=job.seed, device="auto", policy_kwargs=policy_kwargs, **params)
+    if base == "finetune":
+        source = next(s for s in cached_zoo(job.zoo) if s.name == arg)
+        load_extractor_weights(model, source)
+    return model
+
+
+class _Progress:
+    """Writes ``progress.json`` (steps done) every ``every`` steps, for the study's ETA."""
+
+    def __init__(self, path: Path, every: int = 2048) -> None:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        outer = self
+
+        class Callback(BaseCallback):
+            def _on_step(self) -> bool:
+                if self.num_timesteps - outer.last >= every:
+                    outer.last = self.num_timesteps
+                    write_json(path, {"steps": int(self.num_timesteps)})
+                return True
+
+        self.last = 0
+        self.callback = Callback()
+
+
+def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
+    """Train, evaluate and record one run; resumes from its checkpoint; returns its row."""
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir = job.run_dir
+    if (run_dir / RESULT).is_file():
+        return json.loads((run_dir / RESULT).read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    study = job.study
+    params, n_envs = _hyperparams(job)
+    resumed = (run_dir / "checkpoint.zip").is_file()
+    env = make_atari(job.task, n_envs, seed=job.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed)
+    eval_env = make_atari(job.task, study.eval_episodes, seed=10_000 + job.seed)
+    write_json(run_dir / "config.json", {"study": asdict(study), "method": job.method, "seed": job.seed,
+                                         "task": asdict(job.task), "zoo": job.zoo, "n_envs": n_envs,
+                                         "hyperparams": params, "command": command_line(),
+                                         "versions": env_versions()})
+    spec = RunSpec(run_dir=run_dir, algo=study.algo, total_steps=study.steps, hyperparams=params,
+                   seed=job.seed, checkpoint_every=study.eval_every, eval_every=study.eval_every,
+                   eval_episodes=study.eval_episodes)
+    model = None if resumed else build_model(job, env)
+    callbacks = [_Progress(run_dir / "progress.json").callback]
+    if job.method in ("zoo", "zoo-lite", "uniform"):
+        callbacks.append(GateLogger(csv_path=run_dir / "gates.csv", every=max(study.eval_every // 4, 1)))
+    model, _ = train_run(spec, env, eval_env, callbacks=callbacks, model=model,
+                         evaluate_as=export_lite if job.method == "zoo-lite" else None, evaluate_at_start=True)
+    wall = json.loads((run_dir / "status.json").read_text())["wall_seconds"]
+    save_model_atomic(model, run_dir / FINAL)
+    evaluations = load_evaluations(run_dir / EVALUATIONS)
+    steps = np.asarray(evaluations["timesteps"], dtype=float)
+    means = np.asarray([np.mean(r) for r in evaluations["results"]], dtype=float)
+    row = {
+        "target": job.task.slug, "method": job.method, "seed": job.seed, "steps": int(model.num_timesteps),
+        "final_return": float(means[-1]), "final_return_std": float(np.std(evaluations["results"][-1])),
+        "initial_return": float(means[0]), "auc": area_under_curve(steps, means),
+        "human_normalised": float(human_normalised(float(means[-1]), job.task.game)),
+        "wall_seconds": round(wall, 1), "timesteps_per_second": round(study.steps / max(wall, 1e-9), 1),
+    }
+    write_json(run_dir / RESULT, row)
+    for venv in (env, eval_env):
+        venv.close()
+    return row
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def collect_results(out: Path) -> pd.DataFrame:
+    """``results.csv`` rows from every finished run's ``result.json`` (one row per run)."""
+    rows = [json.loads(p.read_text()) for p in sorted(Path(out).glob(f"*/seed*/{RESULT}"))]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    table = table.drop_duplicates(["target", "method", "seed"], keep="last")
+    threshold = _threshold(table, out)
+    table["threshold"] = threshold
+    table["steps_to_threshold"] = [
+        steps_to_threshold(*_curve(Path(out), r.method, r.seed), threshold) for r in table.itertuples()
+    ]
+    return table[RESULT_COLUMNS].sort_values(["method", "seed"]).reset_index(drop=True)
+
+
+def _threshold(table: pd.DataFrame, out: Path) -> float:
+    study = json.loads((Path(out) / "study.json").read_text()) if (Path(out) / "study.json").is_file() else {}
+    if study.get("threshold") is not None:
+        return float(study["threshold"])
+    scratch = table.loc[table["method"] == "scratch", "final_return"]
+    return float(scratch.mean()) if len(scratch) else math.nan
+
+
+def _curve(out: Path, method: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    ev = load_evaluations(out / method.replace(":", "-") / f"seed{seed}" / EVALUATIONS)
+    return np.asarray(ev["timesteps"], dtype=float), np.asarray([np.mean(r) for r in ev["results"]], dtype=float)
+
+
+def learning_curves(out: Path) -> pd.DataFrame:
+    """Long table ``method, seed, steps, return`` of every evaluation of every run (started or finished)."""
+    rows = []
+    for path in sorted(Path(out).glob(f"*/seed*/{EVALUATIONS}")):
+        config = json.loads((path.parent / "config.json").read_text())
+        steps, means = _curve(Path(out), config["method"], config["seed"])
+        rows += [{"method": config["method"], "seed": config["seed"], "steps": int(s), "return": float(m)}
+                 for s, m in zip(steps, means)]
+    return pd.DataFrame(rows, columns=["method", "seed", "steps", "return"])
+
+
+def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
+    """``summary.csv``: one row per method, plus ``finetune-best`` and ``finetune-mean``.
+
+    Columns: runs, mean/std of the final return, IQM with its 95% stratified-bootstrap interval
+    (over seeds), human-normalised mean, mean AUC, median steps to threshold, mean steps/s,
+    difference of the mean to scratch and to the best single-source fine-tune, rank by mean.
+    ``finetune-best`` is the fine-tune whose mean final return is highest (chosen after the
+    fact, an optimistic baseline); ``finetune-mean`` pools all fine-tune runs.
+    """
+    if results.empty:
+        return pd.DataFrame()
+    groups = {m: g for m, g in results.groupby("method")}
+    finetunes = {m: g for m, g in groups.items() if m.startswith("finetune:")}
+    if finetunes:
+        best = max(finetunes, key=lambda m: finetunes[m]["final_return"].mean())
+        groups["finetune-best"] = finetunes[best].assign(method="finetune-best")
+        groups["finetune-mean"] = pd.concat(finetunes.values()).assign(method="finetune-mean")
+    # Per method a (num_runs x 1 task) matrix; finetune-mean has more runs, rliable allows that.
+    intervals = iqm_with_interval({m: g["final_return"].to_numpy()[:, None] for m, g in groups.items()}, reps=reps)
+    rows = []
+    for method, g in groups.items():
+        point, low, high = intervals[method]
+        rows.append({
+            "method": method, "runs": len(g), "final_mean": g["final_return"].mean(),
+            "final_std": g["final_return"].std(ddof=1) if len(g) > 1 else 0.0,
+            "iqm": point, "iqm_low": low, "iqm_high": high,
+            "human_normalised": g["human_normalised"].mean(), "auc_mean": g["auc"].mean(),
+            "steps_to_threshold_median": g["steps_to_threshold"].median(),
+            "reached_threshold": int(g["steps_to_threshold"].notna().sum()),
+            "timesteps_per_second": g["timesteps_per_second"].mean(),
+        })
+    table = pd.DataFrame(rows)
+    scratch = table.loc[table["method"] == "scratch", "final_mean"]
+    best_ft = table.loc[table["method"] == "finetune-best", "final_mean"]
+    table["vs_scratch"] = table["final_mean"] - (scratch.iloc[0] if len(scratch) else np.nan)
+    table["vs_best_finetune"] = table["final_mean"] - (best_ft.iloc[0] if len(best_ft) else np.nan)
+    ranked = ~table["method"].isin(["finetune-best", "finetune-mean"])
+    table.loc[ranked, "rank"] = table.loc[ranked, "final_mean"].rank(ascending=False, method="min")
+    return table.sort_values("final_mean", ascending=False).reset_index(drop=True)
+
+
+def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def gate_history(out: Path) -> pd.DataFrame:
+    """Long table ``method, seed, timesteps, extractor, layer, source, gate`` from every run's gates.csv."""
+    frames = []
+    for path in sorted(Path(out).glob("*/seed*/gates.csv")):
+        config = json.loads((path.parent / "config.json").read_text())
+        frames.append(pd.read_csv(path).assign(method=config["method"], seed=config["seed"]))
+    columns = ["method", "seed", "timesteps", "extractor", "layer", "source", "gate"]
+    return pd.concat(frames)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def write_tables(out: Path, reps: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rebuild results.csv, summary.csv, curves.csv and gates.csv of a study, atomically."""
+    out = Path(out)
+    results = collect_results(out)
+    summary = summarise(results, reps=reps)
+    write_csv_atomic(results, out / "results.csv")
+    write_csv_atomic(summary, out / "summary.csv")
+    write_csv_atomic(learning_curves(out), out / "curves.csv")
+    write_csv_atomic(gate_history(out), out / "gates.csv")
+    return results, summary
+
+
+def cross_target(study_dirs: list[Path], reps: int = 2000) -> pd.DataFrame:
+    """One table across studies: per method, per-target mean final return and the IQM of
+    human-normalised scores over all (run, target) pairs with its stratified-bootstrap interval.
+    """
+    tables = [pd.read_csv(Path(d) / "results.csv") for d in study_dirs if (Path(d) / "results.csv").is_file()]
+    if not tables:
+        return pd.DataFrame()
+    results = pd.concat(tables)
+    results["method"] = results["method"].where(~results["method"].str.startswith("finetune:"), "finetune-each")
+    pivot = results.pivot_table(index="method", columns="target", values="final_return", aggfunc="mean")
+    matrices = {}
+    targets = sorted(results["target"].unique())
+    for method, g in results.groupby("method"):
+        per_target = [g.loc[g["target"] == t, "human_normalised"].to_numpy() for t in targets]
+        if any(len(x) == 0 for x in per_target) or g["human_normalised"].isna().any():
+            continue
+        n = min(len(x) for x in per_target)
+        matrices[method] = np.stack([x[:n] for x in per_target], axis=1)  # (runs, targets)
+    intervals = iqm_with_interval(matrices, reps=reps) if matrices else {}
+    pivot.columns = [f"return_{c}" for c in pivot.columns]
+    pivot["hns_iqm"] = [intervals.get(m, (np.nan,) * 3)[0] for m in pivot.index]
+    pivot["hns_iqm_low"] = [intervals.get(m, (np.nan,) * 3)[1] for m in pivot.index]
+    pivot["hns_iqm_high"] = [intervals.get(m, (np.nan,) * 3)[2] for m in pivot.index]
+    return pivot.reset_index()
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _progress_steps(jobs: list[RunJob]) -> int:
+    total = 0
+    for job in jobs:
+        if (job.run_dir / RESULT).is_file():
+            total += job.study.steps
+        elif (job.run_dir / "progress.json").is_file():
+            try:
+                total += json.loads((job.run_dir / "progress.json").read_text())["steps"]
+            except (json.JSONDecodeError, KeyError):
+                pass
+    return total
+
+
+def run_study(study: StudyConfig, progress: bool = True,
+              on_result: Callable[[dict[str, Any]], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Plan, check, then train every run not finished yet; rebuild the tables after each run."""
+    jobs = plan(study)
+    out = Path(study.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "study.json", {**asdict(study), "command": command_line(), "runs": len(jobs)})
+    pending = [j for j in jobs if not (j.run_dir / RESULT).is_file()]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs) * study.steps, unit="step", desc=f"{jobs[0].task.slug} study", smoothing=0.05)
+        bar.update(_progress_steps(jobs))
+
+    def refresh() -> None:
+        if bar is not None:
+            bar.update(_progress_steps(jobs) - bar.n)
+
+    def finished(row: dict[str, Any]) -> None:
+        write_tables(out)
+        refresh()
+        if on_result is not None:
+            on_result(row)
+
+    if study.launcher == "ray":
+        _run_ray(study, pending, finished, refresh)
+    elif study.workers <= 1:
+        for job in pending:
+            finished(run_job(job))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // study.workers)
+        with ProcessPoolExecutor(max_workers=study.workers) as pool:
+            futures = {pool.submit(run_job, job, threads) for job in pending}
+            while futures:
+                done, futures = wait(futures, timeout=5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finished(future.result())
+                refresh()
+    if bar is not None:
+        bar.close()
+    return write_tables(out)
+
+
+def _run_ray(study: StudyConfig, jobs: list[RunJob], finished: Callable, refresh: Callable) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--launcher ray needs Ray: `pip install ray`.") from None
+    if not ray.is_initialized():  # zoo_rl and envs must be installed on the workers (pip install -e .)
+        ray.init(address=study.ray_address, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(run_job)
+    pending = [remote.remote(job, 1) for job in jobs]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=5)
+        for ref in done:
+            finished(ray.get(ref))
+        refresh()
