@@ -3,9 +3,14 @@
     python agents/train.py --game Breakout --algo ppo --steps 1000000
     python agents/train.py --game Pong --mode 1 --difficulty 1
     python agents/train.py --zoo                  # every source in agents/zoo/manifest.yml
+    python agents/train.py --park                 # unfinished runs -> agents/zoo/_inprogress/ (commit them)
 
 Runs resume automatically from ``runs/zoo/<name>/checkpoint.zip`` after a kill; the result
 is written to ``agents/zoo/<name>/`` (weights.pt + meta.json).
+
+Across machines: ``--park`` copies the unfinished runs' resume state (checkpoint, evaluations,
+monitor logs) to ``agents/zoo/_inprogress/<name>/`` so that it can be committed; a later call
+on a fresh clone picks it up from there and continues the step count.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--game", help="Atari game, short name (Pong) or full id (PongNoFrameskip-v4)")
     what.add_argument("--zoo", action="store_true", help="train every source of the manifest that is not done yet")
+    what.add_argument("--park", action="store_true",
+                      help="copy unfinished runs' resume state to agents/zoo/_inprogress/ (to commit) and exit")
     parser.add_argument("--algo", default="ppo", help="ppo (default), a2c, dqn or qrdqn")
     parser.add_argument("--steps", type=int, default=1_000_000, help="agent steps (1 step = 4 frames)")
     parser.add_argument("--seed", type=int, default=0)
@@ -49,25 +56,62 @@ def is_done(zoo_dir: Path, spec: SourceSpec) -> bool:
     return meta.is_file() and json.loads(meta.read_text()).get("steps", 0) >= spec.steps
 
 
+#: Files of a run needed to resume it elsewhere (the checkpoint holds weights and optimizer).
+RESUME_FILES = ("checkpoint.zip", "evaluations.npz", "config.json", "status.json", "monitor")
+
+
+def copy_run(src: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RESUME_FILES:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dest / name, dirs_exist_ok=True)
+        elif (src / name).is_file():
+            shutil.copy2(src / name, dest / name)
+
+
+def park(runs_dir: Path, parked_dir: Path, zoo_dir: Path, specs: list[SourceSpec]) -> None:
+    """Copy every unfinished run's resume state to ``parked_dir`` (committed between sessions)."""
+    for spec in specs:
+        run = runs_dir / spec.source_name
+        if (run / "checkpoint.zip").is_file() and not is_done(zoo_dir, spec):
+            copy_run(run, parked_dir / spec.source_name)
+            print(f"{spec.source_name}: parked in {parked_dir / spec.source_name}", flush=True)
+
+
+def unpark(runs_dir: Path, parked_dir: Path, spec: SourceSpec) -> None:
+    """Resume from a parked run when this machine has no checkpoint of its own."""
+    parked, run = parked_dir / spec.source_name, runs_dir / spec.source_name
+    if (parked / "checkpoint.zip").is_file() and not (run / "checkpoint.zip").is_file():
+        copy_run(parked, run)
+        print(f"{spec.source_name}: resuming the parked run from {parked}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.zoo:
+    parked_dir = args.zoo_dir / "_inprogress"
+    if args.zoo or args.park:
         specs = read_manifest(args.manifest)
     else:
         specs = [SourceSpec(game=args.game, algo=args.algo, steps=args.steps, seed=args.seed,
                             mode=args.mode, difficulty=args.difficulty, name=args.name)]
     for spec in specs:
         spec.task  # validate every entry before training anything
+    if args.park:
+        park(args.runs_dir, parked_dir, args.zoo_dir, specs)
+        return
     for spec in specs:
         if args.zoo and is_done(args.zoo_dir, spec):
             print(f"{spec.source_name}: done, skipping", flush=True)
             continue
         if args.restart:
             shutil.rmtree(args.runs_dir / spec.source_name, ignore_errors=True)
+        else:
+            unpark(args.runs_dir, parked_dir, spec)
         print(f"{spec.source_name}: training {spec.algo} for {spec.steps} steps", flush=True)
         meta = train_source(spec, zoo_dir=args.zoo_dir, runs_dir=args.runs_dir, eval_every=args.eval_every,
                             eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
                             device=args.device)
+        shutil.rmtree(parked_dir / spec.source_name, ignore_errors=True)
         print(f"{spec.source_name}: {meta['steps']} steps, return {meta['eval_return_mean']:.1f} "
               f"± {meta['eval_return_std']:.1f} (random {meta['random_return_mean']:.1f}), "
               f"saved to {args.zoo_dir / spec.source_name}", flush=True)

@@ -18,26 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import gymnasium as gym
-import numpy as np
 import torch
 from stable_baselines3.common.torch_layers import NatureCNN
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SPACE, random_zoo  # noqa: E402
 from zoo_rl.extractor import ZooExtractor  # noqa: E402
 from zoo_rl.layers import GATE_MODES  # noqa: E402
-from zoo_rl.sources import write_compact  # noqa: E402
-
-SPACE = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
-
-
-def random_zoo(k: int, root: Path) -> list[str]:
-    paths = []
-    for i in range(k):
-        torch.manual_seed(i)
-        write_compact(root / f"src{i}", NatureCNN(SPACE).state_dict(), {}, {})
-        paths.append(str(root / f"src{i}"))
-    return paths
 
 
 def make_step(extractor: torch.nn.Module, batch: int, bf16: bool, channels_last: bool, fused: bool):

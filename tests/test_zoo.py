@@ -105,3 +105,33 @@ def test_committed_zoo_matches_manifest():
     assert {p.name for p in COMMITTED} <= names
     if COMMITTED:
         assert len(load_zoo([str(p) for p in COMMITTED])) == len(COMMITTED)
+
+
+def load_train_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "agents" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_park_and_unpark_carry_a_run_across_machines(tmp_path):
+    train = load_train_script()
+    spec = SourceSpec(game="Pong", mode=1)
+    runs, zoo, parked = tmp_path / "runs", tmp_path / "zoo", tmp_path / "zoo" / "_inprogress"
+    run = runs / "pong-m1"
+    (run / "monitor").mkdir(parents=True)
+    (run / "checkpoint.zip").write_bytes(b"ckpt")
+    (run / "monitor" / "0.monitor.csv").write_text("r,l,t\n")
+    (run / "final.zip").write_bytes(b"not needed to resume")
+    train.park(runs, parked, zoo, [spec])
+    assert (parked / "pong-m1" / "checkpoint.zip").read_bytes() == b"ckpt"
+    assert (parked / "pong-m1" / "monitor" / "0.monitor.csv").is_file()
+    assert not (parked / "pong-m1" / "final.zip").exists()
+    fresh = tmp_path / "fresh_runs"  # another machine: no runs/ folder
+    train.unpark(fresh, parked, spec)
+    assert (fresh / "pong-m1" / "checkpoint.zip").read_bytes() == b"ckpt"
+    (fresh / "pong-m1" / "checkpoint.zip").write_bytes(b"newer")
+    train.unpark(fresh, parked, spec)  # a local checkpoint always wins
+    assert (fresh / "pong-m1" / "checkpoint.zip").read_bytes() == b"newer"

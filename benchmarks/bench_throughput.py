@@ -1,0 +1,152 @@
+"""End-to-end PPO throughput on Atari: plain SB3 against this project's pipeline, in one run.
+
+Variants (each run in its own process, so that peak memory is its own):
+
+  sb3        SB3's default: make_atari_env + DummyVecEnv + VecFrameStack, CnnPolicy, float32
+  project    envs.make_atari + FastCnnPolicy (bf16 channels-last extractor): what `scratch` uses
+  zoo-<mode> ZooExtractor with K sources in each gate mode, through the project pipeline
+  ensemble   K frozen source extractors with a learned head, through the project pipeline
+
+Each variant learns ``--steps`` agent steps after a warm-up of one rollout, with the RL Baselines3
+Zoo's PPO Atari settings. Repetitions are interleaved (all variants, then all again) and the
+table reports medians, ratios to ``sb3`` and to ``project``, and peak RSS. Then the inference
+latency at batch 1 and 8 of an ``export_lite`` model against a plain NatureCNN.
+
+    python benchmarks/bench_throughput.py                       # Pong, 8192 steps, 3 repetitions
+    python benchmarks/bench_throughput.py --variants sb3,project --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import random_zoo  # noqa: E402
+
+PPO_ATARI = dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1,
+                 vf_coef=0.5, ent_coef=0.01)
+VARIANTS = ("sb3", "project", "zoo-lite", "zoo-batch", "zoo-uniform", "zoo-sample", "ensemble")
+
+
+def build(variant: str, game: str, zoo: list[str]):
+    from stable_baselines3 import PPO
+
+    if variant == "sb3":
+        import ale_py
+        import gymnasium as gym
+        from stable_baselines3.common.env_util import make_atari_env
+        from stable_baselines3.common.vec_env import VecFrameStack
+
+        gym.register_envs(ale_py)
+        env = VecFrameStack(make_atari_env(f"{game}NoFrameskip-v4", n_envs=8, seed=0), n_stack=4)
+        return PPO("CnnPolicy", env, seed=0, **PPO_ATARI)
+    from envs import make_atari
+    from zoo_rl.baselines import EnsembleExtractor
+    from zoo_rl.extractor import ZooExtractor
+    from zoo_rl.fast import FastCnnPolicy
+
+    env = make_atari(game, n_envs=8, seed=0)
+    policy_kwargs: dict = dict(net_arch=[])
+    if variant.startswith("zoo-"):
+        policy_kwargs.update(features_extractor_class=ZooExtractor,
+                             features_extractor_kwargs=dict(zoo=zoo, gate=variant[4:]))
+    elif variant == "ensemble":
+        policy_kwargs.update(features_extractor_class=EnsembleExtractor, features_extractor_kwargs=dict(zoo=zoo))
+    return PPO(FastCnnPolicy, env, seed=0, policy_kwargs=policy_kwargs, **PPO_ATARI)
+
+
+def child(variant: str, game: str, steps: int, zoo: list[str]) -> None:
+    """Runs in a subprocess: print one JSON line with timesteps/s and peak RSS."""
+    model = build(variant, game, zoo)
+    model.learn(1024)  # warm-up rollout and update
+    start = time.perf_counter()
+    model.learn(steps, reset_num_timesteps=False)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"variant": variant, "fps": steps / seconds, "peak_mb": peak_mb}))
+
+
+def latency(zoo: list[str], repeats: int = 200) -> dict[str, float]:
+    """Median ms per ``predict`` at batch 1 and 8: export_lite model vs plain NatureCNN."""
+    from stable_baselines3 import PPO
+
+    from envs import make_atari
+    from zoo_rl import ZooExtractor, export_lite
+
+    env = make_atari("Pong", n_envs=1, seed=0)
+    lite = PPO("CnnPolicy", env, policy_kwargs=dict(features_extractor_class=ZooExtractor, net_arch=[],
+                                                    features_extractor_kwargs=dict(zoo=zoo, gate="lite")))
+    models = {"export_lite": export_lite(lite), "NatureCNN": PPO("CnnPolicy", env, policy_kwargs=dict(net_arch=[]))}
+    out = {}
+    for batch in (1, 8):
+        obs = np.random.default_rng(0).integers(0, 256, (batch, 84, 84, 4), dtype=np.uint8)
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for i in range(repeats + 10):
+            for name, model in models.items():  # interleaved
+                start = time.perf_counter()
+                model.predict(obs, deterministic=True)
+                if i >= 10:
+                    times[name].append(time.perf_counter() - start)
+        for name, ts in times.items():
+            out[f"{name} batch {batch}"] = statistics.median(ts) * 1e3
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--game", default="Pong")
+    parser.add_argument("--steps", type=int, default=8192, help="timed agent steps per variant and repetition")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sources", type=int, default=5, help="K for the zoo and ensemble variants")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--zoo", nargs="*", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.game, args.steps, args.zoo or [])
+        return
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        zoo = random_zoo(args.sources, Path(tmp))
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        for rep in range(args.repeats):
+            for variant in variants:
+                cmd = [sys.executable, __file__, "--child", variant, "--game", args.game, "--steps", str(args.steps),
+                       "--zoo", *zoo]
+                result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                runs[variant].append(json.loads(result.stdout.strip().splitlines()[-1]))
+                print(f"rep {rep + 1}/{args.repeats} {variant}: {runs[variant][-1]['fps']:.0f} steps/s", flush=True)
+        lat = latency(zoo)
+    fps = {v: statistics.median(r["fps"] for r in rs) for v, rs in runs.items()}
+    print(f"\n{args.game}, PPO (RL Zoo Atari settings), {args.steps} steps x {args.repeats} repetitions, "
+          f"K={args.sources}, torch threads={torch.get_num_threads()}")
+    print(f"{'variant':<12} {'steps/s':>8} {'vs sb3':>7} {'vs project':>10} {'peak MB':>8}")
+    for v in variants:
+        vs_sb3 = fps[v] / fps["sb3"] if "sb3" in fps else float("nan")
+        vs_project = fps[v] / fps["project"] if "project" in fps else float("nan")
+        peak = max(r["peak_mb"] for r in runs[v])
+        print(f"{v:<12} {fps[v]:>8.0f} {vs_sb3:>7.2f} {vs_project:>10.2f} {peak:>8.0f}")
+    print("\ninference latency, median ms per predict()")
+    for name, ms in lat.items():
+        print(f"  {name:<24} {ms:.2f}")
+    for batch in (1, 8):
+        print(f"  export_lite / NatureCNN at batch {batch}: "
+              f"{lat[f'export_lite batch {batch}'] / lat[f'NatureCNN batch {batch}']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
