@@ -1,0 +1,39 @@
+"""Print the README's zoo table from the committed sources' meta.json files.
+
+    python agents/zoo_table.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ZOO = Path(__file__).resolve().parent / "zoo"
+#: RL Baselines3 Zoo, benchmark.md: PPO after 10M steps on the default flavour (for orientation only).
+RL_ZOO_PPO_10M = {
+    "Pong": "20.99 ± 0.11",
+    "Breakout": "398.0 ± 33.3",
+    "SpaceInvaders": "960.3 ± 425.4",
+    "Seaquest": "1783.6 ± 34.1",
+    "Qbert": "15627.1 ± 3313.5",
+    "BeamRider": "3397.0 ± 1662.4",
+    "Asteroids": "2156.2 ± 744.6",
+    "Enduro": "996.4 ± 176.1",
+    "RoadRunner": "40680.6 ± 6675.1",
+}
+
+
+def main() -> None:
+    print("| source | game | flavour | steps | return (10 games) | random (10 games) | RL Zoo PPO 10M (default flavour) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for meta_path in sorted(ZOO.glob("*/meta.json")):
+        meta = json.loads(meta_path.read_text())
+        flavour = ", ".join(f"{k} {meta[k]}" for k in ("mode", "difficulty") if meta.get(k) is not None) or "default"
+        print(f"| {meta['name']} | {meta['game']} | {flavour} | {meta['steps']:,} | "
+              f"{meta['eval_return_mean']:.1f} ± {meta['eval_return_std']:.1f} | "
+              f"{meta['random_return_mean']:.1f} ± {meta['random_return_std']:.1f} | "
+              f"{RL_ZOO_PPO_10M.get(meta['game'], 'n/a')} |")
+
+
+if __name__ == "__main__":
+    main()
