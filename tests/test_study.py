@@ -187,3 +187,13 @@ def test_ray_launcher_with_local_ray(zoo_paths, tmp_path):
     finally:
         ray.shutdown()
     assert len(results) == 1 and (out / "scratch" / "seed0" / "result.json").is_file()
+
+
+@pytest.mark.slow
+def test_local_process_pool_runs_seeds_in_parallel(tmp_path):
+    out = tmp_path / "study"
+    config = StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=out, workers=2,
+                         **dict(TINY, seeds=2, steps=256, eval_every=256))
+    results, summary = run_study(config, progress=False)
+    assert sorted(results["seed"]) == [0, 1]
+    assert summary.loc[0, "runs"] == 2
