@@ -37,6 +37,12 @@ def _register_ale() -> None:
     gym.register_envs(ale_py)
 
 
+def _gym_make(env_id: str, **kwargs: Any) -> gym.Env:
+    """``gym.make`` after registering ALE: works in SubprocVecEnv workers (fresh interpreters) too."""
+    _register_ale()
+    return gym.make(env_id, **kwargs)
+
+
 @functools.lru_cache(maxsize=1)
 def available_games() -> tuple[str, ...]:
     """Short names (``Pong``) of every game registered as ``{Game}NoFrameskip-v4``."""
@@ -174,7 +180,7 @@ def make_atari(
     env_kwargs = dict(task.env_kwargs, max_episode_steps=MAX_EPISODE_FRAMES)
     _register_ale()
     venv = make_atari_env(
-        task.env_id,
+        functools.partial(_gym_make, task.env_id),
         n_envs=n_envs,
         seed=seed,
         monitor_dir=monitor_dir,

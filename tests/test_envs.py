@@ -57,6 +57,15 @@ def test_flavour_reaches_the_emulator():
     assert (atari._game_mode, atari._game_difficulty) == (1, 1)
 
 
+def test_subprocess_workers_register_ale():
+    env = make_atari("Pong", n_envs=2, seed=0, subproc=True)
+    try:
+        assert env.reset().shape == (2, 84, 84, 4)
+        env.step(np.zeros(2, dtype=int))
+    finally:
+        env.close()
+
+
 def test_bad_env_count():
     with pytest.raises(ValueError, match="n_envs"):
         make_atari("Pong", n_envs=0)

@@ -142,18 +142,15 @@ def test_export_rejects_per_sample_gates(image_env, zoo_paths):
 
 
 def test_lite_average_reaches_dqn_target_network(image_env, zoo_paths):
+    """The target network never trains, so its moving average can only move through SB3's sync."""
     model = build("dqn", image_env, zoo_paths)
+    synced = {t.data_ptr() for t in model.batch_norm_stats}  # what DQN copies at each target update
+    online = model.q_net.features_extractor.layers
+    assert all(layer.running_gates.data_ptr() in synced for layer in online.values())
     model.learn(400)  # learning starts at 64, target syncs every 50 steps
-    online = model.q_net.features_extractor.layers["cnn_0"]
-    target = model.q_net_target.features_extractor.layers["cnn_0"]
-    assert online.running_updates.item() > 1
-    model._on_step()  # force a sync check of the last step
-    with torch.no_grad():
-        from stable_baselines3.common.utils import polyak_update
-        polyak_update(model.batch_norm_stats, model.batch_norm_stats_target, 1.0)
-    torch.testing.assert_close(target.running_gates, online.running_gates)
-    names = [n for n, _ in model.q_net.named_buffers() if "running_" in n]
-    assert any("running_gates" in n for n in names)
+    for name, layer in model.q_net_target.features_extractor.layers.items():
+        assert layer.running_updates.item() > 1, name  # only a copy from the online network gets it there
+        assert not torch.equal(layer.running_gates, torch.full((3,), 1 / 3)), name
 
 
 @pytest.mark.parametrize("share", [True, False])
