@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +66,19 @@ def copy_run(src: Path, dest: Path) -> None:
     for name in RESUME_FILES:
         if (src / name).is_dir():
             shutil.copytree(src / name, dest / name, dirs_exist_ok=True)
+        elif name.endswith(".zip") and (src / name).is_file():
+            deflate_zip(src / name, dest / name)
         elif (src / name).is_file():
             shutil.copy2(src / name, dest / name)
+
+
+def deflate_zip(src: Path, dest: Path) -> None:
+    """Copy an SB3 zip (stored uncompressed by SB3) with deflate: about 10% smaller to commit."""
+    tmp = dest.with_suffix(".tmp")
+    with zipfile.ZipFile(src) as archive, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out:
+        for name in archive.namelist():
+            out.writestr(name, archive.read(name))
+    tmp.replace(dest)
 
 
 def park(runs_dir: Path, parked_dir: Path, zoo_dir: Path, specs: list[SourceSpec]) -> None:

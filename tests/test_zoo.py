@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -122,16 +123,19 @@ def test_park_and_unpark_carry_a_run_across_machines(tmp_path):
     runs, zoo, parked = tmp_path / "runs", tmp_path / "zoo", tmp_path / "zoo" / "_inprogress"
     run = runs / "pong-m1"
     (run / "monitor").mkdir(parents=True)
-    (run / "checkpoint.zip").write_bytes(b"ckpt")
+    with zipfile.ZipFile(run / "checkpoint.zip", "w") as archive:
+        archive.writestr("policy.pth", b"weights" * 100)
     (run / "monitor" / "0.monitor.csv").write_text("r,l,t\n")
     (run / "final.zip").write_bytes(b"not needed to resume")
     train.park(runs, parked, zoo, [spec])
-    assert (parked / "pong-m1" / "checkpoint.zip").read_bytes() == b"ckpt"
+    with zipfile.ZipFile(parked / "pong-m1" / "checkpoint.zip") as archive:  # deflated, same content
+        assert archive.read("policy.pth") == b"weights" * 100
+        assert archive.getinfo("policy.pth").compress_type == zipfile.ZIP_DEFLATED
     assert (parked / "pong-m1" / "monitor" / "0.monitor.csv").is_file()
     assert not (parked / "pong-m1" / "final.zip").exists()
     fresh = tmp_path / "fresh_runs"  # another machine: no runs/ folder
     train.unpark(fresh, parked, spec)
-    assert (fresh / "pong-m1" / "checkpoint.zip").read_bytes() == b"ckpt"
+    assert (fresh / "pong-m1" / "checkpoint.zip").is_file()
     (fresh / "pong-m1" / "checkpoint.zip").write_bytes(b"newer")
     train.unpark(fresh, parked, spec)  # a local checkpoint always wins
     assert (fresh / "pong-m1" / "checkpoint.zip").read_bytes() == b"newer"
