@@ -15,7 +15,7 @@ import pytest
 import torch
 from stable_baselines3 import DQN, PPO
 
-from conftest import OBS_SPACE_CHW, random_nature_state
+from conftest import random_nature_state
 from zoo_rl.extractor import ZooExtractor
 from zoo_rl.sources import LAYERS, SourceUnavailable, load_source, load_zoo, read_compact, sha256_of, write_compact
 

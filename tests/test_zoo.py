@@ -15,7 +15,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from envs.atari import make_atari
 from zoo_rl.sources import load_source, load_zoo, sha256_of
 from zoo_rl.training import CHECKPOINT, EVALUATIONS, RunSpec, load_hyperparams, parse_value, train_run
-from zoo_rl.zoo_training import SourceSpec, read_manifest, train_source
+from zoo_rl.zoo_training import SourceSpec, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "agents" / "zoo"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shlex
 import sys
@@ -345,7 +344,3 @@ def env_versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def cpu_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
