@@ -1,0 +1,71 @@
+"""Lab2D levels in the Atari observation format: construction, actions, seeding, errors, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from envs.lab2d import Lab2DEnv, available_levels, discrete_actions, make_lab2d
+
+
+def test_shipped_levels_are_listed():
+    assert {"pushbox", "running_with_scissors", "commons_harvest"} <= set(available_levels())
+
+
+@pytest.mark.parametrize("level", ["pushbox", "running_with_scissors", "commons_harvest"])
+def test_observations_match_atari_format(level):
+    env = make_lab2d(level, n_envs=2, seed=0)
+    obs = env.reset()
+    assert obs.shape == (2, 84, 84, 4) and obs.dtype == np.uint8
+    obs, rewards, dones, infos = env.step(np.zeros(2, dtype=int))
+    assert obs.shape == (2, 84, 84, 4) and rewards.dtype == np.float32
+    env.close()
+
+
+def test_composite_actions_become_one_discrete_set():
+    class Bounded:
+        def __init__(self, lo, hi):
+            self.minimum, self.maximum = lo, hi
+
+    actions = discrete_actions({"1.move": Bounded(0, 4), "1.turn": Bounded(-1, 1), "1.fireZap": Bounded(0, 1)})
+    assert actions[0] == {"1.move": 0, "1.turn": 0, "1.fireZap": 0}
+    assert len(actions) == 1 + 1 + 4 + 2  # no-op, zap, 4 moves, 2 turns
+    assert {"1.move": 0, "1.turn": -1, "1.fireZap": 0} in actions
+    assert Lab2DEnv("running_with_scissors").action_space.n == 8
+
+
+def test_same_seed_same_episode():
+    def rollout(seed):
+        env = Lab2DEnv("chase_eat")
+        frames = [env.reset(seed=seed)[0]]
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            frames.append(env.step(int(rng.integers(env.action_space.n)))[0])
+        return np.stack(frames)
+
+    np.testing.assert_array_equal(rollout(3), rollout(3))
+
+
+def test_episodes_are_capped():
+    env = Lab2DEnv("running_with_scissors", max_episode_steps=5)
+    env.reset(seed=0)
+    ends = [env.step(0)[3] for _ in range(5)]
+    assert ends == [False] * 4 + [True]
+
+
+def test_unknown_level_lists_the_shipped_ones():
+    with pytest.raises(ValueError, match="the shipped levels are: .*pushbox"):
+        Lab2DEnv("labyrinth")
+
+
+@pytest.mark.slow
+def test_short_training_run(tmp_path):
+    from stable_baselines3 import PPO
+
+    from zoo_rl.fast import FastCnnPolicy
+
+    env = make_lab2d("pushbox", n_envs=2, seed=0, monitor_dir=str(tmp_path))
+    model = PPO(FastCnnPolicy, env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(256)
+    assert model.num_timesteps >= 256
+    assert list(tmp_path.glob("*.monitor.csv"))
