@@ -71,6 +71,10 @@ class AtariTask:
     difficulty: int | None = None
 
     @property
+    def family(self) -> str:
+        return "atari"
+
+    @property
     def env_id(self) -> str:
         return self.game + _SUFFIX
 
@@ -93,10 +97,11 @@ class AtariTask:
             kwargs["difficulty"] = self.difficulty
         return kwargs
 
-    def same_task(self, other: "AtariTask") -> bool:
+    def same_task(self, other: object) -> bool:
         """True when both name the same game *and* flavour (``None`` equals the default 0)."""
         return (
-            self.game == other.game
+            isinstance(other, AtariTask)
+            and self.game == other.game
             and (self.mode or 0) == (other.mode or 0)
             and (self.difficulty or 0) == (other.difficulty or 0)
         )

@@ -23,7 +23,7 @@ METHOD_HELP = "; ".join(f"{k}: {v}" for k, v in METHODS.items())
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", help="target game: short name (Pong) or full id (PongNoFrameskip-v4)")
+    p.add_argument("--target", help="target: Atari short name (Pong) or full id (PongNoFrameskip-v4), or lab2d:<level>")
     p.add_argument("--mode", type=int, default=None, help="ALE mode of the target (default: the game's)")
     p.add_argument("--difficulty", type=int, default=None, help="ALE difficulty of the target (default: the game's)")
     p.add_argument("--zoo", nargs="+", default=None,

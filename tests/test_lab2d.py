@@ -69,3 +69,37 @@ def test_short_training_run(tmp_path):
     model.learn(256)
     assert model.num_timesteps >= 256
     assert list(tmp_path.glob("*.monitor.csv"))
+
+
+def test_tasks_resolve_both_families():
+    from envs.tasks import Lab2DTask, make_env, resolve
+
+    task = resolve("lab2d:pushbox")
+    assert task == Lab2DTask("pushbox") and task.slug == "lab2d-pushbox" and task.family == "lab2d"
+    assert resolve(task.slug) == task
+    assert resolve("Pong").family == "atari"
+    assert not task.same_task(resolve("Pong"))
+    assert make_env(task, 1, seed=0).reset().shape == (1, 84, 84, 4)
+    with pytest.raises(ValueError, match="no ALE mode"):
+        resolve("lab2d:pushbox", mode=1)
+    with pytest.raises(ValueError, match="shipped levels"):
+        resolve("lab2d:maze")
+
+
+@pytest.mark.slow
+def test_lab2d_source_training_and_study_plan(tmp_path):
+    from zoo_rl.sources import load_source
+    from zoo_rl.study import StudyConfig, plan
+    from zoo_rl.zoo_training import SourceSpec, train_source
+
+    meta = train_source(SourceSpec(game="lab2d:pushbox", steps=1024), zoo_dir=tmp_path / "zoo",
+                        runs_dir=tmp_path / "runs", eval_every=1024, eval_episodes=1, checkpoint_every=512,
+                        verbose=0)
+    assert meta["game"] == "lab2d:pushbox" and meta["steps"] >= 1024
+    assert "--game lab2d:pushbox" in meta["command"]
+    source = tmp_path / "zoo" / "lab2d-pushbox"
+    load_source(source)
+    # a Lab2D target with a zoo mixing a Lab2D source: planned and checked before training
+    jobs = plan(StudyConfig(target="lab2d:chase_eat", zoo=[str(source)], methods=["scratch", "zoo-lite"],
+                            seeds=1, out=tmp_path / "study"))
+    assert [j.method for j in jobs] == ["scratch", "zoo-lite"]

@@ -121,7 +121,7 @@ def test_default_zoo_leaves_out_the_target_task(tmp_path):
     for name, meta in (("pong", {"game": "Pong"}), ("pong-m1", {"game": "Pong", "mode": 1}),
                        ("breakout", {"game": "Breakout"})):
         write_compact(tmp_path / name, random_nature_state(0), {}, meta)
-    names = [p.split("/")[-1] for p in study_module.default_zoo(study_module.resolve_task("Pong"), tmp_path)]
+    names = [p.split("/")[-1] for p in study_module.default_zoo(study_module.resolve("Pong"), tmp_path)]
     assert names == ["breakout", "pong-m1"]
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from envs.atari import AtariTask, make_atari, resolve_task
+from envs.tasks import Task, make_env, resolve
 from zoo_rl.baselines import EnsembleExtractor, load_extractor_weights
 from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
@@ -112,7 +112,7 @@ class RunJob:
     """One (method, seed) run of a study; everything a worker process needs, picklable."""
 
     study: StudyConfig
-    task: AtariTask
+    task: Task
     zoo: list[str]
     method: str
     seed: int
@@ -127,12 +127,12 @@ def committed_zoo(zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[Path]:
     return sorted(p.parent for p in Path(zoo_dir).glob("*/meta.json"))
 
 
-def default_zoo(task: AtariTask, zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[str]:
+def default_zoo(task: Task, zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[str]:
     """The committed zoo minus any source trained on exactly ``task`` (game and flavour)."""
     out = []
     for folder in committed_zoo(zoo_dir):
         meta = json.loads((folder / "meta.json").read_text())
-        source_task = AtariTask(meta["game"], meta.get("mode"), meta.get("difficulty"))
+        source_task = resolve(meta["game"], meta.get("mode"), meta.get("difficulty"))
         if not source_task.same_task(task):
             out.append(str(folder))
     return out
@@ -174,7 +174,7 @@ def plan(study: StudyConfig) -> list[RunJob]:
         raise ValueError(f"precision must be 'bf16' or 'fp32', got {study.precision!r}.")
     if study.launcher not in ("local", "ray"):
         raise ValueError(f"launcher must be 'local' or 'ray', got {study.launcher!r}.")
-    task = resolve_task(study.target, study.mode, study.difficulty)
+    task = resolve(study.target, study.mode, study.difficulty)
     zoo = study.zoo if study.zoo is not None else default_zoo(task)
     needs_zoo = any(m.partition(":")[0] != "scratch" for m in study.methods)
     sources: list[Source] = []
@@ -183,7 +183,7 @@ def plan(study: StudyConfig) -> list[RunJob]:
             raise ValueError(f"No zoo sources for target {task.slug}: train some with `python agents/train.py "
                              "--zoo`, pass --zoo, or run only --methods scratch.")
         sources = cached_zoo(zoo)
-        env = make_atari(task, 1, seed=0)
+        env = make_env(task, 1, seed=0)
         try:
             from stable_baselines3.common.vec_env import VecTransposeImage
 
@@ -199,7 +199,7 @@ def plan(study: StudyConfig) -> list[RunJob]:
 
 def _hyperparams(job: RunJob) -> tuple[dict[str, Any], int]:
     study = job.study
-    params = load_hyperparams(HYPERPARAMS_DIR / f"{study.algo}.yml", job.task.game)
+    params = load_hyperparams(HYPERPARAMS_DIR / f"{study.algo}.yml", job.task.game, family=job.task.family)
     n_envs = int(params.pop("n_envs", 8))
     params.pop("policy", None)
     if study.n_envs is not None:
@@ -266,8 +266,8 @@ def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
     study = job.study
     params, n_envs = _hyperparams(job)
     resumed = (run_dir / "checkpoint.zip").is_file()
-    env = make_atari(job.task, n_envs, seed=job.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed)
-    eval_env = make_atari(job.task, study.eval_episodes, seed=10_000 + job.seed)
+    env = make_env(job.task, n_envs, seed=job.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed)
+    eval_env = make_env(job.task, study.eval_episodes, seed=10_000 + job.seed)
     write_json(run_dir / "config.json", {"study": asdict(study), "method": job.method, "seed": job.seed,
                                          "task": asdict(job.task), "zoo": job.zoo, "n_envs": n_envs,
                                          "hyperparams": params, "command": command_line(),

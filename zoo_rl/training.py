@@ -85,18 +85,18 @@ def parse_value(value: Any) -> Any:
     return value
 
 
-def load_hyperparams(path: str | Path, game: str) -> dict[str, Any]:
+def load_hyperparams(path: str | Path, game: str, family: str = "atari") -> dict[str, Any]:
     """Hyperparameters for ``game`` from a YAML file keyed like the RL Baselines3 Zoo's.
 
-    The ``atari`` entry holds the defaults; an entry named by the game (``Pong``) or its env id
-    (``PongNoFrameskip-v4``) overrides them. Values are data only: ``lin_X`` becomes a linear
-    schedule, nothing is evaluated.
+    The family's entry (``atari``; ``lab2d`` falls back to ``atari``) holds the defaults; an entry
+    named by the game (``Pong``, ``lab2d:pushbox``) or its env id (``PongNoFrameskip-v4``) overrides
+    them. Values are data only: ``lin_X`` becomes a linear schedule, nothing is evaluated.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Hyperparameter file {path} does not exist.")
     table = yaml.safe_load(path.read_text()) or {}
-    params = dict(table.get("atari", {}))
+    params = dict(table.get(family, table.get("atari", {})) or {})
     for key in (game, f"{game}NoFrameskip-v4"):
         params.update(table.get(key, {}) or {})
     return params

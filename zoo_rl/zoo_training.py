@@ -20,7 +20,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
-from envs.atari import AtariTask, make_atari, resolve_task
+from envs.tasks import Task, make_env, resolve
 from zoo_rl.fast import policy_class
 from zoo_rl.sources import LAYERS, write_compact
 from zoo_rl.training import ON_POLICY, RunSpec, command_line, env_versions, load_hyperparams, train_run, write_json
@@ -46,8 +46,8 @@ class SourceSpec:
     name: str | None = None
 
     @property
-    def task(self) -> AtariTask:
-        return resolve_task(self.game, self.mode, self.difficulty)
+    def task(self) -> Task:
+        return resolve(self.game, self.mode, self.difficulty)
 
     @property
     def source_name(self) -> str:
@@ -135,26 +135,26 @@ def train_source(
     task = spec.task
     name = spec.source_name
     run_dir = Path(runs_dir) / name
-    params = load_hyperparams(Path(hyperparams_dir) / f"{spec.algo}.yml", task.game)
+    params = load_hyperparams(Path(hyperparams_dir) / f"{spec.algo}.yml", task.game, family=task.family)
     n_envs = int(params.pop("n_envs", 8))
     policy = policy_class(params.pop("policy", "CnnPolicy"))
     run = RunSpec(run_dir=run_dir, algo=spec.algo, total_steps=spec.steps, hyperparams=params, policy=policy,
                   seed=spec.seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
                   eval_episodes=eval_episodes, device=device)
     resumed = (run_dir / "checkpoint.zip").is_file()
-    env = make_atari(task, n_envs, seed=spec.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed)
-    eval_env = make_atari(task, eval_episodes, seed=spec.seed + 10_000)
+    env = make_env(task, n_envs, seed=spec.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed)
+    eval_env = make_env(task, eval_episodes, seed=spec.seed + 10_000)
     write_json(run_dir / "config.json", {"source": asdict(spec), "task": asdict(task), "n_envs": n_envs,
                                          "hyperparams": params, "command": command_line(), "versions": env_versions()})
     started = time.time()
     model, evaluator = train_run(run, env, eval_env, verbose=verbose)
     train_seconds = time.time() - started
 
-    final_env = make_atari(task, FINAL_EVAL_EPISODES, seed=spec.seed + 20_000)
+    final_env = make_env(task, FINAL_EVAL_EPISODES, seed=spec.seed + 20_000)
     final, _ = evaluate_policy(model, final_env, n_eval_episodes=FINAL_EVAL_EPISODES,
                                deterministic=spec.algo not in ON_POLICY, return_episode_rewards=True, warn=False)
     rand = random_returns(final_env, FINAL_EVAL_EPISODES, seed=spec.seed + 30_000)
-    test_obs = collect_observations(make_atari(task, 8, seed=spec.seed + 40_000), FP16_CHECK_OBS)
+    test_obs = collect_observations(make_env(task, 8, seed=spec.seed + 40_000), FP16_CHECK_OBS)
     dtype = torch.float16 if float16_is_exact(model, test_obs) else torch.float32
     extractor, heads = split_policy_state(model)
     meta = {

@@ -1,0 +1,68 @@
+"""One entry point for every task family: ``Pong``, ``Pong-m1``, ``lab2d:pushbox``.
+
+A task knows its name (``game``), a file-system ``slug``, its flavour, and how to build its
+vectorised, 4-frame-stacked environment (``(n_envs, 84, 84, 4)`` uint8 for every family), so
+source training and transfer studies treat Atari games and Lab2D levels alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stable_baselines3.common.vec_env import VecEnv
+
+from envs.atari import AtariTask, make_atari, resolve_task
+from envs.lab2d import check_level, make_lab2d
+
+LAB2D_PREFIX = "lab2d:"
+
+
+@dataclass(frozen=True)
+class Lab2DTask:
+    """A DeepMind Lab2D level (player 1 controlled)."""
+
+    level: str
+    mode: None = None
+    difficulty: None = None
+
+    @property
+    def game(self) -> str:
+        return LAB2D_PREFIX + self.level
+
+    @property
+    def family(self) -> str:
+        return "lab2d"
+
+    @property
+    def env_id(self) -> str:
+        return self.game
+
+    @property
+    def slug(self) -> str:
+        return "lab2d-" + self.level
+
+    def same_task(self, other: object) -> bool:
+        return isinstance(other, Lab2DTask) and other.level == self.level
+
+
+Task = AtariTask | Lab2DTask
+
+
+def resolve(name: str, mode: int | None = None, difficulty: int | None = None) -> Task:
+    """``lab2d:<level>`` -> :class:`Lab2DTask`; anything else -> :func:`envs.atari.resolve_task`.
+
+    :raises ValueError: unknown game or level (with the valid names), or a flavour given for Lab2D.
+    """
+    if name.startswith(LAB2D_PREFIX) or name.startswith("lab2d-"):
+        if mode is not None or difficulty is not None:
+            raise ValueError("Lab2D levels have no ALE mode or difficulty; drop --mode/--difficulty.")
+        return Lab2DTask(check_level(name[len(LAB2D_PREFIX):]))
+    return resolve_task(name, mode, difficulty)
+
+
+def make_env(task: Task, n_envs: int, seed: int | None = 0, *, monitor_dir: str | None = None,
+             monitor_append: bool = False) -> VecEnv:
+    """The training/evaluation environment of ``task``: ``(n_envs, 84, 84, 4)`` uint8 observations."""
+    if isinstance(task, Lab2DTask):
+        return make_lab2d(task.level, n_envs, seed, monitor_dir=monitor_dir, monitor_append=monitor_append)
+    return make_atari(task, n_envs, seed, monitor_dir=monitor_dir, monitor_append=monitor_append)
