@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--bf16", action="store_true", help="run under CPU bfloat16 autocast")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--no-align", action="store_true", help="zoo layers without alignment")
+    parser.add_argument("--align", choices=["all", "conv", "none"], default="all",
+                        help="which zoo layers learn an alignment (default: all)")
     parser.add_argument("--fused-adam", action="store_true", help="torch's fused Adam (one kernel for all tensors)")
     args = parser.parse_args()
 
@@ -64,7 +65,8 @@ def main() -> None:
         zoo = random_zoo(args.sources, Path(tmp))
         variants = {"NatureCNN": NatureCNN(SPACE)}
         for mode in GATE_MODES:
-            variants[f"zoo-{mode}"] = ZooExtractor(SPACE, zoo=zoo, gate=mode, align=not args.no_align)
+            align = {"all": True, "conv": "conv", "none": False}[args.align]
+            variants[f"zoo-{mode}"] = ZooExtractor(SPACE, zoo=zoo, gate=mode, align=align)
     steps = {name: make_step(module.train(), args.batch, args.bf16, args.channels_last, args.fused_adam) for name, module in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.warmup + args.repeats):
@@ -75,7 +77,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     base = statistics.median(times["NatureCNN"])
     print(f"K={args.sources} batch={args.batch} bf16={args.bf16} channels_last={args.channels_last} "
-          f"align={not args.no_align} fused_adam={args.fused_adam} threads={torch.get_num_threads()} repeats={args.repeats}")
+          f"align={args.align} fused_adam={args.fused_adam} threads={torch.get_num_threads()} repeats={args.repeats}")
     print(f"{'variant':<14} {'median ms':>10} {'ratio':>7} {'params':>11}")
     for name, ts in times.items():
         n_params = sum(p.numel() for p in variants[name].parameters())

@@ -158,10 +158,16 @@ def test_bad_extractor_arguments(zoo_paths, kwargs, match):
         ZooExtractor(OBS_SPACE_CHW, **args)
 
 
-def test_no_alignment_option(zoo_paths):
-    ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths, align=False)
-    assert all(layer.align is None for layer in ext.layers.values())
-    assert all(layer.align is not None for layer in ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths).layers.values())
+def test_alignment_options(zoo_paths):
+    def aligned(**kwargs):
+        ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths, **kwargs)
+        return [name for name, layer in ext.layers.items() if layer.align is not None]
+
+    assert aligned() == ["cnn_0", "cnn_2", "cnn_4", "linear_0"]
+    assert aligned(align="conv") == ["cnn_0", "cnn_2", "cnn_4"]
+    assert aligned(align=False) == []
+    with pytest.raises(ValueError, match="align must be"):
+        aligned(align="linear")
 
 
 def test_bank_holds_every_source(zoo_paths):

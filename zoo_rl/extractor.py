@@ -75,7 +75,9 @@ class ZooExtractor(BaseFeaturesExtractor):
         paper's exact layer, K times the linear layer's cost), ``batch`` or ``uniform``.
     :param normalisation: ``softmax`` (default), ``sigmoid-sum`` or ``sigmoid``; see
         :mod:`zoo_rl.layers` for why the default is normalised.
-    :param align: learn a channel-alignment matrix per source on every layer.
+    :param align: learn a channel-alignment matrix per source on every layer (``True``), on the
+        convolutions only (``"conv"``: the paper's code aligns only kernels larger than 1x1; this
+        saves the K-fold cost of aligning the 3136->512 layer), or nowhere (``False``).
     :param lite_momentum: momentum of the lite moving average.
     :param features_dim: must equal the sources' feature size (512 for NatureCNN).
     """
@@ -86,7 +88,7 @@ class ZooExtractor(BaseFeaturesExtractor):
         zoo: Sequence[str],
         gate: GateMode = "lite",
         normalisation: Normalisation = "softmax",
-        align: bool = True,
+        align: bool | str = True,
         lite_momentum: float = LITE_MOMENTUM,
         features_dim: int = NATURE_FEATURES,
     ) -> None:
@@ -97,6 +99,8 @@ class ZooExtractor(BaseFeaturesExtractor):
             )
         check_choice(gate, GATE_MODES, "gate mode")
         check_choice(normalisation, NORMALISATIONS, "gate normalisation")
+        if align not in (True, False, "conv"):
+            raise ValueError(f"align must be True, False or 'conv', got {align!r}.")
         if isinstance(zoo, (str, os.PathLike)) or len(zoo) == 0:
             raise ValueError("zoo must be a non-empty list of sources, e.g. zoo=['agents/zoo/breakout'].")
         super().__init__(observation_space, features_dim)
@@ -121,12 +125,13 @@ class ZooExtractor(BaseFeaturesExtractor):
             return (torch.stack([s.state[f"{layer}.weight"] for s in sources]),
                     torch.stack([s.state[f"{layer}.bias"] for s in sources]))
 
-        common = dict(mode=gate, normalisation=normalisation, align=align, lite_momentum=lite_momentum)
+        common = dict(mode=gate, normalisation=normalisation, lite_momentum=lite_momentum)
         self.layers = nn.ModuleDict()
         for name, (_, _, stride) in zip(LAYERS[:3], NATURE_CONVS):
-            self.layers[name.replace(".", "_")] = ZooLayer(*bank(name), stride=stride, **common)
+            self.layers[name.replace(".", "_")] = ZooLayer(*bank(name), stride=stride, align=bool(align), **common)
         # The linear layer's gate pools the last conv map over space, like the conv gates do.
-        self.layers["linear_0"] = ZooLayer(*bank("linear.0"), gate_channels=NATURE_CONVS[-1][0], **common)
+        self.layers["linear_0"] = ZooLayer(*bank("linear.0"), gate_channels=NATURE_CONVS[-1][0],
+                                           align=align is True, **common)
         self.register_buffer("zoo_loaded", torch.tensor(0.0 if sources is None else 1.0))
 
     @property
