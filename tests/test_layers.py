@@ -177,3 +177,29 @@ def test_bank_holds_every_source(zoo_paths):
         for name, key in zip(ext.layers, LAYERS):
             assert torch.equal(ext.layers[name].weight[k], src.state[f"{key}.weight"])
             assert torch.equal(ext.layers[name].bias[k], src.state[f"{key}.bias"])
+
+
+@pytest.mark.parametrize("mode", ["lite", "uniform"])
+def test_inference_uses_a_merged_layer_that_follows_updates(zoo_paths, mode):
+    ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths, gate=mode)
+    optimizer = torch.optim.SGD(ext.parameters(), lr=0.1)
+    x = obs_batch(4)
+    ext.train()
+    ext(x).square().mean().backward()
+    optimizer.step()
+    ext.eval()
+    with torch.enable_grad():
+        reference = ext(x).detach()  # gradient enabled: the aggregate path
+    with torch.no_grad():
+        merged = ext(x)
+    torch.testing.assert_close(merged, reference, rtol=1e-5, atol=1e-5)
+    layer = ext.layers["cnn_0"]
+    assert layer._merged_cache is not None
+    ext.train()
+    ext(x).square().mean().backward()
+    optimizer.step()  # in-place update: the cache must not serve stale weights
+    ext.eval()
+    with torch.enable_grad():
+        reference = ext(x).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(ext(x), reference, rtol=1e-5, atol=1e-5)

@@ -24,7 +24,9 @@ Gate modes (``mode``):
   through a straight-through term ``ᾱ - stopgrad(ᾱ)`` (zero in value). After each training
   forward the average moves towards the batch mean: ``α̂ <- (1-m) α̂ + m ᾱ``. It starts from
   the first batch's mean (no zero start, no bias correction needed). Because the gates are
-  constants at inference, :meth:`ZooLayer.merged` folds the layer into one plain layer.
+  constants at inference, :meth:`ZooLayer.merged` folds the layer into one plain layer; in
+  eval mode without gradients the layer does so itself, once per parameter update, so
+  rollouts cost one plain layer.
 - ``uniform``: fixed gates ``1/K`` (weight averaging, a baseline; no gate network).
 
 Gate normalisation (``normalisation``):
@@ -144,6 +146,7 @@ class ZooLayer(nn.Module):
         self.register_buffer("running_gates", torch.full((k,), 1.0 / k))
         self.register_buffer("running_updates", torch.zeros(()))
         self.last_gates: torch.Tensor | None = None  # batch mean of the gates last used, for logging
+        self._merged_cache: tuple | None = None  # (parameter versions, weight, bias) for inference
 
     @property
     def n_sources(self) -> int:
@@ -171,11 +174,32 @@ class ZooLayer(nn.Module):
         return gates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._can_use_merged():
+            # Inference with constant gates (rollouts, evaluation): one plain layer, merged once
+            # per parameter update instead of aggregating the K sources at every call.
+            weight, bias = self._cached_merged()
+            self.last_gates = self.running_gates if self.mode == "lite" else self.uniform_gates
+            if self.is_conv:
+                return F.conv2d(x, weight, bias, self.stride)
+            return F.linear(x.flatten(1), weight, bias)
         gates = self.gates(x)
         self.last_gates = gates.detach().reshape(-1, self.n_sources).mean(0)
         if self.is_conv:
             return zoo_conv2d(x, self.weight, self.bias, gates, self.align, self.stride)
         return zoo_linear(x.flatten(1), self.weight, self.bias, gates, self.align)
+
+    def _can_use_merged(self) -> bool:
+        if self.training or torch.is_grad_enabled():
+            return False
+        return self.mode == "uniform" or (self.mode == "lite" and self.running_updates.item() > 0)
+
+    def _cached_merged(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Any in-place change (optimizer step, load_state_dict, EMA update) bumps _version.
+        tensors = [t for t in (self.weight, self.bias, self.align, self.running_gates) if t is not None]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._merged_cache is None or self._merged_cache[0] != key:
+            self._merged_cache = (key, *self.merged())
+        return self._merged_cache[1], self._merged_cache[2]
 
     @torch.no_grad()
     def merged(self, gates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
