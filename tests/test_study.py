@@ -133,28 +133,22 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     class Killed(Exception):
         pass
 
-    real_progress = study_module._Progress
+    real_progress = study_module.ProgressFile
 
     class KillAt300(real_progress):  # the zoo-lite run dies after its first checkpoint (256 steps)
-        def __init__(self, path, every=2048):
-            super().__init__(path, every=64)
-            outer_step = self.callback._on_step
+        def _on_step(self) -> bool:
+            if "zoo-lite" in str(self.path) and self.num_timesteps >= 300:
+                raise Killed
+            return super()._on_step()
 
-            def step():
-                if "zoo-lite" in str(path) and self.callback.num_timesteps >= 300:
-                    raise Killed
-                return outer_step()
-
-            self.callback._on_step = step
-
-    monkeypatch.setattr(study_module, "_Progress", KillAt300)
+    monkeypatch.setattr(study_module, "ProgressFile", KillAt300)
     with pytest.raises(Killed):
         run_study(config, progress=False)
     results = pd.read_csv(out / "results.csv")
     assert list(results["method"]) == ["scratch"]  # only the finished run, no half row
     scratch_result = (out / "scratch" / "seed0" / "result.json").stat().st_mtime
 
-    monkeypatch.setattr(study_module, "_Progress", real_progress)
+    monkeypatch.setattr(study_module, "ProgressFile", real_progress)
     results, summary = run_study(config, progress=False)
     assert (out / "scratch" / "seed0" / "result.json").stat().st_mtime == scratch_result  # skipped
     assert json.loads((out / "zoo-lite" / "seed0" / "status.json").read_text())["resumed_from"] == 256

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 
 from envs.tasks import Task, make_env, resolve
 from zoo_rl.baselines import EnsembleExtractor, load_extractor_weights
@@ -236,23 +237,21 @@ def build_model(job: RunJob, env) -> Any:
     return model
 
 
-class _Progress:
-    """Writes ``progress.json`` (steps done) every ``every`` steps, for the study's ETA."""
+class ProgressFile(BaseCallback):
+    """Writes ``progress.json`` (steps done) every ``every`` steps: the study's ETA reads it,
+    from any launcher, since runs may live in other processes or on other machines."""
 
     def __init__(self, path: Path, every: int = 2048) -> None:
-        from stable_baselines3.common.callbacks import BaseCallback
+        super().__init__()
+        self.path = Path(path)
+        self.every = every
+        self._last = 0
 
-        outer = self
-
-        class Callback(BaseCallback):
-            def _on_step(self) -> bool:
-                if self.num_timesteps - outer.last >= every:
-                    outer.last = self.num_timesteps
-                    write_json(path, {"steps": int(self.num_timesteps)})
-                return True
-
-        self.last = 0
-        self.callback = Callback()
+    def _on_step(self) -> bool:
+        if self.num_timesteps - self._last >= self.every:
+            self._last = self.num_timesteps
+            write_json(self.path, {"steps": int(self.num_timesteps)})
+        return True
 
 
 def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
@@ -276,7 +275,7 @@ def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
                    seed=job.seed, checkpoint_every=study.eval_every, eval_every=study.eval_every,
                    eval_episodes=study.eval_episodes)
     model = None if resumed else build_model(job, env)
-    callbacks = [_Progress(run_dir / "progress.json").callback]
+    callbacks: list[BaseCallback] = [ProgressFile(run_dir / "progress.json")]
     if job.method in ("zoo", "zoo-lite", "uniform"):
         callbacks.append(GateLogger(csv_path=run_dir / "gates.csv", every=max(study.eval_every // 4, 1)))
     model, _ = train_run(spec, env, eval_env, callbacks=callbacks, model=model,
