@@ -21,8 +21,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def bootstrap_band(values: np.ndarray, reps: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95% percentile-bootstrap interval of the mean of ``values`` (1-D)."""

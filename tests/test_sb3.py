@@ -193,7 +193,18 @@ def test_gate_logger_records_every_source(image_env, zoo_paths, tmp_path):
 
 
 def test_fast_policy_works_with_zoo_extractor(image_env, zoo_paths):
-    model = build("ppo", image_env, zoo_paths, policy=FastCnnPolicy)
+    """The bf16 channels-last path runs the zoo layers, close to float32, and they learn."""
+    model = build("ppo", image_env, zoo_paths, policy=FastCnnPolicy, policy_kwargs=dict(bf16=True))
+    (ext,) = extractors(model)
+    before = ext.layers["linear_0"].weight.detach().clone()
+    x = obs_batch(8) * 255
+    model.policy.set_training_mode(False)
+    with torch.no_grad():
+        fast = model.policy.extract_features(x)
+        model.policy.bf16 = False
+        exact = model.policy.extract_features(x)
+        model.policy.bf16 = True
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, exact, rtol=0.05, atol=0.05)
     model.learn(64)
-    assert model.policy.bf16 in (True, False)
-    assert extractors(model)
+    assert not torch.equal(ext.layers["linear_0"].weight, before)
