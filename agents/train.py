@@ -3,6 +3,7 @@
     python agents/train.py --game Breakout --algo ppo --steps 1000000
     python agents/train.py --game Pong --mode 1 --difficulty 1
     python agents/train.py --zoo                  # every source in agents/zoo/manifest.yml
+    python agents/train.py --zoo --manifest agents/zoo-lab2d/manifest.yml   # the Lab2D zoo
     python agents/train.py --park                 # unfinished runs -> agents/zoo/_inprogress/ (commit them)
 
 Runs resume automatically from ``runs/zoo/<name>/checkpoint.zip`` after a kill; the result
@@ -41,15 +42,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", type=int, default=None, help="ALE game mode (default: the game's default)")
     parser.add_argument("--difficulty", type=int, default=None, help="ALE difficulty (default: the game's default)")
     parser.add_argument("--name", default=None, help="source name (default: task slug, e.g. pong-m1-d1)")
-    parser.add_argument("--manifest", type=Path, default=ROOT / "agents" / "zoo" / "manifest.yml")
-    parser.add_argument("--zoo-dir", type=Path, default=ROOT / "agents" / "zoo", help="where sources are exported")
+    parser.add_argument("--manifest", type=Path, default=ROOT / "agents" / "zoo" / "manifest.yml",
+                        help="zoo manifest (agents/zoo/manifest.yml: Atari; agents/zoo-lab2d/manifest.yml: Lab2D)")
+    parser.add_argument("--zoo-dir", type=Path, default=None,
+                        help="where sources are exported (default: the manifest's folder)")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "zoo", help="checkpoints and logs")
     parser.add_argument("--eval-every", type=int, default=250_000, help="steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--checkpoint-every", type=int, default=50_000, help="steps between checkpoints")
     parser.add_argument("--restart", action="store_true", help="discard an existing checkpoint instead of resuming")
     parser.add_argument("--device", default="auto")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.zoo_dir is None:
+        args.zoo_dir = args.manifest.parent
+    return args
 
 
 def is_done(zoo_dir: Path, spec: SourceSpec) -> bool:

@@ -47,9 +47,15 @@ def available_levels() -> tuple[str, ...]:
 
 
 def check_level(level: str) -> str:
+    """``level`` if its base name is shipped. ``<level>:<arg>`` passes ``arg`` to the level's Lua
+    entry point, e.g. a map: ``commons_harvest:probabilistic_apples`` (a "flavour" of the level)."""
+    base, _, arg = level.partition(":")
     levels = available_levels()
-    if level not in levels:
-        raise ValueError(f"Unknown Lab2D level {level!r}; the shipped levels are: {', '.join(levels)}.")
+    if base not in levels:
+        raise ValueError(f"Unknown Lab2D level {base!r}; the shipped levels are: {', '.join(levels)}.")
+    if ":" in level and (not arg or ":" in arg):
+        raise ValueError(f"Lab2D level {level!r}: write <level> or <level>:<argument>, e.g. "
+                         "commons_harvest:probabilistic_apples.")
     return level
 
 
@@ -76,7 +82,7 @@ def to_grey84(rgb: np.ndarray) -> np.ndarray:
 class Lab2DEnv(gym.Env):
     """One player of a Lab2D level, observed as 84x84 grey frames.
 
-    :param level: a shipped level name (see :func:`available_levels`).
+    :param level: a shipped level name (see :func:`available_levels`), optionally ``<level>:<arg>``.
     :param settings: extra level settings (strings), passed to the Lua level.
     :param max_episode_steps: truncate episodes after this many steps.
     """
@@ -89,7 +95,10 @@ class Lab2DEnv(gym.Env):
 
         self.level = check_level(level)
         self._settings = {"levelName": level, **(settings or {})}
-        self._lab = dmlab2d.Lab2d(_root(), self._settings)
+        try:
+            self._lab = dmlab2d.Lab2d(_root(), self._settings)
+        except Exception as err:  # the Lua level rejects an unknown argument or setting
+            raise ValueError(f"Lab2D level {level!r} with settings {settings or {}} failed to load: {err}") from err
         names = self._lab.observation_names()
         self._rgb_key = "1.RGB" if "1.RGB" in names else "WORLD.RGB"
         self._reward_key = "1.REWARD" if "1.REWARD" in names else None

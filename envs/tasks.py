@@ -1,4 +1,5 @@
-"""One entry point for every task family: ``Pong``, ``Pong-m1``, ``lab2d:pushbox``.
+"""One entry point for every task family: ``Pong``, ``Pong-m1``, ``lab2d:pushbox``,
+``lab2d:commons_harvest:probabilistic_apples`` (a level with an argument, here its map).
 
 A task knows its name (``game``), a file-system ``slug``, its flavour, and how to build its
 vectorised, 4-frame-stacked environment (``(n_envs, 84, 84, 4)`` uint8 for every family), so
@@ -39,7 +40,7 @@ class Lab2DTask:
 
     @property
     def slug(self) -> str:
-        return "lab2d-" + self.level
+        return "lab2d-" + self.level.replace(":", "-")  # level names use underscores, never hyphens
 
     def same_task(self, other: object) -> bool:
         return isinstance(other, Lab2DTask) and other.level == self.level
@@ -55,8 +56,12 @@ def resolve(name: str, mode: int | None = None, difficulty: int | None = None) -
     """
     if name.startswith(LAB2D_PREFIX) or name.startswith("lab2d-"):
         if mode is not None or difficulty is not None:
-            raise ValueError("Lab2D levels have no ALE mode or difficulty; drop --mode/--difficulty.")
-        return Lab2DTask(check_level(name[len(LAB2D_PREFIX):]))
+            raise ValueError("Lab2D levels have no ALE mode or difficulty; drop --mode/--difficulty, or pick a "
+                             "level's map with lab2d:<level>:<map>.")
+        level = name[len(LAB2D_PREFIX):]
+        if name.startswith("lab2d-"):  # a slug
+            level = level.replace("-", ":")
+        return Lab2DTask(check_level(level))
     return resolve_task(name, mode, difficulty)
 
 

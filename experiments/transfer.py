@@ -2,6 +2,7 @@
 
     python experiments/transfer.py --target Pong
     python experiments/transfer.py --target Breakout --methods scratch,zoo-lite --seeds 5
+    python experiments/transfer.py --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo
     python experiments/transfer.py --aggregate runs/transfer/Pong-ppo runs/transfer/Breakout-ppo
 
 Rerunning the same command skips finished runs and resumes interrupted ones.
@@ -27,8 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", type=int, default=None, help="ALE mode of the target (default: the game's)")
     p.add_argument("--difficulty", type=int, default=None, help="ALE difficulty of the target (default: the game's)")
     p.add_argument("--zoo", nargs="+", default=None,
-                   help="sources: zoo folders, SB3 zips or hub ids (default: the committed zoo minus sources "
-                        "trained on exactly the target task)")
+                   help="sources (source folders, SB3 zips, hub ids) or whole zoos (agents/zoo agents/zoo-lab2d: "
+                        "their members minus the target task's own source); default: the committed zoo of "
+                        "the target's family minus the target task's own source")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma-separated methods (default: all). {METHOD_HELP}")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds per method (default 3)")

@@ -103,3 +103,20 @@ def test_lab2d_source_training_and_study_plan(tmp_path):
     jobs = plan(StudyConfig(target="lab2d:chase_eat", zoo=[str(source)], methods=["scratch", "zoo-lite"],
                             seeds=1, out=tmp_path / "study"))
     assert [j.method for j in jobs] == ["scratch", "zoo-lite"]
+
+
+def test_a_level_argument_picks_a_map_and_round_trips_through_the_slug():
+    from envs.tasks import resolve
+
+    task = resolve("lab2d:commons_harvest:probabilistic_apples")
+    assert task.slug == "lab2d-commons_harvest-probabilistic_apples"
+    assert resolve(task.slug) == task and not task.same_task(resolve("lab2d:commons_harvest"))
+    default, apples = Lab2DEnv("commons_harvest"), Lab2DEnv("commons_harvest:probabilistic_apples")
+    assert not np.array_equal(default.reset(seed=0)[0], apples.reset(seed=0)[0])
+
+
+def test_bad_level_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="<level>:<argument>"):
+        Lab2DEnv("commons_harvest:")
+    with pytest.raises(ValueError, match="failed to load"):
+        Lab2DEnv("commons_harvest:no_such_map")

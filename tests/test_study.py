@@ -125,6 +125,19 @@ def test_default_zoo_leaves_out_the_target_task(tmp_path):
     assert names == ["breakout", "pong-m1"]
 
 
+def test_zoo_folders_expand_to_members_minus_the_target_task(tmp_path):
+    atari, lab = tmp_path / "zoo", tmp_path / "zoo-lab2d"
+    write_compact(atari / "breakout", random_nature_state(0), {}, {"game": "Breakout"})
+    for level in ("chase_eat", "pushbox"):
+        write_compact(lab / f"lab2d-{level}", random_nature_state(0), {}, {"game": f"lab2d:{level}"})
+    single = str(atari / "breakout")
+    task = study_module.resolve("lab2d:pushbox")
+    zoo = study_module.expand_zoo([str(lab), str(atari), single], task)
+    assert [p.split("/")[-1] for p in zoo] == ["lab2d-chase_eat", "breakout", "breakout"]
+    assert study_module.default_zoo(task, lab) == [str(lab / "lab2d-chase_eat")]
+    assert set(study_module.ZOO_DIRS) == {"atari", "lab2d"}
+
+
 @pytest.mark.slow
 def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     out = tmp_path / "study"

@@ -19,7 +19,8 @@ from zoo_rl.zoo_training import SourceSpec, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "agents" / "zoo"
-COMMITTED = sorted(p.parent for p in ZOO.glob("*/meta.json"))
+LAB2D_ZOO = ROOT / "agents" / "zoo-lab2d"
+COMMITTED = sorted(p.parent for z in (ZOO, LAB2D_ZOO) for p in z.glob("*/meta.json"))
 TINY_PPO = dict(n_steps=64, batch_size=128, n_epochs=1, learning_rate=2.5e-4)
 
 
@@ -38,6 +39,8 @@ def test_manifest_lists_valid_tasks():
     tasks = [s.task for s in specs]
     assert any(t.game == "Pong" and (t.mode or t.difficulty) for t in tasks), "one non-default Pong flavour"
     assert all(s.steps >= 1_000_000 for s in specs)
+    lab2d = read_manifest(LAB2D_ZOO / "manifest.yml")
+    assert len(lab2d) >= 3 and all(s.task.family == "lab2d" for s in lab2d)
 
 
 class StopAt(BaseCallback):
@@ -94,18 +97,28 @@ def test_train_script_writes_a_loadable_source(tmp_path):
 @pytest.mark.parametrize("folder", COMMITTED, ids=[p.name for p in COMMITTED])
 def test_committed_source_loads_and_matches_its_sha(folder):
     meta = json.loads((folder / "meta.json").read_text())
+    spec = {s.source_name: s for s in read_manifest(folder.parent / "manifest.yml")}[folder.name]
     assert meta["sha256"] == sha256_of(folder / "weights.pt")
-    assert meta["steps"] >= 1_000_000
+    assert meta["steps"] >= spec.steps
     assert meta["eval_return_mean"] > meta["random_return_mean"]
     load_source(folder)
 
 
 def test_committed_zoo_matches_manifest():
     """Every committed source is a manifest entry (the zoo is reproducible by `agents/train.py --zoo`)."""
-    names = {s.source_name for s in read_manifest(ZOO / "manifest.yml")}
-    assert {p.name for p in COMMITTED} <= names
-    if COMMITTED:
-        assert len(load_zoo([str(p) for p in COMMITTED])) == len(COMMITTED)
+    for zoo in (ZOO, LAB2D_ZOO):
+        committed = [p for p in COMMITTED if p.parent == zoo]
+        names = {s.source_name for s in read_manifest(zoo / "manifest.yml")}
+        assert {p.name for p in committed} <= names
+        if committed:
+            assert len(load_zoo([str(p) for p in committed])) == len(committed)
+
+
+def test_zoo_dir_defaults_to_the_manifest_folder():
+    train = load_train_script()
+    assert train.parse_args(["--zoo"]).zoo_dir == ZOO
+    assert train.parse_args(["--zoo", "--manifest", str(LAB2D_ZOO / "manifest.yml")]).zoo_dir == LAB2D_ZOO
+    assert train.parse_args(["--zoo", "--zoo-dir", "/tmp/z"]).zoo_dir == Path("/tmp/z")
 
 
 def load_train_script():

@@ -47,6 +47,8 @@ from zoo_rl.training import (
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ZOO_DIR = ROOT / "agents" / "zoo"
+#: The committed zoo of each task family: a target's default zoo is its own family's.
+ZOO_DIRS = {"atari": DEFAULT_ZOO_DIR, "lab2d": ROOT / "agents" / "zoo-lab2d"}
 HYPERPARAMS_DIR = ROOT / "agents" / "hyperparams"
 
 #: Method name -> one-line description (``finetune:<source>`` is expanded per source).
@@ -71,7 +73,8 @@ class StudyConfig:
     :param target: target game (short name or full id).
     :param mode: ALE mode of the target (``None``: default).
     :param difficulty: ALE difficulty of the target (``None``: default).
-    :param zoo: sources; ``None``: every committed source except those trained on the target task.
+    :param zoo: sources, or zoo folders standing for their members minus the target task's own;
+        ``None``: the committed zoo of the target's family (``agents/zoo``, ``agents/zoo-lab2d``).
     :param methods: method names (``finetune`` expands to one ``finetune:<source>`` per source).
     :param seeds: number of seeds (0..seeds-1).
     :param algo: SB3 algorithm (ppo, a2c, dqn, qrdqn).
@@ -128,14 +131,28 @@ def committed_zoo(zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[Path]:
     return sorted(p.parent for p in Path(zoo_dir).glob("*/meta.json"))
 
 
-def default_zoo(task: Task, zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[str]:
-    """The committed zoo minus any source trained on exactly ``task`` (game and flavour)."""
-    out = []
-    for folder in committed_zoo(zoo_dir):
-        meta = json.loads((folder / "meta.json").read_text())
-        source_task = resolve(meta["game"], meta.get("mode"), meta.get("difficulty"))
-        if not source_task.same_task(task):
-            out.append(str(folder))
+def default_zoo(task: Task, zoo_dir: Path | None = None) -> list[str]:
+    """The committed zoo of ``task``'s family minus any source trained on exactly ``task``."""
+    return expand_zoo([str(zoo_dir or ZOO_DIRS[task.family])], task)
+
+
+def is_zoo_folder(path: Path) -> bool:
+    """A folder of sources (``<path>/<name>/meta.json``) rather than one source."""
+    return path.is_dir() and not (path / "meta.json").is_file() and any(path.glob("*/meta.json"))
+
+
+def expand_zoo(entries: list[str], task: Task) -> list[str]:
+    """Sources named by ``entries``; a zoo folder (e.g. ``agents/zoo``) stands for its members,
+    minus those trained on exactly ``task`` (leave-one-out). Single sources are kept as given."""
+    out: list[str] = []
+    for entry in entries:
+        if not is_zoo_folder(Path(entry)):
+            out.append(entry)
+            continue
+        for folder in committed_zoo(Path(entry)):
+            meta = json.loads((folder / "meta.json").read_text())
+            if not resolve(meta["game"], meta.get("mode"), meta.get("difficulty")).same_task(task):
+                out.append(str(folder))
     return out
 
 
@@ -176,7 +193,7 @@ def plan(study: StudyConfig) -> list[RunJob]:
     if study.launcher not in ("local", "ray"):
         raise ValueError(f"launcher must be 'local' or 'ray', got {study.launcher!r}.")
     task = resolve(study.target, study.mode, study.difficulty)
-    zoo = study.zoo if study.zoo is not None else default_zoo(task)
+    zoo = expand_zoo(study.zoo, task) if study.zoo is not None else default_zoo(task)
     needs_zoo = any(m.partition(":")[0] != "scratch" for m in study.methods)
     sources: list[Source] = []
     if needs_zoo:
