@@ -6,7 +6,8 @@ so that load on a shared machine hits them alike; the table gives medians and th
 NatureCNN.
 
     python benchmarks/bench_extractor.py                 # K=5, batch 256, float32
-    python benchmarks/bench_extractor.py --bf16          # under CPU bfloat16 autocast
+    python benchmarks/bench_extractor.py --bf16          # under bfloat16 autocast
+    python benchmarks/bench_extractor.py --device cuda   # on a GPU (steps timed to completion)
 """
 
 from __future__ import annotations
@@ -27,23 +28,27 @@ from zoo_rl.extractor import ZooExtractor  # noqa: E402
 from zoo_rl.layers import GATE_MODES  # noqa: E402
 
 
-def make_step(extractor: torch.nn.Module, batch: int, bf16: bool, channels_last: bool, fused: bool):
-    head = torch.nn.Linear(512, 6)
+def make_step(extractor: torch.nn.Module, batch: int, bf16: bool, channels_last: bool, fused: bool,
+              device: torch.device):
+    extractor.to(device)
+    head = torch.nn.Linear(512, 6).to(device)
     params = list(extractor.parameters()) + list(head.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-4, fused=fused or None)
-    x = torch.rand(batch, 4, 84, 84)
+    x = torch.rand(batch, 4, 84, 84, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
         extractor.to(memory_format=torch.channels_last) if isinstance(extractor, NatureCNN) else None
-    target = torch.randint(0, 6, (batch,))
+    target = torch.randint(0, 6, (batch,), device=device)
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = head(extractor(x)).float()
         loss = torch.nn.functional.cross_entropy(logits, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     return step
 
@@ -54,7 +59,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--bf16", action="store_true", help="run under CPU bfloat16 autocast")
+    parser.add_argument("--bf16", action="store_true", help="run under bfloat16 autocast")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--align", choices=["all", "conv", "none"], default="all",
                         help="which zoo layers learn an alignment (default: all)")
@@ -67,7 +73,9 @@ def main() -> None:
         for mode in GATE_MODES:
             align = {"all": True, "conv": "conv", "none": False}[args.align]
             variants[f"zoo-{mode}"] = ZooExtractor(SPACE, zoo=zoo, gate=mode, align=align)
-    steps = {name: make_step(module.train(), args.batch, args.bf16, args.channels_last, args.fused_adam) for name, module in variants.items()}
+    device = torch.device(args.device)
+    steps = {name: make_step(module.train(), args.batch, args.bf16, args.channels_last, args.fused_adam, device)
+             for name, module in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(args.warmup + args.repeats):
         for name, step in steps.items():
@@ -76,8 +84,9 @@ def main() -> None:
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
     base = statistics.median(times["NatureCNN"])
-    print(f"K={args.sources} batch={args.batch} bf16={args.bf16} channels_last={args.channels_last} "
-          f"align={args.align} fused_adam={args.fused_adam} threads={torch.get_num_threads()} repeats={args.repeats}")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, threads={torch.get_num_threads()}"
+    print(f"device={where} K={args.sources} batch={args.batch} bf16={args.bf16} channels_last={args.channels_last} "
+          f"align={args.align} fused_adam={args.fused_adam} repeats={args.repeats}")
     print(f"{'variant':<14} {'median ms':>10} {'ratio':>7} {'params':>11}")
     for name, ts in times.items():
         n_params = sum(p.numel() for p in variants[name].parameters())

@@ -203,3 +203,21 @@ def test_inference_uses_a_merged_layer_that_follows_updates(zoo_paths, mode):
         reference = ext(x).detach()
     with torch.no_grad():
         torch.testing.assert_close(ext(x), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_merged_cache_built_under_bf16_autocast_serves_float32_calls(zoo_paths):
+    """FastCnnPolicy's rollouts merge under bf16 autocast; a later float32 call (e.g. an
+    evaluation without FastCnnPolicy) must get the float32 merge, not a bf16 cache (found by
+    benchmarks/gpu_check.py's CPU dry run: "Input type (float) and bias type (BFloat16)")."""
+    ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths, gate="uniform").eval()
+    x = obs_batch(4)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = ext(x)
+        high = ext(x)
+    assert ext.layers["cnn_0"]._merged_cache[1].dtype == torch.float32
+    assert high.dtype == torch.float32
+    with torch.enable_grad():
+        reference = ext(x).detach()
+    torch.testing.assert_close(high, reference, rtol=1e-5, atol=1e-5)
+    assert (low.float() - reference).abs().max() < 0.05 * reference.abs().max()

@@ -217,4 +217,7 @@ class ZooLayer(nn.Module):
                 raise ValueError(
                     f"A {self.mode!r} layer's gates depend on its input: pass constant gates, or use mode='lite'."
                 )
-        return mix(gates, align_weights(self.weight, self.align)), mix(gates, align_biases(self.bias, self.align))
+        # Always in the parameters' dtype: a merge under bf16 autocast (FastCnnPolicy's rollouts)
+        # would otherwise cache bf16 weights that a later float32 call cannot use.
+        with torch.autocast(self.weight.device.type, enabled=False):
+            return mix(gates, align_weights(self.weight, self.align)), mix(gates, align_biases(self.bias, self.align))
