@@ -212,7 +212,8 @@ def plan(study: StudyConfig) -> list[RunJob]:
     methods = expand_methods(study.methods, sources)
     if study.out is None:
         study.out = ROOT / "runs" / "transfer" / f"{task.slug}-{study.algo}"
-    return [RunJob(study, task, list(zoo), m, s) for m in methods for s in range(study.seeds)]
+    # Seed-major: a study stopped part-way has every method at the same number of seeds.
+    return [RunJob(study, task, list(zoo), m, s) for s in range(study.seeds) for m in methods]
 
 
 def _hyperparams(job: RunJob) -> tuple[dict[str, Any], int]:

@@ -1,0 +1,95 @@
+"""Learning parity: does the fast pipeline (FastCnnPolicy, bf16) learn as well as plain float32 SB3?
+
+Trains PPO from scratch on one game with the study runner's protocol (RL Baselines3 Zoo Atari
+settings, Adam at 1e-4, 8 envs) twice per seed: plain ``CnnPolicy`` in float32, and
+``FastCnnPolicy`` (bf16 channels-last extractor). Seeds are interleaved (fp32 seed 0, bf16 seed 0,
+fp32 seed 1, ...), every run resumes after a kill, and finished runs are skipped, so the command
+can be rerun until it is done. Then one plot with both learning curves (mean and 95% bootstrap
+band over seeds) and a table of final returns:
+
+    python benchmarks/parity.py --game Breakout --steps 500000 --seeds 3
+    python benchmarks/parity.py --report-only     # tables and plot from the runs so far
+
+Writes ``results/parity/<game>-parity.csv`` (one row per run), ``<game>-parity-summary.csv`` and
+``<game>-parity.png/.svg``. The verdict line says whether the difference of the two means lies
+within the seed-to-seed spread (the larger of the two standard deviations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+from plot import plot_curves, plt, save  # noqa: E402
+from zoo_rl.study import StudyConfig, collect_results, learning_curves, run_study, write_csv_atomic  # noqa: E402
+
+LABELS = {"fp32": "plain CnnPolicy, float32", "bf16": "FastCnnPolicy, bf16 + channels-last"}
+
+
+def study(args: argparse.Namespace, precision: str, seeds: int) -> StudyConfig:
+    return StudyConfig(target=args.game, methods=["scratch"], seeds=seeds, steps=args.steps, precision=precision,
+                       out=args.runs / f"{args.game}-{precision}", eval_every=args.eval_every,
+                       eval_episodes=args.eval_episodes)
+
+
+def report(args: argparse.Namespace) -> pd.DataFrame:
+    runs, curves = [], []
+    for precision, label in LABELS.items():
+        out = args.runs / f"{args.game}-{precision}"
+        if not out.is_dir():
+            continue
+        runs.append(collect_results(out).assign(pipeline=label, precision=precision))
+        curves.append(learning_curves(out).assign(method=label))
+    if not runs:
+        raise SystemExit(f"No parity runs under {args.runs}: run without --report-only first.")
+    results = pd.concat(runs, ignore_index=True)
+    summary = (results.groupby(["precision", "pipeline"])
+               .agg(runs=("final_return", "size"), final_mean=("final_return", "mean"),
+                    final_std=("final_return", "std"), timesteps_per_second=("timesteps_per_second", "mean"))
+               .reset_index())
+    args.results.mkdir(parents=True, exist_ok=True)
+    stem = args.results / f"{args.game}-parity"
+    write_csv_atomic(results, stem.with_name(stem.name + ".csv"))
+    write_csv_atomic(summary, stem.with_name(stem.name + "-summary.csv"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot_curves(pd.concat(curves, ignore_index=True), ax)
+    ax.set_title(f"{args.game}: PPO from scratch, fast vs plain pipeline")
+    save(fig, stem)
+
+    print(summary.to_string(index=False))
+    if len(summary) == 2 and (summary["runs"] >= 2).all():
+        means, stds = summary["final_mean"].to_numpy(), summary["final_std"].to_numpy()
+        gap, spread = abs(means[0] - means[1]), float(np.max(stds))
+        verdict = "within" if gap <= spread else "OUTSIDE"
+        print(f"difference of means {gap:.2f} is {verdict} the seed-to-seed spread (max std {spread:.2f})")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--game", default="Breakout")
+    parser.add_argument("--steps", type=int, default=500_000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--eval-every", type=int, default=25_000)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "parity")
+    parser.add_argument("--results", type=Path, default=ROOT / "results" / "parity")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    if not args.report_only:
+        for seed in range(args.seeds):  # interleaved: a partial run compares like with like
+            for precision in LABELS:
+                run_study(study(args, precision, seeds=seed + 1), progress=False)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
