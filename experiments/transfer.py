@@ -3,6 +3,7 @@
     python experiments/transfer.py --target Pong
     python experiments/transfer.py --target Breakout --methods scratch,zoo-lite --seeds 5
     python experiments/transfer.py --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo
+    python experiments/transfer.py --target Pong --methods zoo-lite,zoo-lite:sigmoid,zoo-lite:noalign
     python experiments/transfer.py --aggregate runs/transfer/Pong-ppo runs/transfer/Breakout-ppo
 
 Rerunning the same command skips finished runs and resumes interrupted ones.
@@ -17,9 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zoo_rl.study import METHODS, StudyConfig, cross_target, run_study, write_csv_atomic  # noqa: E402
+from zoo_rl.study import METHODS, ZOO_OPTIONS, StudyConfig, cross_target, run_study, write_csv_atomic  # noqa: E402
 
-METHOD_HELP = "; ".join(f"{k}: {v}" for k, v in METHODS.items())
+METHOD_HELP = ("; ".join(f"{k}: {v}" for k, v in METHODS.items())
+               + ". Ablations of zoo, zoo-lite and uniform: <method>:<option>[+<option>] with options "
+               + ", ".join(ZOO_OPTIONS) + " (e.g. zoo-lite:sigmoid, zoo-lite:noalign)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

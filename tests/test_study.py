@@ -97,6 +97,7 @@ def test_plots_from_fixture_csv(tmp_path):
     (dict(target="Pong", methods=["scratch", "distill"]), ValueError, "Unknown method 'distill'"),
     (dict(target="Pong", methods=["finetune:nobody"]), ValueError, "finetune:nobody names no source"),
     (dict(target="Pong", algo="trpo"), ValueError, "Unknown algorithm 'trpo'"),
+    (dict(target="Pong", methods=["zoo-lite:sigmoid+nogates"]), ValueError, "Unknown option 'nogates'.*noalign"),
 ])
 def test_errors_before_training(zoo_paths, tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -204,3 +205,18 @@ def test_local_process_pool_runs_seeds_in_parallel(tmp_path):
     results, summary = run_study(config, progress=False)
     assert sorted(results["seed"]) == [0, 1]
     assert summary.loc[0, "runs"] == 2
+
+
+def test_zoo_method_options_reach_the_extractor(zoo_paths, tmp_path):
+    jobs = plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["zoo-lite:sigmoid+noalign", "zoo:align-conv"],
+                            seeds=1, out=tmp_path))
+    assert [j.method for j in jobs] == ["zoo-lite:sigmoid+noalign", "zoo:align-conv"]
+    env = study_module.make_env(jobs[0].task, 1)
+    try:
+        lite = study_module.build_model(jobs[0], env).policy.features_extractor
+        sample = study_module.build_model(jobs[1], env).policy.features_extractor
+    finally:
+        env.close()
+    layer = lite.layers["cnn_0"]
+    assert layer.mode == "lite" and layer.align is None and layer.gate.normalisation == "sigmoid"
+    assert sample.layers["cnn_0"].align is not None and sample.layers["linear_0"].align is None

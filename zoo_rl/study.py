@@ -61,6 +61,15 @@ METHODS: dict[str, str] = {
     "ensemble": "the K frozen source extractors side by side with a learned head",
 }
 ZOO_GATES = {"uniform": "uniform", "zoo": "sample", "zoo-lite": "lite"}
+#: Ablation options of the zoo methods, ``<method>:<option>[+<option>]``, e.g. ``zoo-lite:sigmoid``
+#: (the paper's gate normalisation) or ``zoo-lite:noalign`` (no channel alignment).
+ZOO_OPTIONS: dict[str, dict[str, Any]] = {
+    "softmax": dict(normalisation="softmax"),
+    "sigmoid": dict(normalisation="sigmoid"),
+    "sigmoid-sum": dict(normalisation="sigmoid-sum"),
+    "noalign": dict(align=False),
+    "align-conv": dict(align="conv"),
+}
 RESULT = "result.json"
 RESULT_COLUMNS = ["target", "method", "seed", "steps", "final_return", "final_return_std", "initial_return",
                   "auc", "threshold", "steps_to_threshold", "human_normalised", "wall_seconds", "timesteps_per_second"]
@@ -156,6 +165,22 @@ def expand_zoo(entries: list[str], task: Task) -> list[str]:
     return out
 
 
+def zoo_options(method: str) -> dict[str, Any]:
+    """ZooExtractor keyword arguments of a zoo method's options: ``zoo-lite:sigmoid+noalign`` ->
+    ``{"normalisation": "sigmoid", "align": False}``.
+
+    :raises ValueError: an unknown option (the valid ones are listed).
+    """
+    _, _, arg = method.partition(":")
+    kwargs: dict[str, Any] = {}
+    for option in filter(None, arg.split("+")):
+        if option not in ZOO_OPTIONS:
+            raise ValueError(f"Unknown option {option!r} in method {method!r}; options of zoo, zoo-lite and uniform "
+                             f"(joined with '+'): {', '.join(ZOO_OPTIONS)}.")
+        kwargs.update(ZOO_OPTIONS[option])
+    return kwargs
+
+
 def expand_methods(methods: list[str], sources: list[Source]) -> list[str]:
     """Validate method names and expand ``finetune`` into one entry per source.
 
@@ -168,7 +193,10 @@ def expand_methods(methods: list[str], sources: list[Source]) -> list[str]:
         if base not in METHODS:
             raise ValueError(f"Unknown method {method!r}; choose from: "
                              + "; ".join(f"{k} ({v})" for k, v in METHODS.items()))
-        if base == "finetune" and arg:
+        if base in ZOO_GATES and arg:
+            zoo_options(method)  # raises on an unknown option
+            out.append(method)
+        elif base == "finetune" and arg:
             if arg not in names:
                 raise ValueError(f"finetune:{arg} names no source of the zoo; sources are: {', '.join(names)}.")
             out.append(method)
@@ -244,7 +272,7 @@ def build_model(job: RunJob, env) -> Any:
     base, _, arg = job.method.partition(":")
     if base in ZOO_GATES:
         policy_kwargs.update(features_extractor_class=ZooExtractor,
-                             features_extractor_kwargs=dict(zoo=job.zoo, gate=ZOO_GATES[base]))
+                             features_extractor_kwargs=dict(zoo=job.zoo, gate=ZOO_GATES[base], **zoo_options(job.method)))
     elif base == "ensemble":
         policy_kwargs.update(features_extractor_class=EnsembleExtractor, features_extractor_kwargs=dict(zoo=job.zoo))
     params = {k: parse_value(v) for k, v in params.items()}
@@ -294,10 +322,11 @@ def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
                    eval_episodes=study.eval_episodes)
     model = None if resumed else build_model(job, env)
     callbacks: list[BaseCallback] = [ProgressFile(run_dir / "progress.json")]
-    if job.method in ("zoo", "zoo-lite", "uniform"):
+    base = job.method.partition(":")[0]
+    if base in ZOO_GATES:
         callbacks.append(GateLogger(csv_path=run_dir / "gates.csv", every=max(study.eval_every // 4, 1)))
     model, _ = train_run(spec, env, eval_env, callbacks=callbacks, model=model,
-                         evaluate_as=export_lite if job.method == "zoo-lite" else None, evaluate_at_start=True)
+                         evaluate_as=export_lite if base == "zoo-lite" else None, evaluate_at_start=True)
     wall = json.loads((run_dir / "status.json").read_text())["wall_seconds"]
     save_model_atomic(model, run_dir / FINAL)
     evaluations = load_evaluations(run_dir / EVALUATIONS)
