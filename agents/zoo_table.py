@@ -1,10 +1,12 @@
 """Print the README's zoo table from the committed sources' meta.json files.
 
-    python agents/zoo_table.py
+    python agents/zoo_table.py                       # the Atari zoo, agents/zoo
+    python agents/zoo_table.py agents/zoo-lab2d      # the Lab2D zoo
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -24,9 +26,12 @@ RL_ZOO_PPO_10M = {
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("zoo", nargs="?", type=Path, default=ZOO, help="zoo folder (default: agents/zoo)")
+    zoo = parser.parse_args().zoo
     print("| source | game | flavour | steps | return (10 games) | random (10 games) | RL Zoo PPO 10M (default flavour) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for meta_path in sorted(ZOO.glob("*/meta.json")):
+    for meta_path in sorted(zoo.glob("*/meta.json")):
         meta = json.loads(meta_path.read_text())
         flavour = ", ".join(f"{k} {meta[k]}" for k in ("mode", "difficulty") if meta.get(k) is not None) or "default"
         print(f"| {meta['name']} | {meta['game']} | {flavour} | {meta['steps']:,} | "
