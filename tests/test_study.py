@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -71,9 +73,6 @@ def test_cross_target_table(tmp_path):
 
 
 def test_plots_from_fixture_csv(tmp_path):
-    import sys
-    from pathlib import Path
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from plot import make_plots
 
@@ -179,6 +178,14 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     assert "command" in json.loads((run / "config.json").read_text())
     gates = pd.read_csv(out / "gates.csv")
     assert set(gates["source"]) == {"src0", "src1"}
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import publish
+
+    written = {p.name for p in publish.publish(out, tmp_path / "published")}
+    assert {"results.csv", "summary.csv", "learning_curves.png", "gates_zoo-lite.png", "tables.md"} <= written
+    tables = (tmp_path / "published" / "tables.md").read_text()
+    assert "| zoo-lite | 1 |" in tables and "| src0 |" in tables and "Command: `" in tables
 
 
 @pytest.mark.slow

@@ -1,0 +1,101 @@
+"""Publish a finished (or partial) study into ``results/``: its CSV tables, its plots, and the
+markdown tables the README's Results section quotes, all from the study's files.
+
+    python experiments/publish.py runs/transfer/Pong-ppo                  # -> results/Pong-ppo/
+    python experiments/publish.py runs/transfer/Pong-ppo --out results/pong-100k
+
+Writes ``results.csv``, ``summary.csv``, ``curves.csv``, ``gates.csv`` and ``study.json`` (copied),
+the figures of ``experiments/plot.py``, and ``tables.md``: the summary (final return mean ± std over
+seeds, IQM with its 95% stratified-bootstrap interval, difference to scratch and to the best single
+fine-tune, timesteps/s) and, per zoo method, the final gates per layer and source (mean over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+from plot import make_plots  # noqa: E402
+from zoo_rl.sources import atomic_write_bytes  # noqa: E402
+from zoo_rl.study import write_tables  # noqa: E402
+
+TABLES = ("results.csv", "summary.csv", "curves.csv", "gates.csv", "study.json")
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """The summary as a markdown table, best mean first."""
+    lines = ["| method | runs | final return, mean ± std | IQM [95% CI] | vs scratch | vs best fine-tune | steps/s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in summary.itertuples():
+        lines.append(
+            f"| {r.method} | {r.runs} | {r.final_mean:.1f} ± {r.final_std:.1f} | "
+            f"{r.iqm:.1f} [{r.iqm_low:.1f}, {r.iqm_high:.1f}] | "
+            f"{'n/a' if pd.isna(r.vs_scratch) else f'{r.vs_scratch:+.1f}'} | "
+            f"{'n/a' if pd.isna(r.vs_best_finetune) else f'{r.vs_best_finetune:+.1f}'} | "
+            f"{'n/a' if pd.isna(r.timesteps_per_second) else f'{r.timesteps_per_second:.0f}'} |")
+    return "\n".join(lines)
+
+
+def gates_markdown(gates: pd.DataFrame) -> str:
+    """Per zoo method: the last logged gate of each source in each layer, mean over seeds."""
+    if gates.empty:
+        return ""
+    blocks = []
+    for method, g in gates.groupby("method"):
+        last = g[g["timesteps"] == g.groupby("seed")["timesteps"].transform("max")]
+        table = last.groupby(["source", "layer"])["gate"].mean().unstack("layer")
+        steps = int(last["timesteps"].max())
+        lines = [f"Final gates of `{method}` (at {steps:,} steps, mean over {last['seed'].nunique()} seeds):", "",
+                 "| source | " + " | ".join(table.columns) + " |", "| --- |" + " --- |" * len(table.columns)]
+        for source, row in table.iterrows():
+            lines.append(f"| {source} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def publish(study_dir: Path, out: Path) -> list[Path]:
+    """Rebuild the study's tables, copy them to ``out``, plot, and write ``tables.md``."""
+    study_dir, out = Path(study_dir), Path(out)
+    if not (study_dir / "study.json").is_file():
+        raise FileNotFoundError(f"{study_dir} is not a study folder (no study.json): run experiments/transfer.py.")
+    _, summary = write_tables(study_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in TABLES:
+        if (study_dir / name).is_file():
+            atomic_write_bytes(out / name, (study_dir / name).read_bytes())
+            written.append(out / name)
+    written += make_plots(out)
+    study = json.loads((study_dir / "study.json").read_text())
+    header = (f"# {study.get('target')} ({study.get('algo')}, {study.get('steps'):,} steps per run)\n\n"
+              f"Command: `{study.get('command')}`\n\n")
+    gates = pd.read_csv(out / "gates.csv") if (out / "gates.csv").is_file() else pd.DataFrame()
+    text = header + summary_markdown(summary) + "\n\n" + gates_markdown(gates) + "\n"
+    atomic_write_bytes(out / "tables.md", text.encode())
+    written.append(out / "tables.md")
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="default: results/<study folder name>")
+    args = parser.parse_args()
+    try:
+        written = publish(args.study_dir, args.out or ROOT / "results" / args.study_dir.name)
+    except FileNotFoundError as exc:
+        sys.exit(f"error: {exc}")
+    print((written[-1]).read_text())
+    for path in written:
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
