@@ -119,6 +119,15 @@ def random_returns(env: VecEnv, n_episodes: int, seed: int) -> list[float]:
     return returns[:n_episodes]
 
 
+def _zoo_dir_flag(zoo_dir: str | Path) -> str:
+    """`` --zoo-dir <dir>`` for the reproduction command, unless it is the default ``agents/zoo``."""
+    root = Path(__file__).resolve().parents[1]
+    path = Path(zoo_dir).resolve()
+    if path == root / "agents" / "zoo":
+        return ""
+    return f" --zoo-dir {path.relative_to(root) if path.is_relative_to(root) else path}"
+
+
 def train_source(
     spec: SourceSpec,
     zoo_dir: str | Path = "agents/zoo",
@@ -182,7 +191,8 @@ def train_source(
         "train_seconds_last_call": round(train_seconds, 1),
         "command": f"python agents/train.py --game {task.game} --algo {spec.algo} --steps {spec.steps} --seed {spec.seed}"
                    + (f" --mode {task.mode}" if task.mode is not None else "")
-                   + (f" --difficulty {task.difficulty}" if task.difficulty is not None else ""),
+                   + (f" --difficulty {task.difficulty}" if task.difficulty is not None else "")
+                   + _zoo_dir_flag(zoo_dir),
         "versions": env_versions(),
         **(extra_meta or {}),
     }
