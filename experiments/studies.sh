@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The studies behind results/ (issues #6 and #7), in the order they are run. Every command
+# resumes: rerun this script after an interruption and finished runs are skipped. Each study
+# is published into results/<name>/ (tables, plots, tables.md) as soon as it finishes.
+#
+#   bash experiments/studies.sh            # everything, in order (about 15 CPU-hours on 2 cores)
+#   bash experiments/studies.sh pong       # one stage: pong | pong-ablation | pong-long | loo | lab2d | parity
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage="${1:-all}"
+
+run() {  # run <results name> <transfer.py arguments...>
+    local name="$1"; shift
+    python experiments/transfer.py --out "runs/transfer/$name" "$@"
+    python experiments/publish.py "runs/transfer/$name" --out "results/$name" > /dev/null
+}
+
+if [[ $stage == all || $stage == pong ]]; then
+    # 1. Pong (default flavour) from the Atari zoo (pong-m1 is the one related source): every method,
+    #    3 seeds, 100k steps.
+    run pong-100k --target Pong
+fi
+if [[ $stage == all || $stage == pong-ablation ]]; then
+    # 1b. One level down: the paper's sigmoid gates, and no alignment, against zoo-lite (same study).
+    run pong-100k --target Pong --methods zoo-lite:sigmoid,zoo-lite:noalign
+fi
+if [[ $stage == all || $stage == pong-long ]]; then
+    # 1c. The informative methods at 500k steps.
+    run pong-500k --target Pong --steps 500000 --eval-every 25000 --methods scratch,finetune:pong-m1,zoo-lite
+fi
+if [[ $stage == all || $stage == loo ]]; then
+    # 2. Leave-one-out: a zoo game as the target, its own source removed (the default zoo drops it).
+    for target in Breakout RoadRunner; do
+        run "$(echo "$target" | tr '[:upper:]' '[:lower:]')-loo-100k" --target "$target" \
+            --methods scratch,finetune,uniform,zoo-lite,ensemble
+    done
+fi
+if [[ $stage == all || $stage == lab2d ]]; then
+    # 3. A Lab2D target from a zoo mixing Lab2D and Atari sources (issue #7).
+    run lab2d-commons_harvest-100k --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo \
+        --methods scratch,finetune:lab2d-commons_harvest-probabilistic_apples,finetune:lab2d-chase_eat,finetune:breakout,uniform,zoo-lite,ensemble
+fi
+if [[ $stage == all || $stage == parity ]]; then
+    # 4. Learning parity of the fast pipeline (issue #5).
+    python benchmarks/parity.py --game Breakout --steps 500000 --seeds 3
+fi
