@@ -4,7 +4,7 @@
 # is published into results/<name>/ (tables, plots, tables.md) as soon as it finishes.
 #
 #   bash experiments/studies.sh            # everything, in order (about 15 CPU-hours on 2 cores)
-#   bash experiments/studies.sh pong       # one stage: pong | pong-ablation | pong-long | loo | lab2d | parity
+#   bash experiments/studies.sh pong       # one stage: pong | pong-ablation | pong-long | loo | cross | lab2d | parity
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
@@ -34,6 +34,11 @@ if [[ $stage == all || $stage == loo ]]; then
         run "$(echo "$target" | tr '[:upper:]' '[:lower:]')-loo-100k" --target "$target" \
             --methods scratch,finetune,uniform,zoo-lite,ensemble
     done
+fi
+if [[ $stage == all || $stage == cross ]]; then
+    # 2b. One table across the 100k Atari targets: results/cross_target.csv.
+    python experiments/transfer.py --aggregate runs/transfer/pong-100k runs/transfer/breakout-loo-100k \
+        runs/transfer/roadrunner-loo-100k
 fi
 if [[ $stage == all || $stage == lab2d ]]; then
     # 3. A Lab2D target from a zoo mixing Lab2D and Atari sources (issue #7).
