@@ -136,6 +136,12 @@ def test_zoo_folders_expand_to_members_minus_the_target_task(tmp_path):
     assert [p.split("/")[-1] for p in zoo] == ["lab2d-chase_eat", "breakout", "breakout"]
     assert study_module.default_zoo(task, lab) == [str(lab / "lab2d-chase_eat")]
     assert set(study_module.ZOO_DIRS) == {"atari", "lab2d"}
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    (untrained / "manifest.yml").write_text("sources: []\n")
+    assert study_module.default_zoo(task, untrained) == []
+    with pytest.raises(ValueError, match="neither a source.*agents/train.py --zoo --manifest"):
+        study_module.expand_zoo([str(untrained)], task)
 
 
 @pytest.mark.slow

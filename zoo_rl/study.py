@@ -141,8 +141,10 @@ def committed_zoo(zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[Path]:
 
 
 def default_zoo(task: Task, zoo_dir: Path | None = None) -> list[str]:
-    """The committed zoo of ``task``'s family minus any source trained on exactly ``task``."""
-    return expand_zoo([str(zoo_dir or ZOO_DIRS[task.family])], task)
+    """The committed zoo of ``task``'s family minus any source trained on exactly ``task``
+    (empty while that zoo has no trained source)."""
+    zoo_dir = Path(zoo_dir or ZOO_DIRS[task.family])
+    return expand_zoo([str(zoo_dir)], task) if is_zoo_folder(zoo_dir) else []
 
 
 def is_zoo_folder(path: Path) -> bool:
@@ -155,7 +157,13 @@ def expand_zoo(entries: list[str], task: Task) -> list[str]:
     minus those trained on exactly ``task`` (leave-one-out). Single sources are kept as given."""
     out: list[str] = []
     for entry in entries:
-        if not is_zoo_folder(Path(entry)):
+        path = Path(entry)
+        if path.is_dir() and not (path / "meta.json").is_file() and not is_zoo_folder(path):
+            hint = (f": train it with `python agents/train.py --zoo --manifest {path / 'manifest.yml'}`"
+                    if (path / "manifest.yml").is_file() else "")
+            raise ValueError(f"{entry} is neither a source (no meta.json) nor a zoo of sources "
+                             f"(no <name>/meta.json inside){hint}.")
+        if not is_zoo_folder(path):
             out.append(entry)
             continue
         for folder in committed_zoo(Path(entry)):
@@ -226,8 +234,9 @@ def plan(study: StudyConfig) -> list[RunJob]:
     sources: list[Source] = []
     if needs_zoo:
         if not zoo:
+            manifest = (ZOO_DIRS[task.family] / "manifest.yml").relative_to(ROOT)
             raise ValueError(f"No zoo sources for target {task.slug}: train some with `python agents/train.py "
-                             "--zoo`, pass --zoo, or run only --methods scratch.")
+                             f"--zoo --manifest {manifest}`, pass --zoo, or run only --methods scratch.")
         sources = cached_zoo(zoo)
         env = make_env(task, 1, seed=0)
         try:
