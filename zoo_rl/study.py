@@ -158,15 +158,16 @@ def expand_zoo(entries: list[str], task: Task) -> list[str]:
     out: list[str] = []
     for entry in entries:
         path = Path(entry)
-        if path.is_dir() and not (path / "meta.json").is_file() and not is_zoo_folder(path):
+        members = committed_zoo(path) if path.is_dir() and not (path / "meta.json").is_file() else None
+        if members is None:  # one source: a source folder, an SB3 zip, a hub id
+            out.append(entry)
+            continue
+        if not members:
             hint = (f": train it with `python agents/train.py --zoo --manifest {path / 'manifest.yml'}`"
                     if (path / "manifest.yml").is_file() else "")
             raise ValueError(f"{entry} is neither a source (no meta.json) nor a zoo of sources "
                              f"(no <name>/meta.json inside){hint}.")
-        if not is_zoo_folder(path):
-            out.append(entry)
-            continue
-        for folder in committed_zoo(Path(entry)):
+        for folder in members:
             meta = json.loads((folder / "meta.json").read_text())
             if not resolve(meta["game"], meta.get("mode"), meta.get("difficulty")).same_task(task):
                 out.append(str(folder))
