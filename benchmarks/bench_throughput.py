@@ -36,7 +36,7 @@ from common import random_zoo  # noqa: E402
 
 PPO_ATARI = dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1,
                  vf_coef=0.5, ent_coef=0.01)
-VARIANTS = ("sb3", "project", "zoo-lite", "zoo-batch", "zoo-uniform", "zoo-sample", "ensemble")
+VARIANTS = ("sb3", "project", "project-w2", "zoo-lite", "zoo-batch", "zoo-uniform", "zoo-sample", "ensemble")
 
 
 def build(variant: str, game: str, zoo: list[str]):
@@ -56,7 +56,7 @@ def build(variant: str, game: str, zoo: list[str]):
     from zoo_rl.extractor import ZooExtractor
     from zoo_rl.fast import FastCnnPolicy
 
-    env = make_atari(game, n_envs=8, seed=0)
+    env = make_atari(game, n_envs=8, seed=0, workers=2 if variant == "project-w2" else 0)
     policy_kwargs: dict = dict(net_arch=[])
     if variant.startswith("zoo-"):
         policy_kwargs.update(features_extractor_class=ZooExtractor,

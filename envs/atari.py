@@ -22,6 +22,8 @@ import gymnasium as gym
 from stable_baselines3.common.env_util import make_atari_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
 
+from envs.vec import ShardedVecEnv
+
 #: Standard evaluation cap: 108,000 frames = 30 minutes of play = 27,000 agent steps.
 MAX_EPISODE_FRAMES = 108_000
 #: Frames stacked into one observation.
@@ -162,6 +164,7 @@ def make_atari(
     clip_reward: bool = True,
     terminal_on_life_loss: bool = True,
     subproc: bool = False,
+    workers: int = 0,
     monitor_append: bool = False,
 ) -> VecEnv:
     """Build the vectorised, frame-stacked Atari environment of the RL Baselines3 Zoo.
@@ -175,6 +178,8 @@ def make_atari(
     :param clip_reward: clip training rewards to their sign (unclipped returns are still logged).
     :param terminal_on_life_loss: end a training episode on each lost life.
     :param subproc: one process per environment (``SubprocVecEnv``) instead of ``DummyVecEnv``.
+    :param workers: ``n > 0`` steps the environments in ``n`` worker processes, a shard each
+        (:class:`envs.vec.ShardedVecEnv`, identical results to ``DummyVecEnv``); 0: in this process.
     :param monitor_append: append to existing Monitor files (when resuming a run).
     :return: a ``VecEnv`` with observations ``(n_envs, 84, 84, 4)`` uint8.
     """
@@ -182,8 +187,18 @@ def make_atari(
         task = resolve_task(task, mode, difficulty)
     if n_envs < 1:
         raise ValueError(f"n_envs must be at least 1, got {n_envs}.")
+    if subproc and workers:
+        raise ValueError("Choose one of subproc=True (a process per environment) and workers=n (n processes).")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 (in-process) or a positive number of processes, got {workers}.")
     env_kwargs = dict(task.env_kwargs, max_episode_steps=MAX_EPISODE_FRAMES)
     _register_ale()
+    vec_env_cls: type[VecEnv] = DummyVecEnv
+    vec_env_kwargs: dict[str, Any] = {}
+    if subproc:
+        vec_env_cls = SubprocVecEnv
+    elif workers:
+        vec_env_cls, vec_env_kwargs = ShardedVecEnv, {"n_workers": workers}
     venv = make_atari_env(
         functools.partial(_gym_make, task.env_id),
         n_envs=n_envs,
@@ -191,7 +206,8 @@ def make_atari(
         monitor_dir=monitor_dir,
         wrapper_kwargs=dict(clip_reward=clip_reward, terminal_on_life_loss=terminal_on_life_loss),
         env_kwargs=env_kwargs,
-        vec_env_cls=SubprocVecEnv if subproc else DummyVecEnv,
+        vec_env_cls=vec_env_cls,
+        vec_env_kwargs=vec_env_kwargs,
         monitor_kwargs=dict(override_existing=not monitor_append),
     )
     return VecFrameStack(venv, n_stack=FRAME_STACK)

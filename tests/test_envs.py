@@ -69,3 +69,41 @@ def test_subprocess_workers_register_ale():
 def test_bad_env_count():
     with pytest.raises(ValueError, match="n_envs"):
         make_atari("Pong", n_envs=0)
+
+
+def test_sharded_workers_equal_dummy_step_by_step(tmp_path):
+    """Environments split over 2 worker processes give DummyVecEnv's results exactly (seeds included)."""
+    from stable_baselines3.common.monitor import Monitor
+
+    plain = make_atari("Breakout", n_envs=3, seed=5)
+    sharded = make_atari("Breakout", n_envs=3, seed=5, workers=2, monitor_dir=str(tmp_path))
+    try:
+        assert [len(s) for s in sharded.venv.shards] == [2, 1]
+        assert (plain.reset() == sharded.reset()).all()
+        rng = np.random.default_rng(0)
+        episodes = 0
+        for _ in range(400):
+            actions = rng.integers(0, 4, size=3)
+            (o1, r1, d1, i1), (o2, r2, d2, i2) = plain.step(actions), sharded.step(actions)
+            assert (o1 == o2).all() and (r1 == r2).all() and (d1 == d2).all()
+            for a, b in zip(i1, i2):
+                assert a.keys() == b.keys()
+                if "terminal_observation" in a:
+                    assert (a["terminal_observation"] == b["terminal_observation"]).all()
+                if "episode" in a:
+                    assert a["episode"]["r"] == b["episode"]["r"] and a["episode"]["l"] == b["episode"]["l"]
+                    episodes += 1
+        assert episodes > 0  # episode ends (and the resets behind them) were compared too
+        assert sharded.env_is_wrapped(Monitor) == [True] * 3
+        assert sharded.get_attr("spec", indices=[2])[0].id == "BreakoutNoFrameskip-v4"
+        assert len(list(tmp_path.glob("*.monitor.csv"))) == 3  # the workers write the Monitor files
+    finally:
+        plain.close()
+        sharded.close()
+
+
+def test_bad_worker_settings():
+    with pytest.raises(ValueError, match="workers"):
+        make_atari("Pong", n_envs=2, workers=-1)
+    with pytest.raises(ValueError, match="Choose one"):
+        make_atari("Pong", n_envs=2, workers=2, subproc=True)
