@@ -54,7 +54,7 @@ def build(variant: str, game: str, zoo: list[str]):
     from envs import make_atari
     from zoo_rl.baselines import EnsembleExtractor
     from zoo_rl.extractor import ZooExtractor
-    from zoo_rl.fast import FastCnnPolicy
+    from zoo_rl.fast import FastCnnPolicy, algo_kwargs
 
     env = make_atari(game, n_envs=8, seed=0, workers=2 if variant == "project-w2" else 0)
     policy_kwargs: dict = dict(net_arch=[])
@@ -63,7 +63,7 @@ def build(variant: str, game: str, zoo: list[str]):
                              features_extractor_kwargs=dict(zoo=zoo, gate=variant[4:]))
     elif variant == "ensemble":
         policy_kwargs.update(features_extractor_class=EnsembleExtractor, features_extractor_kwargs=dict(zoo=zoo))
-    return PPO(FastCnnPolicy, env, seed=0, policy_kwargs=policy_kwargs, **PPO_ATARI)
+    return PPO(FastCnnPolicy, env, seed=0, policy_kwargs=policy_kwargs, **PPO_ATARI, **algo_kwargs(FastCnnPolicy))
 
 
 def child(variant: str, game: str, steps: int, zoo: list[str]) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import RolloutBuffer
 
 from conftest import obs_batch
-from zoo_rl.fast import FastCnnPolicy
+from zoo_rl.fast import ChannelsLastRolloutBuffer, FastCnnPolicy, algo_kwargs
 
 
 def twins(env, **fast_kwargs):
@@ -60,3 +62,55 @@ def test_save_load_keeps_switches(image_env, tmp_path):
     loaded = PPO.load(tmp_path / "m.zip", device="cpu")
     assert isinstance(loaded.policy, FastCnnPolicy)
     assert loaded.policy.bf16 is False and loaded.policy.channels_last is False
+
+
+def test_adam_runs_fused_unless_told_otherwise(image_env):
+    _, fast = twins(image_env, bf16=True)
+    assert fast.policy.optimizer.defaults["fused"] is True
+    _, slow = twins(image_env, bf16=True, optimizer_kwargs=dict(fused=False))
+    assert not slow.policy.optimizer.defaults["fused"]
+
+
+def test_channels_last_buffer_hands_out_the_same_minibatches(image_env):
+    space, actions = image_env.observation_space, image_env.action_space
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    space = VecTransposeImage.transpose_space(space)  # what PPO's buffer sees: (C, H, W)
+    buffers = [cls(8, space, actions, device="cpu", n_envs=2) for cls in (RolloutBuffer, ChannelsLastRolloutBuffer)]
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        step = (rng.integers(0, 256, (2, *space.shape), dtype=np.uint8), rng.integers(0, 3, (2,)),
+                rng.normal(size=2).astype(np.float32), np.zeros(2), torch.randn(2), torch.randn(2))
+        for buffer in buffers:
+            buffer.add(*step)
+    for buffer in buffers:
+        buffer.compute_returns_and_advantage(torch.zeros(2), np.zeros(2))
+    np.random.seed(3)
+    plain = list(buffers[0].get(4))
+    np.random.seed(3)
+    fast = list(buffers[1].get(4))
+    assert len(plain) == len(fast) == 4
+    for a, b in zip(plain, fast):
+        for x, y in zip(a, b):
+            assert x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y)
+        assert b.observations.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_buffer_trains_bit_for_bit_like_sb3s():
+    """Same seed, same data: the parameters after an update are identical with either buffer."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from conftest import ImageEnv
+
+    def trained(**extra):  # built and trained one after the other: SB3 seeds the global RNGs at construction
+        params = dict(n_steps=16, batch_size=8, n_epochs=2, seed=0, device="cpu", policy_kwargs=dict(net_arch=[]))
+        model = PPO(FastCnnPolicy, make_vec_env(ImageEnv, n_envs=2, seed=0), **params, **extra)
+        model.learn(32)
+        return model
+
+    plain = trained()
+    fast = trained(**algo_kwargs(FastCnnPolicy))
+    assert isinstance(fast.rollout_buffer, ChannelsLastRolloutBuffer)
+    for (name, a), b in zip(plain.policy.state_dict().items(), fast.policy.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert algo_kwargs("CnnPolicy") == {}

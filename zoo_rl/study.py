@@ -37,7 +37,7 @@ from zoo_rl.baselines import EnsembleExtractor, load_extractor_weights
 from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor, cached_zoo
-from zoo_rl.fast import FastCnnPolicy
+from zoo_rl.fast import FastCnnPolicy, algo_kwargs
 from zoo_rl.metrics import area_under_curve, human_normalised, iqm_with_interval, steps_to_threshold
 from zoo_rl.sources import Source, atomic_write_bytes
 from zoo_rl.training import (
@@ -286,6 +286,7 @@ def build_model(job: RunJob, env) -> Any:
     elif base == "ensemble":
         policy_kwargs.update(features_extractor_class=EnsembleExtractor, features_extractor_kwargs=dict(zoo=job.zoo))
     params = {k: parse_value(v) for k, v in params.items()}
+    params.update(algo_kwargs(policy))
     model = cls(policy, env, seed=job.seed, device="auto", policy_kwargs=policy_kwargs, **params)
     if base == "finetune":
         source = next(s for s in cached_zoo(job.zoo) if s.name == arg)

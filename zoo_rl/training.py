@@ -34,6 +34,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
+from zoo_rl.fast import algo_kwargs
 from zoo_rl.sources import atomic_write_bytes
 
 try:
@@ -281,6 +282,7 @@ def build_or_resume(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorit
             print(f"Resuming {checkpoint} at {model.num_timesteps} steps", flush=True)
         return model
     kwargs = {k: parse_value(v) for k, v in spec.hyperparams.items()}
+    kwargs.update(algo_kwargs(spec.policy))
     return cls(spec.policy, env, seed=spec.seed, device=spec.device, verbose=verbose, **kwargs)
 
 
