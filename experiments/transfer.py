@@ -18,7 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zoo_rl.study import METHODS, ZOO_OPTIONS, StudyConfig, cross_target, run_study, write_csv_atomic  # noqa: E402
+from zoo_rl.study import (  # noqa: E402
+    METHODS, RESULT, ZOO_OPTIONS, StudyConfig, cross_target, plan, run_study, write_csv_atomic,
+)
 
 METHOD_HELP = ("; ".join(f"{k}: {v}" for k, v in METHODS.items())
                + ". Ablations of zoo, zoo-lite and uniform: <method>:<option>[+<option>] with options "
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="runs in parallel with the local launcher")
     p.add_argument("--launcher", choices=["local", "ray"], default="local")
     p.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the study and list its runs (zoo, method, seed, done or not), train nothing")
     p.add_argument("--n-envs", type=int, default=None, help="environments per run (default: the algorithm's YAML)")
     p.add_argument("--aggregate", nargs="+", type=Path, default=None, metavar="STUDY_DIR",
                    help="instead of training: one table across finished studies, written to --out")
@@ -76,12 +80,25 @@ def main(argv: list[str] | None = None) -> None:
         ray_address=args.ray_address, n_envs=args.n_envs,
     )
     try:
+        if args.dry_run:
+            print_plan(study)
+            return
         results, summary = run_study(study)
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
     print(summary.to_string(index=False))
     print(f"\ntables: {Path(study.out) / 'results.csv'}, {Path(study.out) / 'summary.csv'}")
     print(f"plots:  python experiments/plot.py {study.out}")
+
+
+def print_plan(study: StudyConfig) -> None:
+    """The runs ``study`` would train, in order, and which are finished already."""
+    jobs = plan(study)
+    print(f"target {jobs[0].task.slug}, {len(jobs)} runs of {study.steps:,} steps -> {study.out}")
+    print("zoo: " + (", ".join(Path(z).name for z in jobs[0].zoo) or "(none)"))
+    for job in jobs:
+        state = "done" if (job.run_dir / RESULT).is_file() else "to run"
+        print(f"  {job.method:<40} seed {job.seed}  {state}")
 
 
 if __name__ == "__main__":

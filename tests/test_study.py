@@ -233,3 +233,17 @@ def test_zoo_method_options_reach_the_extractor(zoo_paths, tmp_path):
     layer = lite.layers["cnn_0"]
     assert layer.mode == "lite" and layer.align is None and layer.gate.normalisation == "sigmoid"
     assert sample.layers["cnn_0"].align is not None and sample.layers["linear_0"].align is None
+
+
+def test_dry_run_lists_the_runs_and_trains_nothing(zoo_paths, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import transfer
+
+    out = tmp_path / "study"
+    transfer.main(["--target", "Pong", "--zoo", *zoo_paths, "--methods", "scratch,finetune,zoo-lite",
+                   "--seeds", "2", "--out", str(out), "--dry-run"])
+    printed = capsys.readouterr().out
+    assert "zoo: src0, src1, src2" in printed
+    assert "10 runs of 100,000 steps" in printed  # (scratch + 3 fine-tunes + zoo-lite) x 2 seeds
+    assert printed.count("to run") == 10 and "finetune:src2" in printed
+    assert not out.exists()
