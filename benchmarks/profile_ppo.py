@@ -1,0 +1,91 @@
+"""Where one PPO iteration's time goes: collecting the rollout vs the update, and each minibatch's pieces.
+
+Builds the project pipeline (``envs.make_atari`` + ``FastCnnPolicy`` + channels-last rollout buffer, RL Zoo
+Atari PPO settings) or SB3's plain ``CnnPolicy`` (``--plain``), warms up one iteration, then times
+``collect_rollouts`` and ``train`` over ``--iterations`` iterations (1024 agent steps each), and finally
+replays two epochs of minibatches by hand, timing the forward pass (``evaluate_actions`` and the PPO loss),
+the backward pass, gradient clipping and the optimizer step separately.
+
+    python benchmarks/profile_ppo.py            # FastCnnPolicy, Pong
+    python benchmarks/profile_ppo.py --plain    # SB3's CnnPolicy in float32, for comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PPO_ATARI = dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1,
+                 vf_coef=0.5, ent_coef=0.01)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--game", default="Pong")
+    parser.add_argument("--plain", action="store_true", help="SB3's CnnPolicy in float32 instead of FastCnnPolicy")
+    parser.add_argument("--iterations", type=int, default=4, help="timed PPO iterations of 1024 steps")
+    args = parser.parse_args()
+
+    from stable_baselines3 import PPO
+
+    from envs import make_atari
+    from zoo_rl.fast import FastCnnPolicy, algo_kwargs
+
+    env = make_atari(args.game, n_envs=8, seed=0)
+    policy = "CnnPolicy" if args.plain else FastCnnPolicy
+    model = PPO(policy, env, seed=0, policy_kwargs=dict(net_arch=[]), **PPO_ATARI, **algo_kwargs(policy))
+    model.learn(1024)  # warm-up
+
+    spent = {"collect": 0.0, "train": 0.0}
+    collect, train = model.collect_rollouts, model.train
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            out = fn(*a, **k)
+            spent[name] += time.perf_counter() - start
+            return out
+        return wrapper
+
+    model.collect_rollouts, model.train = timed("collect", collect), timed("train", train)
+    start = time.perf_counter()
+    model.learn(1024 * args.iterations, reset_num_timesteps=False)
+    total = time.perf_counter() - start
+    n = args.iterations
+    print(f"{'CnnPolicy fp32' if args.plain else 'FastCnnPolicy'} on {args.game}, per 1024 steps: "
+          f"{total / n:.3f} s = collect {spent['collect'] / n:.3f} s + update {spent['train'] / n:.3f} s "
+          f"-> {1024 * n / total:.0f} steps/s")
+
+    pieces = dict.fromkeys(("sample", "forward", "backward", "clip", "adam"), 0.0)
+    policy_net, optimizer, count = model.policy, model.policy.optimizer, 0
+    for _ in range(2):
+        tick = time.perf_counter()
+        for batch in model.rollout_buffer.get(PPO_ATARI["batch_size"]):
+            t1 = time.perf_counter()
+            values, log_prob, entropy = policy_net.evaluate_actions(batch.observations, batch.actions.long().flatten())
+            loss = (-(log_prob * batch.advantages).mean() + 0.5 * ((batch.returns - values.flatten()) ** 2).mean()
+                    - 0.01 * entropy.mean())
+            t2 = time.perf_counter()
+            optimizer.zero_grad()
+            loss.backward()
+            t3 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(policy_net.parameters(), 0.5)
+            t4 = time.perf_counter()
+            optimizer.step()
+            t5 = time.perf_counter()
+            for key, seconds in zip(pieces, (t1 - tick, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                pieces[key] += seconds
+            count += 1
+            tick = time.perf_counter()
+    print(f"per minibatch of {PPO_ATARI['batch_size']} (ms): "
+          + ", ".join(f"{k} {1000 * v / count:.1f}" for k, v in pieces.items()))
+
+
+if __name__ == "__main__":
+    main()
