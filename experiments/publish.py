@@ -7,7 +7,10 @@ markdown tables the README's Results section quotes, all from the study's files.
 Writes ``results.csv``, ``summary.csv``, ``curves.csv``, ``gates.csv`` and ``study.json`` (copied),
 the figures of ``experiments/plot.py``, and ``tables.md``: the summary (final return mean ± std over
 seeds, IQM with its 95% stratified-bootstrap interval, difference to scratch and to the best single
-fine-tune, timesteps/s) and, per zoo method, the final gates per layer and source (mean over seeds).
+fine-tune, timesteps/s), per zoo method the final gates per layer and source (mean over seeds), and
+"one level down" (``diagnostics.csv``, :mod:`zoo_rl.diagnostics`): per method and layer, how many sources
+the gates effectively use, how far the alignments left the identity and how far the weights drifted from
+the sources.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 from plot import make_plots  # noqa: E402
+from zoo_rl.diagnostics import diagnose_study, diagnostics_summary  # noqa: E402
 from zoo_rl.sources import atomic_write_bytes  # noqa: E402
-from zoo_rl.study import write_tables  # noqa: E402
+from zoo_rl.study import write_csv_atomic, write_tables  # noqa: E402
 
 TABLES = ("results.csv", "summary.csv", "curves.csv", "gates.csv", "study.json")
 
@@ -60,6 +64,27 @@ def gates_markdown(gates: pd.DataFrame) -> str:
     return "\n\n".join(blocks)
 
 
+def diagnostics_markdown(table: pd.DataFrame) -> str:
+    """Per method and layer (means over seeds): effective sources, top source, alignment, drift."""
+    if table.empty:
+        return ""
+    summary = diagnostics_summary(table)
+    lines = ["One level down (`diagnostics.csv`; effective sources = exp(entropy of the gates): K when uniform, "
+             "1 when collapsed; alignment = ||A - I|| / ||I||; drift = ||W - W_source|| / ||W_source||, "
+             "means over sources and seeds):", "",
+             "| method | layer | seeds | effective sources | top source (gate) | alignment | drift |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+
+    def fmt(value: float, digits: int = 3) -> str:
+        return "n/a" if pd.isna(value) else f"{value:.{digits}f}"
+
+    for r in summary.itertuples():
+        top = "n/a" if r.top_source is None else f"{r.top_source} ({r.top_gate:.3f})"
+        lines.append(f"| {r.method} | {r.layer} | {r.seeds} | {fmt(r.effective_sources, 2)} | {top} | "
+                     f"{fmt(r.align_dev)} | {fmt(r.drift)} |")
+    return "\n".join(lines)
+
+
 def publish(study_dir: Path, out: Path) -> list[Path]:
     """Rebuild the study's tables, copy them to ``out``, plot, and write ``tables.md``."""
     study_dir, out = Path(study_dir), Path(out)
@@ -77,7 +102,11 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
     header = (f"# {study.get('target')} ({study.get('algo')}, {study.get('steps'):,} steps per run)\n\n"
               f"Command: `{study.get('command')}`\n\n")
     gates = pd.read_csv(out / "gates.csv") if (out / "gates.csv").is_file() else pd.DataFrame()
-    text = header + summary_markdown(summary) + "\n\n" + gates_markdown(gates) + "\n"
+    diagnostics = diagnose_study(study_dir)
+    write_csv_atomic(diagnostics, out / "diagnostics.csv")
+    written.append(out / "diagnostics.csv")
+    text = (header + summary_markdown(summary) + "\n\n" + gates_markdown(gates) + "\n\n"
+            + diagnostics_markdown(diagnostics) + "\n")
     atomic_write_bytes(out / "tables.md", text.encode())
     written.append(out / "tables.md")
     return written

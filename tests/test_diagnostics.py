@@ -1,0 +1,81 @@
+"""One level down: gates, alignment deviation and drift read back from saved runs, by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+from zoo_rl.diagnostics import diagnose_study, diagnostics_summary, effective_sources
+from zoo_rl.extractor import ZooExtractor
+from zoo_rl.sources import load_zoo
+
+
+def save_run(model, folder, method, zoo, seed=0):
+    folder.mkdir(parents=True)
+    model.save(folder / "final.zip")
+    (folder / "config.json").write_text(json.dumps({"method": method, "seed": seed, "zoo": zoo}))
+
+
+def zoo_model(env, zoo, gate):
+    kwargs = dict(net_arch=[], features_extractor_class=ZooExtractor, features_extractor_kwargs=dict(zoo=zoo, gate=gate))
+    return PPO("CnnPolicy", env, seed=0, device="cpu", policy_kwargs=kwargs)
+
+
+def test_gates_alignment_and_drift_by_hand(zoo_paths, image_env, tmp_path):
+    zoo = zoo_paths[:2]
+    lite = zoo_model(image_env, zoo, "lite")
+    layers = lite.policy.features_extractor.layers
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.running_gates.copy_(torch.tensor([0.25, 0.75]))
+        layers["cnn_0"].align[1] += 0.5 * torch.eye(32)  # ||0.5 I|| / ||I|| = 0.5
+        layers["linear_0"].weight[0] *= 1.1  # drift 0.1
+    save_run(lite, tmp_path / "zoo-lite" / "seed0", "zoo-lite", zoo)
+
+    sample = zoo_model(image_env, zoo, "sample")
+    save_run(sample, tmp_path / "zoo" / "seed0", "zoo", zoo)
+    pd.DataFrame({"timesteps": [0, 0, 100, 100], "extractor": "features_extractor", "layer": "cnn_0",
+                  "source": ["src0", "src1"] * 2, "gate": [0.5, 0.5, 0.9, 0.1]}).to_csv(
+        tmp_path / "zoo" / "seed0" / "gates.csv", index=False)
+
+    fine = PPO("CnnPolicy", image_env, seed=0, device="cpu", policy_kwargs=dict(net_arch=[]))
+    source = load_zoo([zoo[1]])[0]
+    state = {k: v.clone() for k, v in source.state.items()}
+    state["cnn.0.weight"] *= 1.2  # drift 0.2 in the first layer, 0 elsewhere
+    fine.policy.features_extractor.load_state_dict(state)
+    save_run(fine, tmp_path / "finetune-src1" / "seed0", "finetune:src1", zoo)
+
+    scratch = PPO("CnnPolicy", image_env, seed=0, device="cpu", policy_kwargs=dict(net_arch=[]))
+    save_run(scratch, tmp_path / "scratch" / "seed0", "scratch", zoo)
+    (tmp_path / "uniform" / "seed0").mkdir(parents=True)  # unfinished run: no final.zip
+
+    table = diagnose_study(tmp_path).set_index(["method", "layer", "source"])
+    assert set(table.index.get_level_values("method")) == {"zoo-lite", "zoo", "finetune:src1"}
+    assert table.loc[("zoo-lite", "cnn.4", "src1"), "gate"] == pytest.approx(0.75)
+    assert table.loc[("zoo-lite", "cnn.0", "src1"), "align_dev"] == pytest.approx(0.5, rel=1e-5)
+    assert table.loc[("zoo-lite", "cnn.0", "src0"), "align_dev"] == pytest.approx(0.0, abs=1e-7)
+    assert table.loc[("zoo-lite", "linear.0", "src0"), "drift"] == pytest.approx(0.1, rel=1e-4)
+    assert table.loc[("zoo-lite", "linear.0", "src1"), "drift"] == pytest.approx(0.0, abs=1e-7)
+    assert table.loc[("zoo", "cnn.0", "src0"), "gate"] == pytest.approx(0.9)  # last logged batch mean
+    assert math.isnan(table.loc[("zoo", "cnn.2", "src0"), "gate"])  # never logged
+    assert table.loc[("finetune:src1", "cnn.0", "src1"), "drift"] == pytest.approx(0.2, rel=1e-4)
+    assert table.loc[("finetune:src1", "linear.0", "src1"), "drift"] == pytest.approx(0.0, abs=1e-7)
+
+    summary = diagnostics_summary(diagnose_study(tmp_path)).set_index(["method", "layer"])
+    assert summary.loc[("zoo-lite", "cnn.0"), "top_source"] == "src1"
+    assert summary.loc[("zoo-lite", "cnn.0"), "effective_sources"] == pytest.approx(effective_sources([0.25, 0.75]))
+    assert summary.loc[("zoo", "cnn.0"), "top_source"] == "src0"
+    assert summary.loc[("zoo", "cnn.2"), "top_source"] is None and math.isnan(summary.loc[("zoo", "cnn.2"), "effective_sources"])
+
+
+def test_effective_sources():
+    assert effective_sources(np.full(5, 0.2)) == pytest.approx(5.0)
+    assert effective_sources([0.0, 1.0, 0.0]) == pytest.approx(1.0)
+    assert 1.0 < effective_sources([0.25, 0.75]) < 2.0
+    assert math.isnan(effective_sources([0.5, float("nan")]))
