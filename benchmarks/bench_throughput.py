@@ -32,10 +32,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import random_zoo  # noqa: E402
+from common import PPO_ATARI, random_zoo  # noqa: E402
 
-PPO_ATARI = dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1,
-                 vf_coef=0.5, ent_coef=0.01)
 VARIANTS = ("sb3", "project", "project-w2", "zoo-lite", "zoo-batch", "zoo-uniform", "zoo-sample", "ensemble")
 
 

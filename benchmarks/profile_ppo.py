@@ -3,8 +3,9 @@
 Builds the project pipeline (``envs.make_atari`` + ``FastCnnPolicy`` + channels-last rollout buffer, RL Zoo
 Atari PPO settings) or SB3's plain ``CnnPolicy`` (``--plain``), warms up one iteration, then times
 ``collect_rollouts`` and ``train`` over ``--iterations`` iterations (1024 agent steps each), and finally
-replays two epochs of minibatches by hand, timing the forward pass (``evaluate_actions`` and the PPO loss),
-the backward pass, gradient clipping and the optimizer step separately.
+replays two epochs of minibatches by hand, timing the forward pass (``evaluate_actions`` and a PPO-shaped
+loss: policy-gradient, value and entropy terms without the ratio clipping, whose cost is negligible), the
+backward pass, gradient clipping and the optimizer step separately.
 
     python benchmarks/profile_ppo.py            # FastCnnPolicy, Pong
     python benchmarks/profile_ppo.py --plain    # SB3's CnnPolicy in float32, for comparison
@@ -19,10 +20,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-PPO_ATARI = dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1,
-                 vf_coef=0.5, ent_coef=0.01)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PPO_ATARI  # noqa: E402
 
 
 def main() -> None:

@@ -114,3 +114,13 @@ def test_channels_last_buffer_trains_bit_for_bit_like_sb3s():
     for (name, a), b in zip(plain.policy.state_dict().items(), fast.policy.state_dict().values()):
         assert torch.equal(a, b), name
     assert algo_kwargs("CnnPolicy") == {}
+
+
+def test_fp32_channels_last_input_is_left_untouched(image_env):
+    """Scaling to 0..1 happens in place on a fresh tensor, never on the observations passed in."""
+    _, fast = twins(image_env, bf16=False, channels_last=True)
+    x = pixels().contiguous(memory_format=torch.channels_last)  # already float32 and channels-last
+    before = x.clone()
+    with torch.no_grad():
+        fast.policy.predict_values(x)
+    assert torch.equal(x, before)

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zoo_rl.sources import LAYERS, SourceUnavailable, load_zoo
+from zoo_rl.extractor import cached_zoo
+from zoo_rl.sources import LAYERS, SourceUnavailable
 
 DIAGNOSTIC_COLUMNS = ["method", "seed", "layer", "source", "gate", "align_dev", "drift"]
 FINAL = "final.zip"
@@ -87,9 +88,11 @@ def diagnose_run(run_dir: str | Path) -> pd.DataFrame:
     config = json.loads(config_path.read_text())
     method, seed = config["method"], int(config["seed"])
     base, _, arg = method.partition(":")
+    if base == "scratch":
+        return pd.DataFrame(columns=DIAGNOSTIC_COLUMNS)
     state = read_policy_state(model_path)
-    try:
-        sources = load_zoo(config.get("zoo") or [])
+    try:  # read once per process: a study's runs share their zoo
+        sources = cached_zoo(config.get("zoo") or [])
     except (SourceUnavailable, FileNotFoundError):
         sources = []
     rows = []
