@@ -34,8 +34,10 @@ def main() -> None:
     for meta_path in sorted(zoo.glob("*/meta.json")):
         meta = json.loads(meta_path.read_text())
         flavour = ", ".join(f"{k} {meta[k]}" for k in ("mode", "difficulty") if meta.get(k) is not None) or "default"
-        if meta["game"].startswith("lab2d:") and meta["game"].count(":") == 2:  # lab2d:<level>:<argument>
-            flavour = "argument " + meta["game"].rsplit(":", 1)[1]
+        if meta["game"].startswith("lab2d:"):  # lab2d:<level>[:<argument>][+key=value...]
+            level, *settings = meta["game"].split("+")
+            parts = (["argument " + level.split(":")[2]] if level.count(":") == 2 else []) + settings
+            flavour = ", ".join(parts) or "default"
         print(f"| {meta['name']} | {meta['game']} | {flavour} | {meta['steps']:,} | "
               f"{meta['eval_return_mean']:.1f} ± {meta['eval_return_std']:.1f} | "
               f"{meta['random_return_mean']:.1f} ± {meta['random_return_std']:.1f} | "

@@ -59,6 +59,24 @@ def check_level(level: str) -> str:
     return level
 
 
+def parse_settings(text: str) -> dict[str, str]:
+    """``"a.b=1+c=x"`` -> ``{"a.b": "1", "c": "x"}``: level settings as written after a task's ``+``.
+
+    :raises ValueError: an item without ``=``, an empty key or value, or a key given twice.
+    """
+    settings: dict[str, str] = {}
+    for item in text.split("+"):
+        key, eq, value = item.partition("=")
+        if not eq or not key or not value or any(c in key + value for c in ": /"):
+            raise ValueError(f"Lab2D setting {item!r}: write +key=value after the level, e.g. "
+                             "lab2d:clean_up+simulation.thresholdDepletion=1 (nested keys are dotted; no spaces, "
+                             "colons or slashes).")
+        if key in settings:
+            raise ValueError(f"Lab2D setting {key!r} is given twice.")
+        settings[key] = value
+    return settings
+
+
 def discrete_actions(spec: dict[str, Any]) -> list[dict[str, int]]:
     """No-op plus one action per non-zero value of each component, e.g. ``{"1.move": 3}``.
 

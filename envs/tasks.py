@@ -1,5 +1,6 @@
 """One entry point for every task family: ``Pong``, ``Pong-m1``, ``lab2d:pushbox``,
-``lab2d:commons_harvest:probabilistic_apples`` (a level with an argument, here its map).
+``lab2d:commons_harvest:probabilistic_apples`` (a level with an argument, here its map),
+``lab2d:clean_up+simulation.thresholdDepletion=1`` (a level with settings, ``+key=value`` each).
 
 A task knows its name (``game``), a file-system ``slug``, its flavour, and how to build its
 vectorised, 4-frame-stacked environment (``(n_envs, 84, 84, 4)`` uint8 for every family), so
@@ -8,27 +9,37 @@ source training and transfer studies treat Atari games and Lab2D levels alike.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.atari import AtariTask, make_atari, resolve_task
-from envs.lab2d import check_level, make_lab2d
+from envs.lab2d import check_level, make_lab2d, parse_settings
 
 LAB2D_PREFIX = "lab2d:"
 
 
 @dataclass(frozen=True)
 class Lab2DTask:
-    """A DeepMind Lab2D level (player 1 controlled)."""
+    """A DeepMind Lab2D level (player 1 controlled), optionally with level settings.
+
+    ``settings`` are ``(key, value)`` string pairs passed to the Lua level (dmlab2d's
+    ``settings``; nested keys are dotted, e.g. ``simulation.thresholdDepletion``), written
+    ``+key=value`` after the level in a task name and in its slug.
+    """
 
     level: str
+    settings: tuple[tuple[str, str], ...] = field(default=())
     mode: None = None
     difficulty: None = None
 
     @property
+    def _suffix(self) -> str:
+        return "".join(f"+{k}={v}" for k, v in self.settings)
+
+    @property
     def game(self) -> str:
-        return LAB2D_PREFIX + self.level
+        return LAB2D_PREFIX + self.level + self._suffix
 
     @property
     def family(self) -> str:
@@ -40,28 +51,32 @@ class Lab2DTask:
 
     @property
     def slug(self) -> str:
-        return "lab2d-" + self.level.replace(":", "-")  # level names use underscores, never hyphens
+        # level names use underscores, never hyphens; settings keep their own spelling
+        return "lab2d-" + self.level.replace(":", "-") + self._suffix
 
     def same_task(self, other: object) -> bool:
-        return isinstance(other, Lab2DTask) and other.level == self.level
+        return isinstance(other, Lab2DTask) and (other.level, other.settings) == (self.level, self.settings)
 
 
 Task = AtariTask | Lab2DTask
 
 
 def resolve(name: str, mode: int | None = None, difficulty: int | None = None) -> Task:
-    """``lab2d:<level>`` -> :class:`Lab2DTask`; anything else -> :func:`envs.atari.resolve_task`.
+    """``lab2d:<level>[:<argument>][+key=value...]`` -> :class:`Lab2DTask`; anything else ->
+    :func:`envs.atari.resolve_task`. Slugs (``lab2d-<level>-<argument>+key=value``) resolve too.
 
-    :raises ValueError: unknown game or level (with the valid names), or a flavour given for Lab2D.
+    :raises ValueError: unknown game or level (with the valid names), malformed settings, or a
+        flavour given for Lab2D.
     """
     if name.startswith(LAB2D_PREFIX) or name.startswith("lab2d-"):
         if mode is not None or difficulty is not None:
             raise ValueError("Lab2D levels have no ALE mode or difficulty; drop --mode/--difficulty, or pick a "
-                             "level's map with lab2d:<level>:<map>.")
-        level = name[len(LAB2D_PREFIX):]
+                             "level's map with lab2d:<level>:<map> and settings with +key=value.")
+        level, plus, rest = name[len(LAB2D_PREFIX):].partition("+")
         if name.startswith("lab2d-"):  # a slug
             level = level.replace("-", ":")
-        return Lab2DTask(check_level(level))
+        settings = parse_settings(rest) if plus else {}
+        return Lab2DTask(check_level(level), tuple(sorted(settings.items())))
     return resolve_task(name, mode, difficulty)
 
 
@@ -69,5 +84,6 @@ def make_env(task: Task, n_envs: int, seed: int | None = 0, *, monitor_dir: str 
              monitor_append: bool = False) -> VecEnv:
     """The training/evaluation environment of ``task``: ``(n_envs, 84, 84, 4)`` uint8 observations."""
     if isinstance(task, Lab2DTask):
-        return make_lab2d(task.level, n_envs, seed, monitor_dir=monitor_dir, monitor_append=monitor_append)
+        return make_lab2d(task.level, n_envs, seed, monitor_dir=monitor_dir, monitor_append=monitor_append,
+                          settings=dict(task.settings) or None)
     return make_atari(task, n_envs, seed, monitor_dir=monitor_dir, monitor_append=monitor_append)

@@ -120,3 +120,34 @@ def test_bad_level_arguments_are_clear_errors():
         Lab2DEnv("commons_harvest:")
     with pytest.raises(ValueError, match="failed to load"):
         Lab2DEnv("commons_harvest:no_such_map")
+
+
+def test_level_settings_round_trip_through_the_name_and_slug_and_reach_the_level():
+    from envs.tasks import Lab2DTask, make_env, resolve
+
+    task = resolve("lab2d:clean_up+simulation.thresholdDepletion=1+simulation.mudSpawnProbability=0")
+    # settings are kept sorted, so the order they are written in does not make another task
+    assert task == resolve("lab2d:clean_up+simulation.mudSpawnProbability=0+simulation.thresholdDepletion=1")
+    assert task.settings == (("simulation.mudSpawnProbability", "0"), ("simulation.thresholdDepletion", "1"))
+    assert task.slug == "lab2d-clean_up+simulation.mudSpawnProbability=0+simulation.thresholdDepletion=1"
+    assert resolve(task.slug) == task and resolve(task.game) == task
+    assert not task.same_task(Lab2DTask("clean_up")) and task.same_task(resolve(task.slug))
+    # the settings reach the Lua level: with no depletion threshold, apples grow from the start
+    # (the default clean_up grows none until the river is cleaned)
+    rng = np.random.default_rng(0)
+    rewards = {}
+    for name in ("lab2d:clean_up", task.game):
+        env = make_env(resolve(name), 4, seed=0)
+        env.reset()
+        rewards[name] = sum(float(env.step(rng.integers(env.action_space.n, size=4))[1].sum()) for _ in range(300))
+    assert rewards["lab2d:clean_up"] == 0 and rewards[task.game] > 0
+
+
+def test_bad_level_settings_are_clear_errors():
+    from envs.tasks import resolve
+
+    for bad in ("lab2d:clean_up+thresholdDepletion", "lab2d:clean_up+", "lab2d:clean_up+a=1+a=2", "lab2d:clean_up+a=b c"):
+        with pytest.raises(ValueError, match="Lab2D setting"):
+            resolve(bad)
+    with pytest.raises(ValueError, match="Invalid setting"):
+        Lab2DEnv("clean_up", {"simulation.noSuchKey": "1"})
