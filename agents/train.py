@@ -32,7 +32,7 @@ from zoo_rl.zoo_training import SourceSpec, read_manifest, train_source  # noqa:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--game", help="Atari game, short name (Pong) or full id (PongNoFrameskip-v4), or lab2d:<level>")
+    what.add_argument("--game", help="Atari game, short name (Pong) or full id (PongNoFrameskip-v4), or lab2d:<level>[:<argument>][+key=value...]")
     what.add_argument("--zoo", action="store_true", help="train every source of the manifest that is not done yet")
     what.add_argument("--park", action="store_true",
                       help="copy unfinished runs' resume state to agents/zoo/_inprogress/ (to commit) and exit")

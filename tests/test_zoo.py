@@ -63,10 +63,14 @@ def test_interrupted_run_resumes_its_step_count(tmp_path):
     env = make_atari("Pong", 4, seed=0)
     with pytest.raises(KeyboardInterrupt):
         train_run(spec, env, callbacks=[StopAt(600)])
+    # the killed call's time is kept with its last checkpoint, so the run's cost counts it
+    killed = json.loads((tmp_path / "status.json").read_text())
+    assert killed["num_timesteps"] == 512 and killed["wall_seconds"] > 0
     model, _ = train_run(spec, make_atari("Pong", 4, seed=0), eval_env=make_atari("Pong", 1, seed=1))
     assert model.num_timesteps == 1024
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["resumed_from"] == 512  # the last checkpoint before the kill, not a fresh start
+    assert status["wall_seconds"] == pytest.approx(killed["wall_seconds"] + status["seconds_this_call"], abs=0.11)
     assert model.policy.optimizer.state_dict()["state"][0]["step"].item() == 8  # 4 rollouts x 2 minibatches
     with np.load(tmp_path / EVALUATIONS) as data:
         assert list(data["timesteps"]) == [1024]

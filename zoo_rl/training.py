@@ -164,9 +164,10 @@ class CheckpointEvery(_EveryN):
     step count never includes collected-but-untrained experience.
     """
 
-    def __init__(self, path: str | Path, every: int) -> None:
+    def __init__(self, path: str | Path, every: int, on_save: Callable[[BaseAlgorithm], None] | None = None) -> None:
         super().__init__(every)
         self.path = Path(path)
+        self.on_save = on_save
 
     def _on_step(self) -> bool:
         return True
@@ -178,6 +179,8 @@ class CheckpointEvery(_EveryN):
 
     def _fire(self) -> None:
         save_model_atomic(self.model, self.path)
+        if self.on_save is not None:
+            self.on_save(self.model)
 
 
 def load_evaluations(path: str | Path) -> dict[str, list]:
@@ -308,7 +311,22 @@ def train_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / CHECKPOINT).is_file() or model is None:
         model = build_or_resume(spec, env, verbose)
-    all_callbacks: list[BaseCallback] = [CheckpointEvery(run_dir / CHECKPOINT, spec.checkpoint_every)]
+    # Time accounting that survives a kill: status.json is rewritten with each checkpoint, so the
+    # wall time it holds always belongs to the steps the checkpoint holds. A killed call loses the
+    # time since its last checkpoint, exactly like the steps that the resumed call trains again.
+    status_path = run_dir / "status.json"
+    before = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    resumed_from = int(model.num_timesteps)
+    started = time.time()
+
+    def record_status(saved: BaseAlgorithm) -> None:
+        seconds = time.time() - started
+        write_json(status_path, {"num_timesteps": int(saved.num_timesteps), "resumed_from": resumed_from,
+                                 "seconds_this_call": round(seconds, 1),
+                                 "wall_seconds": round(before.get("wall_seconds", 0.0) + seconds, 1)})
+
+    all_callbacks: list[BaseCallback] = [CheckpointEvery(run_dir / CHECKPOINT, spec.checkpoint_every,
+                                                         on_save=record_status)]
     evaluator = None
     if eval_env is not None:
         every = spec.eval_every if spec.eval_every > 0 else spec.total_steps + 1
@@ -317,21 +335,14 @@ def train_run(
                               at_start=evaluate_at_start)
         all_callbacks.append(evaluator)
     all_callbacks += callbacks or []
-    resumed_from = int(model.num_timesteps)
     remaining = spec.total_steps - resumed_from
-    started = time.time()
     if remaining > 0:
         model.learn(remaining, callback=CallbackList(all_callbacks), reset_num_timesteps=False,
                     progress_bar=False)
     save_model_atomic(model, run_dir / CHECKPOINT)
+    record_status(model)
     if evaluator is not None and evaluator.model is None:
         evaluator.init_callback(model)
-    seconds = time.time() - started
-    before = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
-    status = {"num_timesteps": int(model.num_timesteps), "resumed_from": resumed_from,
-              "seconds_this_call": round(seconds, 1),
-              "wall_seconds": round(before.get("wall_seconds", 0.0) + seconds, 1)}
-    write_json(run_dir / "status.json", status)
     return model, evaluator
 
 

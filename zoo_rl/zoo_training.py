@@ -192,6 +192,7 @@ def train_source(
         "command": f"python agents/train.py --game {task.game} --algo {spec.algo} --steps {spec.steps} --seed {spec.seed}"
                    + (f" --mode {task.mode}" if task.mode is not None else "")
                    + (f" --difficulty {task.difficulty}" if task.difficulty is not None else "")
+                   + (f" --name {spec.name}" if spec.name else "")
                    + _zoo_dir_flag(zoo_dir),
         "versions": env_versions(),
         **(extra_meta or {}),
