@@ -41,9 +41,10 @@ if [[ $stage == all || $stage == cross ]]; then
         runs/transfer/roadrunner-loo-100k
 fi
 if [[ $stage == all || $stage == lab2d ]]; then
-    # 3. A Lab2D target from a zoo mixing Lab2D and Atari sources (issue #7).
+    # 3. A Lab2D target from a zoo mixing Lab2D and Atari sources (issue #7): every Lab2D fine-tune, one
+    #    cross-family fine-tune (breakout), and the K-source methods over all 8 sources.
     run lab2d-commons_harvest-100k --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo \
-        --methods scratch,finetune:lab2d-commons_harvest-probabilistic_apples,finetune:lab2d-chase_eat,finetune:breakout,uniform,zoo-lite,ensemble
+        --methods scratch,finetune:lab2d-commons_harvest-probabilistic_apples,finetune:lab2d-clean_up-no_depletion,finetune:lab2d-chase_eat,finetune:breakout,uniform,zoo-lite,ensemble
 fi
 if [[ $stage == all || $stage == parity ]]; then
     # 4. Learning parity of the fast pipeline (issue #5).
