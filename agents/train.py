@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", type=int, default=None, help="ALE game mode (default: the game's default)")
     parser.add_argument("--difficulty", type=int, default=None, help="ALE difficulty (default: the game's default)")
     parser.add_argument("--name", default=None, help="source name (default: task slug, e.g. pong-m1-d1)")
+    parser.add_argument("--env-backend", choices=["gym", "ale", "auto"], default="gym",
+                        help="training environments: gym (default; the committed zoo was trained on it), or ale-py's "
+                             "vector env (ale, or auto where it applies: about 20%% faster training)")
     parser.add_argument("--manifest", type=Path, default=ROOT / "agents" / "zoo" / "manifest.yml",
                         help="zoo manifest (agents/zoo/manifest.yml: Atari; agents/zoo-lab2d/manifest.yml: Lab2D)")
     parser.add_argument("--zoo-dir", type=Path, default=None,
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         specs = read_manifest(args.manifest)
     else:
         specs = [SourceSpec(game=args.game, algo=args.algo, steps=args.steps, seed=args.seed,
-                            mode=args.mode, difficulty=args.difficulty, name=args.name)]
+                            mode=args.mode, difficulty=args.difficulty, name=args.name,
+                            env_backend=args.env_backend)]
     for spec in specs:
         spec.task  # validate every entry before training anything
     if args.park:

@@ -3,7 +3,8 @@
 Measures, in one run, agent steps per second of the project's Atari environment (``make_atari``:
 AtariWrapper + 4-frame stack) with 8 environments
 
-  dummy        all 8 in this process (``DummyVecEnv``, the default)
+  dummy        all 8 in this process (``DummyVecEnv``, ``backend="gym"``)
+  ale          ale-py's C++ vector environment (``backend="ale"``, the default for training)
   sharded-N    ``make_atari(workers=N)``: N worker processes, 8/N environments each
   subproc      SB3's ``SubprocVecEnv``: one process per environment
   independent  the upper bound: 2 processes stepping 4 environments each on their own, nothing shared
@@ -55,7 +56,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     variants = {
-        "dummy": lambda: steps_per_second(args.game, 8, args.steps),
+        "dummy": lambda: steps_per_second(args.game, 8, args.steps, backend="gym"),
+        "ale": lambda: steps_per_second(args.game, 8, args.steps, backend="ale"),
         "sharded-2": lambda: steps_per_second(args.game, 8, args.steps, workers=2),
         "sharded-4": lambda: steps_per_second(args.game, 8, args.steps, workers=4),
         "subproc": lambda: steps_per_second(args.game, 8, args.steps, subproc=True),

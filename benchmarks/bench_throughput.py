@@ -4,6 +4,7 @@ Variants (each run in its own process, so that peak memory is its own):
 
   sb3        SB3's default: make_atari_env + DummyVecEnv + VecFrameStack, CnnPolicy, float32
   project    envs.make_atari + FastCnnPolicy (bf16 channels-last extractor): what `scratch` uses
+  project-gym   the same with the gym wrapper pipeline instead of ale-py's vector environment
   zoo-<mode> ZooExtractor with K sources in each gate mode, through the project pipeline
   ensemble   K frozen source extractors with a learned head, through the project pipeline
 
@@ -34,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PPO_ATARI, random_zoo  # noqa: E402
 
-VARIANTS = ("sb3", "project", "project-w2", "zoo-lite", "zoo-batch", "zoo-uniform", "zoo-sample", "ensemble")
+VARIANTS = ("sb3", "project", "project-gym", "project-w2", "zoo-lite", "zoo-batch", "zoo-uniform", "zoo-sample", "ensemble")
 
 
 def build(variant: str, game: str, zoo: list[str]):
@@ -54,7 +55,8 @@ def build(variant: str, game: str, zoo: list[str]):
     from zoo_rl.extractor import ZooExtractor
     from zoo_rl.fast import FastCnnPolicy, algo_kwargs
 
-    env = make_atari(game, n_envs=8, seed=0, workers=2 if variant == "project-w2" else 0)
+    backend = "gym" if variant in ("project-gym", "project-w2") else "ale"
+    env = make_atari(game, n_envs=8, seed=0, workers=2 if variant == "project-w2" else 0, backend=backend)
     policy_kwargs: dict = dict(net_arch=[])
     if variant.startswith("zoo-"):
         policy_kwargs.update(features_extractor_class=ZooExtractor,

@@ -1,8 +1,9 @@
-"""Learning parity: does the fast pipeline (FastCnnPolicy, bf16) learn as well as plain float32 SB3?
+"""Learning parity: does the fast pipeline learn as well as plain float32 SB3?
 
 Trains PPO from scratch on one game with the study runner's protocol (RL Baselines3 Zoo Atari
-settings, Adam at 1e-4, 8 envs) twice per seed: plain ``CnnPolicy`` in float32, and
-``FastCnnPolicy`` (bf16 channels-last extractor). Seeds are interleaved (fp32 seed 0, bf16 seed 0,
+settings, Adam at 1e-4, 8 envs) twice per seed: plain ``CnnPolicy`` in float32 on the RL Zoo's
+gym wrappers, and the project's default pipeline: ``FastCnnPolicy`` (bf16 channels-last
+extractor) on ale-py's vector environment. Both are evaluated on the gym wrappers. Seeds are interleaved (fp32 seed 0, bf16 seed 0,
 fp32 seed 1, ...), every run resumes after a kill, and finished runs are skipped, so the command
 can be rerun until it is done. Then one plot with both learning curves (mean and 95% bootstrap
 band over seeds) and a table of final returns:
@@ -30,13 +31,15 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from plot import plot_curves, plt, save  # noqa: E402
 from zoo_rl.study import StudyConfig, collect_results, learning_curves, run_study, write_csv_atomic  # noqa: E402
 
-LABELS = {"fp32": "plain CnnPolicy, float32", "bf16": "FastCnnPolicy, bf16 + channels-last"}
+LABELS = {"fp32": "plain CnnPolicy, float32, gym wrappers",
+          "bf16": "FastCnnPolicy, bf16 + channels-last, ale-py vector env"}
+BACKENDS = {"fp32": "gym", "bf16": "auto"}
 
 
 def study(args: argparse.Namespace, precision: str, seeds: int) -> StudyConfig:
     return StudyConfig(target=args.game, methods=["scratch"], seeds=seeds, steps=args.steps, precision=precision,
                        out=args.runs / f"{args.game}-{precision}", eval_every=args.eval_every,
-                       eval_episodes=args.eval_episodes)
+                       eval_episodes=args.eval_episodes, env_backend=BACKENDS[precision])
 
 
 def report(args: argparse.Namespace) -> pd.DataFrame:

@@ -1,14 +1,15 @@
 """Where one PPO iteration's time goes: collecting the rollout vs the update, and each minibatch's pieces.
 
-Builds the project pipeline (``envs.make_atari`` + ``FastCnnPolicy`` + channels-last rollout buffer, RL Zoo
-Atari PPO settings) or SB3's plain ``CnnPolicy`` (``--plain``), warms up one iteration, then times
+Builds the project pipeline (ale-py's vector env through ``envs.make_atari`` + ``FastCnnPolicy`` +
+channels-last rollout buffer, RL Zoo Atari PPO settings) or SB3's plain ``CnnPolicy`` (``--plain``; add
+``--backend gym`` for SB3's own environment pipeline), warms up one iteration, then times
 ``collect_rollouts`` and ``train`` over ``--iterations`` iterations (1024 agent steps each), and finally
 replays two epochs of minibatches by hand, timing the forward pass (``evaluate_actions`` and a PPO-shaped
 loss: policy-gradient, value and entropy terms without the ratio clipping, whose cost is negligible), the
 backward pass, gradient clipping and the optimizer step separately.
 
     python benchmarks/profile_ppo.py            # FastCnnPolicy, Pong
-    python benchmarks/profile_ppo.py --plain    # SB3's CnnPolicy in float32, for comparison
+    python benchmarks/profile_ppo.py --plain --backend gym   # plain SB3, for comparison
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main() -> None:
     parser.add_argument("--game", default="Pong")
     parser.add_argument("--plain", action="store_true", help="SB3's CnnPolicy in float32 instead of FastCnnPolicy")
     parser.add_argument("--iterations", type=int, default=4, help="timed PPO iterations of 1024 steps")
+    parser.add_argument("--backend", choices=["ale", "gym"], default="ale",
+                        help="Atari environments: ale-py's vector env (default, the project's) or the gym wrappers")
     args = parser.parse_args()
 
     from stable_baselines3 import PPO
@@ -36,7 +39,7 @@ def main() -> None:
     from envs import make_atari
     from zoo_rl.fast import FastCnnPolicy, algo_kwargs
 
-    env = make_atari(args.game, n_envs=8, seed=0)
+    env = make_atari(args.game, n_envs=8, seed=0, backend=args.backend)
     policy = "CnnPolicy" if args.plain else FastCnnPolicy
     model = PPO(policy, env, seed=0, policy_kwargs=dict(net_arch=[]), **PPO_ATARI, **algo_kwargs(policy))
     model.learn(1024)  # warm-up

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from stable_baselines3.common.vec_env import VecEnv
 
-from envs.atari import AtariTask, make_atari, resolve_task
+from envs.atari import BACKENDS, AtariTask, atari_backend, make_atari, resolve_task
 from envs.lab2d import check_level, make_lab2d, parse_settings
 
 LAB2D_PREFIX = "lab2d:"
@@ -80,10 +80,29 @@ def resolve(name: str, mode: int | None = None, difficulty: int | None = None) -
     return resolve_task(name, mode, difficulty)
 
 
-def make_env(task: Task, n_envs: int, seed: int | None = 0, *, monitor_dir: str | None = None,
-             monitor_append: bool = False) -> VecEnv:
-    """The training/evaluation environment of ``task``: ``(n_envs, 84, 84, 4)`` uint8 observations."""
+def env_backend(task: Task, backend: str = "auto") -> str:
+    """The environment implementation ``make_env(task, backend=backend)`` uses: ``ale`` or ``gym``
+    for Atari (see :func:`envs.atari.make_atari`), ``lab2d`` for Lab2D levels (one implementation).
+
+    :raises ValueError: an unknown backend, or ``ale`` for a flavoured Atari task.
+    """
     if isinstance(task, Lab2DTask):
+        if backend not in BACKENDS:
+            raise ValueError(f"Unknown environment backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+        return "lab2d"
+    return atari_backend(task, backend)
+
+
+def make_env(task: Task, n_envs: int, seed: int | None = 0, *, monitor_dir: str | None = None,
+             monitor_append: bool = False, backend: str = "gym") -> VecEnv:
+    """The training/evaluation environment of ``task``: ``(n_envs, 84, 84, 4)`` uint8 observations.
+
+    :param backend: for Atari tasks, ``gym`` (the RL Baselines3 Zoo wrappers, used for every
+        evaluation), ``ale`` (ale-py's vector environment, faster; the default for training) or
+        ``auto``; Lab2D levels have one implementation and ignore it.
+    """
+    if isinstance(task, Lab2DTask):
+        env_backend(task, backend)
         return make_lab2d(task.level, n_envs, seed, monitor_dir=monitor_dir, monitor_append=monitor_append,
                           settings=dict(task.settings) or None)
-    return make_atari(task, n_envs, seed, monitor_dir=monitor_dir, monitor_append=monitor_append)
+    return make_atari(task, n_envs, seed, monitor_dir=monitor_dir, monitor_append=monitor_append, backend=backend)

@@ -17,12 +17,12 @@ run() {  # run <results name> <transfer.py arguments...>
 
 if [[ $stage == all || $stage == pong ]]; then
     # 1. Pong (default flavour) from the Atari zoo (pong-m1 is the one related source): every method,
-    #    3 seeds, 100k steps.
-    run pong-100k --target Pong
+    #    3 seeds, 100k steps. Started before ale-py's vector env was the default: it stays on gym.
+    run pong-100k --target Pong --env-backend gym
 fi
 if [[ $stage == all || $stage == pong-ablation ]]; then
     # 1b. One level down: the paper's sigmoid gates, and no alignment, against zoo-lite (same study).
-    run pong-100k --target Pong --methods zoo-lite:sigmoid,zoo-lite:noalign
+    run pong-100k --target Pong --env-backend gym --methods zoo-lite:sigmoid,zoo-lite:noalign
 fi
 if [[ $stage == all || $stage == pong-long ]]; then
     # 1c. The informative methods at 500k steps.

@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="check the study and list its runs (zoo, method, seed, done or not), train nothing")
     p.add_argument("--n-envs", type=int, default=None, help="environments per run (default: the algorithm's YAML)")
+    p.add_argument("--env-backend", choices=["auto", "ale", "gym"], default="auto",
+                   help="Atari training environments: auto (default: ale-py's vector env where it applies), ale, "
+                        "or gym (the RL Baselines3 Zoo wrappers; evaluations always use these)")
     p.add_argument("--aggregate", nargs="+", type=Path, default=None, metavar="STUDY_DIR",
                    help="instead of training: one table across finished studies, written to --out")
     args = p.parse_args(argv)
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         methods=[m.strip() for m in args.methods.split(",") if m.strip()], seeds=args.seeds, algo=args.algo,
         steps=args.steps, lr=args.lr, out=args.out, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
         threshold=args.threshold, precision=args.precision, workers=args.workers, launcher=args.launcher,
-        ray_address=args.ray_address, n_envs=args.n_envs,
+        ray_address=args.ray_address, n_envs=args.n_envs, env_backend=args.env_backend,
     )
     try:
         if args.dry_run:

@@ -250,3 +250,17 @@ def test_dry_run_lists_the_runs_and_trains_nothing(zoo_paths, tmp_path, capsys):
     assert "10 runs of 100,000 steps" in printed  # (scratch + 3 fine-tunes + zoo-lite) x 2 seeds
     assert printed.count("to run") == 10 and "finetune:src2" in printed
     assert not out.exists()
+
+
+def test_a_run_resumes_only_on_the_backend_it_started_with(tmp_path):
+    from zoo_rl.training import check_resume_backend
+
+    (tmp_path / "config.json").write_text(json.dumps({"method": "scratch"}))  # from before the choice: gym
+    check_resume_backend(tmp_path, "gym", resumed=True)
+    with pytest.raises(ValueError, match="--env-backend gym"):
+        check_resume_backend(tmp_path, "ale", resumed=True)
+    check_resume_backend(tmp_path, "ale", resumed=False)  # nothing to resume: any backend
+    (tmp_path / "config.json").write_text(json.dumps({"env_backend": "ale"}))
+    with pytest.raises(ValueError, match="started with env_backend='ale'"):
+        check_resume_backend(tmp_path, "gym", resumed=True)
+    assert StudyConfig(target="Pong").env_backend == "auto"

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from envs.tasks import Task, make_env, resolve
+from envs.tasks import Task, env_backend, make_env, resolve
 from zoo_rl.baselines import EnsembleExtractor, load_extractor_weights
 from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
@@ -41,8 +41,8 @@ from zoo_rl.fast import FastCnnPolicy, algo_kwargs
 from zoo_rl.metrics import area_under_curve, human_normalised, iqm_with_interval, steps_to_threshold
 from zoo_rl.sources import Source, atomic_write_bytes
 from zoo_rl.training import (
-    ALGOS, EVALUATIONS, FINAL, ON_POLICY, RunSpec, command_line, env_versions, load_evaluations,
-    load_hyperparams, parse_value, save_model_atomic, train_run, write_json,
+    ALGOS, EVALUATIONS, FINAL, ON_POLICY, RunSpec, check_resume_backend, command_line, env_versions,
+    load_evaluations, load_hyperparams, parse_value, save_model_atomic, train_run, write_json,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +98,9 @@ class StudyConfig:
     :param launcher: ``local`` (process pool) or ``ray``.
     :param ray_address: Ray cluster address (``None``: start a local Ray instance).
     :param n_envs: parallel environments per run (``None``: the algorithm's YAML value).
+    :param env_backend: training environments of Atari targets: ``auto`` (ale-py's vector
+        environment where it applies), ``ale`` or ``gym`` (the RL Baselines3 Zoo wrappers).
+        Evaluations always use ``gym``. A run resumes only with the backend it started with.
     """
 
     target: str
@@ -118,6 +121,7 @@ class StudyConfig:
     launcher: str = "local"
     ray_address: str | None = None
     n_envs: int | None = None
+    env_backend: str = "auto"
 
 
 @dataclass
@@ -322,12 +326,15 @@ def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
     study = job.study
     params, n_envs = _hyperparams(job)
     resumed = (run_dir / "checkpoint.zip").is_file()
-    env = make_env(job.task, n_envs, seed=job.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed)
-    eval_env = make_env(job.task, study.eval_episodes, seed=10_000 + job.seed)
+    backend = env_backend(job.task, study.env_backend)
+    check_resume_backend(run_dir, backend, resumed)
+    env = make_env(job.task, n_envs, seed=job.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed,
+                   backend=backend)
+    eval_env = make_env(job.task, study.eval_episodes, seed=10_000 + job.seed, backend="gym")
     write_json(run_dir / "config.json", {"study": asdict(study), "method": job.method, "seed": job.seed,
                                          "task": asdict(job.task), "zoo": job.zoo, "n_envs": n_envs,
-                                         "hyperparams": params, "command": command_line(),
-                                         "versions": env_versions()})
+                                         "env_backend": backend, "hyperparams": params,
+                                         "command": command_line(), "versions": env_versions()})
     spec = RunSpec(run_dir=run_dir, algo=study.algo, total_steps=study.steps, hyperparams=params,
                    seed=job.seed, checkpoint_every=study.eval_every, eval_every=study.eval_every,
                    eval_episodes=study.eval_episodes)

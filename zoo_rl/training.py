@@ -346,6 +346,21 @@ def train_run(
     return model, evaluator
 
 
+def check_resume_backend(run_dir: Path, backend: str, resumed: bool) -> None:
+    """A checkpoint continues only on the environment it was trained on (runs from before the
+    choice existed, with no ``env_backend`` in their config, trained on ``gym``).
+
+    :raises ValueError: the run started with another backend, with the flag that resumes it.
+    """
+    config = Path(run_dir) / "config.json"
+    if not resumed or not config.is_file():
+        return
+    started = json.loads(config.read_text()).get("env_backend") or ("lab2d" if backend == "lab2d" else "gym")
+    if started != backend:
+        raise ValueError(f"{run_dir} was started with env_backend={started!r}, not {backend!r}: rerun with "
+                         f"--env-backend {started}, or delete the run folder to start it again.")
+
+
 def env_versions() -> dict[str, str]:
     """Versions of the packages a result depends on."""
     from importlib.metadata import PackageNotFoundError, version

@@ -20,10 +20,12 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
-from envs.tasks import Task, make_env, resolve
+from envs.tasks import Task, env_backend, make_env, resolve
 from zoo_rl.fast import policy_class
 from zoo_rl.sources import LAYERS, write_compact
-from zoo_rl.training import ON_POLICY, RunSpec, command_line, env_versions, load_hyperparams, train_run, write_json
+from zoo_rl.training import (
+    ON_POLICY, RunSpec, check_resume_backend, command_line, env_versions, load_hyperparams, train_run, write_json,
+)
 
 #: Episodes of the final evaluation and of the random-policy baseline.
 FINAL_EVAL_EPISODES = 10
@@ -44,6 +46,9 @@ class SourceSpec:
     mode: int | None = None
     difficulty: int | None = None
     name: str | None = None
+    #: training environments: ``gym`` (default: the committed zoos were trained on it, so their
+    #: reproduction commands stay exact), ``ale`` or ``auto`` (ale-py's vector env, faster)
+    env_backend: str = "gym"
 
     @property
     def task(self) -> Task:
@@ -151,10 +156,14 @@ def train_source(
                   seed=spec.seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
                   eval_episodes=eval_episodes, device=device)
     resumed = (run_dir / "checkpoint.zip").is_file()
-    env = make_env(task, n_envs, seed=spec.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed)
-    eval_env = make_env(task, eval_episodes, seed=spec.seed + 10_000)
+    backend = env_backend(task, spec.env_backend)
+    check_resume_backend(run_dir, backend, resumed)
+    env = make_env(task, n_envs, seed=spec.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed,
+                   backend=backend)
+    eval_env = make_env(task, eval_episodes, seed=spec.seed + 10_000)  # evaluations: always the gym wrappers
     write_json(run_dir / "config.json", {"source": asdict(spec), "task": asdict(task), "n_envs": n_envs,
-                                         "hyperparams": params, "command": command_line(), "versions": env_versions()})
+                                         "env_backend": backend, "hyperparams": params, "command": command_line(),
+                                         "versions": env_versions()})
     started = time.time()
     model, evaluator = train_run(run, env, eval_env, verbose=verbose)
     train_seconds = time.time() - started
@@ -188,11 +197,13 @@ def train_source(
         "n_actions": int(env.action_space.n),
         "observation_shape": list(model.observation_space.shape),
         "layers": list(LAYERS),
+        "env_backend": backend,
         "train_seconds_last_call": round(train_seconds, 1),
         "command": f"python agents/train.py --game {task.game} --algo {spec.algo} --steps {spec.steps} --seed {spec.seed}"
                    + (f" --mode {task.mode}" if task.mode is not None else "")
                    + (f" --difficulty {task.difficulty}" if task.difficulty is not None else "")
                    + (f" --name {spec.name}" if spec.name else "")
+                   + (f" --env-backend {spec.env_backend}" if spec.env_backend != "gym" else "")
                    + _zoo_dir_flag(zoo_dir),
         "versions": env_versions(),
         **(extra_meta or {}),

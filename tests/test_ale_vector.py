@@ -1,0 +1,104 @@
+"""ale-py's vector environment behind SB3's VecEnv contract (envs/ale_vector.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from envs.ale_vector import AleVectorVecEnv, rom_name
+from envs.atari import atari_backend, make_atari, resolve_task
+
+
+def rollout(env, steps: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    out = [env.reset()]
+    for _ in range(steps):
+        obs, reward, done, infos = env.step(rng.integers(env.action_space.n, size=env.num_envs))
+        out.append((obs, reward, done, infos))
+    return out
+
+
+def test_same_contract_as_the_gym_pipeline():
+    ale, gym_env = make_atari("Pong", 3, seed=0, backend="ale"), make_atari("Pong", 3, seed=0, backend="gym")
+    assert isinstance(ale, AleVectorVecEnv)
+    assert ale.observation_space == gym_env.observation_space  # (84, 84, 4) uint8
+    assert ale.action_space == gym_env.action_space
+    obs = ale.reset()
+    assert obs.shape == (3, 84, 84, 4) and obs.dtype == np.uint8 and obs.flags.c_contiguous
+    assert ale.env_is_wrapped(__import__("stable_baselines3.common.monitor", fromlist=["Monitor"]).Monitor) == [True] * 3
+
+
+def test_seeding_is_reproducible():
+    a = rollout(AleVectorVecEnv("Pong", 2, seed=7), 30)
+    b = rollout(AleVectorVecEnv("Pong", 2, seed=7), 30)
+    c = rollout(AleVectorVecEnv("Pong", 2, seed=8), 30)
+    assert all(np.array_equal(x[0], y[0]) for x, y in zip(a[1:], b[1:]))
+    assert not all(np.array_equal(x[0], y[0]) for x, y in zip(a[1:], c[1:]))
+    env = AleVectorVecEnv("Pong", 2, seed=None)
+    env.seed(7)
+    assert np.array_equal(env.reset(), a[0])  # VecEnv.seed() then reset(), as SB3 does
+
+
+def test_lives_games_and_unclipped_returns(tmp_path):
+    """Breakout: a lost life ends the training episode but not the game (the next observation goes
+    on from the terminal one); a game over resets in the same step and reports the unclipped return
+    of the whole game, like SB3's Monitor inside the wrappers, also in the Monitor files."""
+    env = AleVectorVecEnv("Breakout", 2, seed=0, monitor_dir=str(tmp_path))
+    rng = np.random.default_rng(0)
+    env.reset()
+    raw = np.zeros(2)
+    life_losses = games = 0
+    while games < 2:
+        actions = rng.integers(env.action_space.n, size=2)
+        actions[rng.random(2) < 0.3] = 1  # FIRE often, so that games end quickly
+        obs, reward, done, infos = env.step(actions)
+        assert set(np.unique(reward)) <= {-1.0, 0.0, 1.0}
+        raw += np.abs(reward)  # lower bound of the raw return (Breakout bricks are worth 1 to 7)
+        for i in np.flatnonzero(done):
+            assert infos[i]["terminal_observation"].shape == (84, 84, 4)
+            if "episode" in infos[i]:
+                games += 1
+                assert infos[i]["episode"]["r"] >= raw[i]
+                raw[i] = 0
+                assert infos[i]["episode"]["l"] > 0
+            else:
+                life_losses += 1
+                np.testing.assert_array_equal(infos[i]["terminal_observation"], obs[i])  # no reset
+    assert life_losses >= 4 * games  # 5 lives a game: 4 lost lives end episodes before the game over
+    env.close()
+    rows = pd.concat([pd.read_csv(f, skiprows=1) for f in sorted(tmp_path.glob("*.monitor.csv"))])
+    assert len(rows) == games and list(rows.columns[:3]) == ["r", "l", "t"]
+
+
+def test_unclipped_training_rewards_on_request():
+    raw = np.concatenate([step[1] for step in rollout(AleVectorVecEnv("Seaquest", 4, seed=0, clip_reward=False), 600)[1:]])
+    clipped = np.concatenate([step[1] for step in rollout(AleVectorVecEnv("Seaquest", 4, seed=0), 600)[1:]])
+    assert raw.max() > 1  # a sub is worth 20 points
+    np.testing.assert_array_equal(clipped, np.sign(raw))
+
+
+def test_backend_choice_and_errors():
+    pong, flavoured = resolve_task("Pong"), resolve_task("Pong-m1")
+    assert atari_backend(pong, "auto") == "ale" and atari_backend(flavoured, "auto") == "gym"
+    assert atari_backend(pong, "auto", in_process=False) == "gym"
+    with pytest.raises(ValueError, match="no ALE modes"):
+        make_atari("Pong-m1", 1, backend="ale")
+    with pytest.raises(ValueError, match="Unknown Atari backend"):
+        make_atari("Pong", 1, backend="envpool")
+    with pytest.raises(ValueError, match="drop subproc"):
+        make_atari("Pong", 2, backend="ale", workers=2)
+    assert rom_name("RoadRunner") == "road_runner" and rom_name("Pong") == "pong"
+
+
+@pytest.mark.slow
+def test_ppo_trains_on_it_with_the_fast_policy(tmp_path):
+    from stable_baselines3 import PPO
+
+    from zoo_rl.fast import FastCnnPolicy, algo_kwargs
+
+    env = make_atari("Pong", 4, seed=0, backend="ale", monitor_dir=str(tmp_path))
+    model = PPO(FastCnnPolicy, env, n_steps=64, batch_size=128, n_epochs=1, seed=0, device="cpu",
+                **algo_kwargs(FastCnnPolicy))
+    model.learn(512)
+    assert model.num_timesteps == 512
