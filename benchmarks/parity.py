@@ -3,12 +3,13 @@
 Trains PPO from scratch on one game with the study runner's protocol (RL Baselines3 Zoo Atari
 settings, Adam at 1e-4, 8 envs) twice per seed: plain ``CnnPolicy`` in float32 on the RL Zoo's
 gym wrappers, and the project's default pipeline: ``FastCnnPolicy`` (bf16 channels-last
-extractor) on ale-py's vector environment. Both are evaluated on the gym wrappers. Seeds are interleaved (fp32 seed 0, bf16 seed 0,
+extractor) on ``--env-backend auto`` (ale-py's vector environment for Pong; the gym wrappers for
+games where its protocol differs, e.g. Breakout). Both are evaluated on the gym wrappers. Seeds are interleaved (fp32 seed 0, bf16 seed 0,
 fp32 seed 1, ...), every run resumes after a kill, and finished runs are skipped, so the command
 can be rerun until it is done. Then one plot with both learning curves (mean and 95% bootstrap
 band over seeds) and a table of final returns:
 
-    python benchmarks/parity.py --game Breakout --steps 500000 --seeds 3
+    python benchmarks/parity.py --game Pong --steps 500000 --seeds 3
     python benchmarks/parity.py --report-only     # tables and plot from the runs so far
 
 Writes ``results/parity/<game>-parity.csv`` (one row per run), ``<game>-parity-summary.csv`` and
@@ -32,7 +33,7 @@ from plot import plot_curves, plt, save  # noqa: E402
 from zoo_rl.study import StudyConfig, collect_results, learning_curves, run_study, write_csv_atomic  # noqa: E402
 
 LABELS = {"fp32": "plain CnnPolicy, float32, gym wrappers",
-          "bf16": "FastCnnPolicy, bf16 + channels-last, ale-py vector env"}
+          "bf16": "FastCnnPolicy, bf16 + channels-last, --env-backend auto"}
 BACKENDS = {"fp32": "gym", "bf16": "auto"}
 
 
@@ -78,7 +79,7 @@ def report(args: argparse.Namespace) -> pd.DataFrame:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--game", default="Breakout")
+    parser.add_argument("--game", default="Pong")
     parser.add_argument("--steps", type=int, default=500_000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--eval-every", type=int, default=25_000)

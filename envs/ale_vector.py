@@ -15,12 +15,17 @@ with max-pooling, fire reset, 84x84 grey, 4-frame stack) and steps Pong about tw
   reports the unclipped return of each full game, like SB3's ``Monitor`` inside the wrappers,
   and Monitor CSV files are written when ``monitor_dir`` is given.
 
-Known differences from the gym pipeline, none of which changes the observation format or the
-game: after a lost life the game is not fire-reset (the agent has to press FIRE itself, as it
-does in the ALE v5 protocol); the frame stack after a reset holds the reset frame in every slot
-(SB3 zero-fills); episode lengths in Monitor files are agent steps x 4 frames (no-op starts are
-not counted). Flavours (ALE modes and difficulties) are not supported by ale-py's vector
-environment: those tasks use the gym pipeline.
+The frames themselves are the gym pipeline's: from the same start, without no-ops or FIRE, Pong's
+84x84 frames agree to within resize rounding (``tests/test_ale_vector.py``). Known differences:
+
+- after a lost life nobody presses FIRE for the agent (SB3's ``FireResetEnv`` does, in games
+  with lives and a FIRE action such as Breakout): the agent has to, as in the ALE v5 protocol.
+  ``make_atari(backend="auto")`` therefore uses this class only for games where SB3 does not
+  either (:func:`envs.atari.fires_after_lost_life`: Pong, Enduro, Boxing...);
+- the reset sequence differs in detail (no-op counts are random on both; SB3 presses FIRE then
+  action 2), the frame stack after a reset holds the first frame in every slot (SB3 zero-fills),
+  and episode lengths in the Monitor files are agent steps x 4 frames (no-op starts not counted);
+- flavours (ALE modes and difficulties) do not exist here: those tasks use the gym pipeline.
 """
 
 from __future__ import annotations
@@ -55,11 +60,14 @@ class AleVectorVecEnv(VecEnv):
     :param monitor_dir: write ``<i>.monitor.csv`` files of full games there.
     :param monitor_append: append to existing Monitor files (when resuming a run).
     :param num_threads: C++ threads stepping the environments (0: ale-py's choice).
+    :param noop_max: up to this many no-op frames at each game start (the gym pipeline's 30).
+    :param fire_reset: press FIRE at each game start (where the game has FIRE).
     """
 
     def __init__(self, game: str, n_envs: int = 8, seed: int | None = 0, *, clip_reward: bool = True,
                  terminal_on_life_loss: bool = True, max_episode_frames: int = 108_000,
-                 monitor_dir: str | None = None, monitor_append: bool = False, num_threads: int = 0) -> None:
+                 monitor_dir: str | None = None, monitor_append: bool = False, num_threads: int = 0,
+                 noop_max: int = 30, fire_reset: bool = True) -> None:
         from ale_py import roms
         from ale_py.vector_env import AtariVectorEnv
 
@@ -70,8 +78,8 @@ class AleVectorVecEnv(VecEnv):
         self.game = game
         self._env = AtariVectorEnv(rom, n_envs, num_threads=num_threads, autoreset_mode="SameStep",
                                    episodic_life=False, life_loss_info=terminal_on_life_loss,
-                                   reward_clipping=False, repeat_action_probability=0.0, noop_max=30,
-                                   use_fire_reset=True, frameskip=FRAME_SKIP, maxpool=True, stack_num=4,
+                                   reward_clipping=False, repeat_action_probability=0.0, noop_max=noop_max,
+                                   use_fire_reset=fire_reset, frameskip=FRAME_SKIP, maxpool=True, stack_num=4,
                                    img_height=84, img_width=84, grayscale=True,
                                    max_num_frames_per_episode=max_episode_frames)
         observation_space = gym.spaces.Box(0, 255, (84, 84, 4), np.uint8)

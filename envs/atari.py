@@ -64,6 +64,20 @@ def available_flavours(game: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
         env.close()
 
 
+@functools.lru_cache(maxsize=None)
+def fires_after_lost_life(game: str) -> bool:
+    """True if SB3's AtariWrapper presses FIRE for the agent after each lost life of ``game``: the
+    game has lives and a FIRE action (``EpisodicLifeEnv`` + ``FireResetEnv``). ale-py's vector
+    environment does not, so only games where this is False have the same protocol on both backends."""
+    _register_ale()
+    env = gym.make(game + _SUFFIX)
+    try:
+        env.reset(seed=0)
+        return env.unwrapped.ale.lives() > 0 and "FIRE" in env.unwrapped.get_action_meanings()
+    finally:
+        env.close()
+
+
 @dataclass(frozen=True)
 class AtariTask:
     """A game and an optional ALE flavour. ``None`` means the game's default."""
@@ -157,8 +171,12 @@ def resolve_task(game: str, mode: int | None = None, difficulty: int | None = No
 BACKENDS = ("auto", "ale", "gym")
 
 
-def atari_backend(task: AtariTask, backend: str, in_process: bool = True) -> str:
+def atari_backend(task: AtariTask, backend: str, in_process: bool = True, terminal_on_life_loss: bool = True) -> str:
     """The backend (``ale`` or ``gym``) that ``make_atari`` uses for ``task``.
+
+    ``auto`` picks ``ale`` only where it runs the gym pipeline's protocol: a default-flavour game
+    without a FIRE press after lost lives (:func:`fires_after_lost_life`; Pong, Enduro...), stepped
+    in-process; otherwise ``gym``. ``ale`` can be forced for any default-flavour game.
 
     :raises ValueError: an unknown backend, or ``ale`` asked for what it cannot do.
     """
@@ -166,7 +184,8 @@ def atari_backend(task: AtariTask, backend: str, in_process: bool = True) -> str
         raise ValueError(f"Unknown Atari backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     flavoured = task.mode is not None or task.difficulty is not None
     if backend == "auto":
-        return "gym" if flavoured or not in_process else "ale"
+        same_protocol = not (terminal_on_life_loss and fires_after_lost_life(task.game))
+        return "ale" if in_process and not flavoured and same_protocol else "gym"
     if backend == "ale" and flavoured:
         raise ValueError(f"{task.slug}: ale-py's vector environment has no ALE modes or difficulties; use "
                          "backend='gym' (or 'auto', which picks it) for a flavoured task.")
@@ -206,15 +225,16 @@ def make_atari(
     :param monitor_append: append to existing Monitor files (when resuming a run).
     :param backend: ``gym`` (the RL Baselines3 Zoo's wrappers, above) or ``ale`` (ale-py's C++
         vector environment, :class:`envs.ale_vector.AleVectorVecEnv`: about twice as fast, same
-        observations, no flavours; see its docstring for the small protocol differences), or
-        ``auto``: ``ale`` where it applies (a default-flavour game, in-process), else ``gym``.
+        observations, no flavours, no FIRE press after a lost life), or ``auto``: ``ale`` where
+        its protocol is the gym pipeline's (see :func:`atari_backend`), else ``gym``.
     :return: a ``VecEnv`` with observations ``(n_envs, 84, 84, 4)`` uint8.
     """
     if not isinstance(task, AtariTask):
         task = resolve_task(task, mode, difficulty)
     if n_envs < 1:
         raise ValueError(f"n_envs must be at least 1, got {n_envs}.")
-    backend = atari_backend(task, backend, in_process=not (subproc or workers))
+    backend = atari_backend(task, backend, in_process=not (subproc or workers),
+                            terminal_on_life_loss=terminal_on_life_loss)
     if backend == "ale":
         from envs.ale_vector import AleVectorVecEnv
 

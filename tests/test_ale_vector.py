@@ -78,10 +78,38 @@ def test_unclipped_training_rewards_on_request():
     np.testing.assert_array_equal(clipped, np.sign(raw))
 
 
+def test_frames_are_the_gym_pipelines():
+    """Same start (no no-ops, no FIRE), same actions: Pong's newest frame in the stack matches SB3's
+    MaxAndSkip + WarpFrame to within the resize's rounding, step after step."""
+    import gymnasium as gym
+    from stable_baselines3.common.atari_wrappers import MaxAndSkipEnv, WarpFrame
+
+    from envs.atari import _register_ale
+
+    _register_ale()
+    ale = AleVectorVecEnv("Pong", 1, seed=0, noop_max=0, fire_reset=False, terminal_on_life_loss=False)
+    ref = WarpFrame(MaxAndSkipEnv(gym.make("PongNoFrameskip-v4"), skip=4))
+    np.testing.assert_array_equal(ale.reset()[0, :, :, -1], ref.reset(seed=0)[0][:, :, 0])
+    rng = np.random.default_rng(0)
+    diffs = []
+    for _ in range(300):
+        action = int(rng.integers(ale.action_space.n))
+        obs, reward, *_ = ale.step(np.array([action]))
+        frame, ref_reward, *_ = ref.step(action)
+        assert reward[0] == ref_reward
+        diffs.append(np.abs(obs[0, :, :, -1].astype(int) - frame[:, :, 0].astype(int)))
+    diffs = np.stack(diffs)
+    assert diffs.mean() < 0.1 and diffs.max() <= 32
+
+
 def test_backend_choice_and_errors():
     pong, flavoured = resolve_task("Pong"), resolve_task("Pong-m1")
     assert atari_backend(pong, "auto") == "ale" and atari_backend(flavoured, "auto") == "gym"
     assert atari_backend(pong, "auto", in_process=False) == "gym"
+    # SB3 presses FIRE after Breakout's lost lives and ale-py does not: auto keeps the gym protocol
+    assert atari_backend(resolve_task("Breakout"), "auto") == "gym"
+    assert atari_backend(resolve_task("Breakout"), "auto", terminal_on_life_loss=False) == "ale"
+    assert atari_backend(resolve_task("Breakout"), "ale") == "ale"  # forced: the v5-like protocol
     with pytest.raises(ValueError, match="no ALE modes"):
         make_atari("Pong-m1", 1, backend="ale")
     with pytest.raises(ValueError, match="Unknown Atari backend"):
