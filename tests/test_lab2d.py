@@ -132,6 +132,8 @@ def test_level_settings_round_trip_through_the_name_and_slug_and_reach_the_level
     assert task.slug == "lab2d-clean_up+simulation.mudSpawnProbability=0+simulation.thresholdDepletion=1"
     assert resolve(task.slug) == task and resolve(task.game) == task
     assert not task.same_task(Lab2DTask("clean_up")) and task.same_task(resolve(task.slug))
+    negative = resolve("lab2d:pushbox+stepCost=-0.5")  # a hyphen in a value is not a level separator
+    assert resolve(negative.slug) == negative and negative.settings == (("stepCost", "-0.5"),)
     # the settings reach the Lua level: with no depletion threshold, apples grow from the start
     # (the default clean_up grows none until the river is cleaned)
     rng = np.random.default_rng(0)
