@@ -74,6 +74,25 @@ def test_every_gate_starts_equal():
     torch.testing.assert_close(values, torch.full((5, 4), 0.25))
 
 
+def test_gate_scale_is_the_gates_learning_rate_under_adam():
+    """Scores times N: the same start (equal gates), and one Adam step moves the scores N times as far
+    (Adam's step does not depend on the gradient's size), so the gates learn N times faster."""
+    x = torch.randn(8, 16, 3, 3)
+    moved = {}
+    for scale in (1.0, 10.0):
+        torch.manual_seed(0)
+        gate = SourceGate(16, 4, "softmax", scale=scale)
+        torch.testing.assert_close(gate(x), torch.full((8, 4), 0.25))
+        before = gate.scores(x).detach()
+        opt = torch.optim.Adam(gate.parameters(), lr=1e-3)
+        (gate(x)[:, 0]).sum().neg().backward()  # favour source 0
+        opt.step()
+        moved[scale] = (gate.scores(x).detach() - before)[:, 0].mean().item()
+    assert moved[1.0] > 0 and moved[10.0] == pytest.approx(10 * moved[1.0], rel=0.05)
+    with pytest.raises(ValueError, match="gate scale"):
+        SourceGate(16, 4, scale=0)
+
+
 def lite_layer(seed=0, momentum=0.1):
     g = torch.Generator().manual_seed(seed)
     layer = ZooLayer(torch.randn(3, 6, 8, generator=g), torch.randn(3, 6, generator=g), mode="lite",

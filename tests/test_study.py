@@ -236,6 +236,9 @@ def test_zoo_method_options_reach_the_extractor(zoo_paths, tmp_path):
     layer = lite.layers["cnn_0"]
     assert layer.mode == "lite" and layer.align is None and layer.gate.normalisation == "sigmoid"
     assert sample.layers["cnn_0"].align is not None and sample.layers["linear_0"].align is None
+    assert study_module.zoo_options("zoo-lite:gate-x30+noalign") == {"gate_scale": 30.0, "align": False}
+    with pytest.raises(ValueError, match="gate-x<N>"):
+        study_module.zoo_options("zoo-lite:gate-x0")
 
 
 def test_dry_run_lists_the_runs_and_trains_nothing(zoo_paths, tmp_path, capsys):

@@ -79,6 +79,9 @@ class ZooExtractor(BaseFeaturesExtractor):
         convolutions only (``"conv"``: the paper's code aligns only kernels larger than 1x1; this
         saves the K-fold cost of aligning the 3136->512 layer), or nowhere (``False``).
     :param lite_momentum: momentum of the lite moving average.
+    :param gate_scale: multiplies every gate's scores: under Adam, the gates' learning rate
+        relative to the rest (1: the paper's gates; with Adam at 1e-4 they barely leave uniform
+        in 100k PPO steps, see the README's results).
     :param features_dim: must equal the sources' feature size (512 for NatureCNN).
     """
 
@@ -91,6 +94,7 @@ class ZooExtractor(BaseFeaturesExtractor):
         align: bool | str = True,
         lite_momentum: float = LITE_MOMENTUM,
         features_dim: int = NATURE_FEATURES,
+        gate_scale: float = 1.0,
     ) -> None:
         if not isinstance(observation_space, gym.spaces.Box) or not is_image_space(observation_space, check_channels=False):
             raise ValueError(
@@ -125,7 +129,7 @@ class ZooExtractor(BaseFeaturesExtractor):
             return (torch.stack([s.state[f"{layer}.weight"] for s in sources]),
                     torch.stack([s.state[f"{layer}.bias"] for s in sources]))
 
-        common = dict(mode=gate, normalisation=normalisation, lite_momentum=lite_momentum)
+        common = dict(mode=gate, normalisation=normalisation, lite_momentum=lite_momentum, gate_scale=gate_scale)
         self.layers = nn.ModuleDict()
         for name, (_, _, stride) in zip(LAYERS[:3], NATURE_CONVS):
             self.layers[name.replace(".", "_")] = ZooLayer(*bank(name), stride=stride, align=bool(align), **common)

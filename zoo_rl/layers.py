@@ -73,11 +73,19 @@ class SourceGate(nn.Module):
     :param in_channels: channels I of the layer input (its spatial axes are averaged away).
     :param n_sources: K.
     :param normalisation: ``softmax``, ``sigmoid-sum`` or ``sigmoid``.
+    :param scale: multiplies the scores. Under Adam, whose steps do not depend on a gradient's
+        size, this is the gate's learning rate relative to the rest of the network (a per-module
+        rate that survives SB3 resetting every parameter group's rate at each update). 1: the
+        paper's gate.
     """
 
-    def __init__(self, in_channels: int, n_sources: int, normalisation: Normalisation = "softmax") -> None:
+    def __init__(self, in_channels: int, n_sources: int, normalisation: Normalisation = "softmax",
+                 scale: float = 1.0) -> None:
         super().__init__()
         self.normalisation = check_choice(normalisation, NORMALISATIONS, "gate normalisation")
+        if not scale > 0:
+            raise ValueError(f"gate scale must be positive, got {scale}.")
+        self.scale = float(scale)
         hidden = in_channels // 4 + 1
         bound = 1.0 / math.sqrt(in_channels)  # nn.Linear's default init for the first layer
         self.weight1 = nn.Parameter(torch.empty(hidden, in_channels).uniform_(-bound, bound))
@@ -88,7 +96,8 @@ class SourceGate(nn.Module):
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Raw scores ``(B, K)``; ``x`` is ``(B, I)`` or ``(B, I, *spatial)``."""
         pooled = x.flatten(2).mean(-1) if x.dim() > 2 else x
-        return F.linear(F.relu(F.linear(pooled, self.weight1, self.bias1)), self.weight2, self.bias2)
+        scores = F.linear(F.relu(F.linear(pooled, self.weight1, self.bias1)), self.weight2, self.bias2)
+        return scores * self.scale if self.scale != 1.0 else scores
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scores = self.scores(x).float()  # normalise in float32, also under bf16 autocast
@@ -112,6 +121,8 @@ class ZooLayer(nn.Module):
     :param gate_channels: channels the gate pools over; for a linear layer fed with an
         unflattened ``(B, C, H, W)`` map this is C (default: the layer's input channels).
     :param lite_momentum: momentum m of the lite moving average.
+    :param gate_scale: score multiplier of the gate, i.e. its relative learning rate under Adam
+        (see :class:`SourceGate`).
     """
 
     def __init__(
@@ -124,6 +135,7 @@ class ZooLayer(nn.Module):
         stride: int = 1,
         gate_channels: int | None = None,
         lite_momentum: float = LITE_MOMENTUM,
+        gate_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if weights.dim() not in (3, 5):
@@ -140,7 +152,7 @@ class ZooLayer(nn.Module):
         self.weight = nn.Parameter(weights.detach().clone().float())
         self.bias = nn.Parameter(biases.detach().clone().float())
         self.align = nn.Parameter(torch.eye(o).repeat(k, 1, 1)) if align else None
-        self.gate = None if mode == "uniform" else SourceGate(gate_channels or i, k, normalisation)
+        self.gate = None if mode == "uniform" else SourceGate(gate_channels or i, k, normalisation, gate_scale)
         self.register_buffer("uniform_gates", torch.full((k,), 1.0 / k), persistent=False)
         # Names start with "running_": SB3's DQN copies such buffers to its target network.
         self.register_buffer("running_gates", torch.full((k,), 1.0 / k))

@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import re
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,7 +63,8 @@ METHODS: dict[str, str] = {
 }
 ZOO_GATES = {"uniform": "uniform", "zoo": "sample", "zoo-lite": "lite"}
 #: Ablation options of the zoo methods, ``<method>:<option>[+<option>]``, e.g. ``zoo-lite:sigmoid``
-#: (the paper's gate normalisation) or ``zoo-lite:noalign`` (no channel alignment).
+#: (the paper's gate normalisation) or ``zoo-lite:noalign`` (no channel alignment); also
+#: ``gate-x<N>``: gate scores times N, i.e. the gates learn N times faster under Adam.
 ZOO_OPTIONS: dict[str, dict[str, Any]] = {
     "softmax": dict(normalisation="softmax"),
     "sigmoid": dict(normalisation="sigmoid"),
@@ -187,9 +189,13 @@ def zoo_options(method: str) -> dict[str, Any]:
     _, _, arg = method.partition(":")
     kwargs: dict[str, Any] = {}
     for option in filter(None, arg.split("+")):
+        scale = re.fullmatch(r"gate-x(\d+(?:\.\d+)?)", option)
+        if scale and float(scale[1]) > 0:
+            kwargs["gate_scale"] = float(scale[1])
+            continue
         if option not in ZOO_OPTIONS:
             raise ValueError(f"Unknown option {option!r} in method {method!r}; options of zoo, zoo-lite and uniform "
-                             f"(joined with '+'): {', '.join(ZOO_OPTIONS)}.")
+                             f"(joined with '+'): {', '.join(ZOO_OPTIONS)}, gate-x<N> (gate learning rate x N).")
         kwargs.update(ZOO_OPTIONS[option])
     return kwargs
 
