@@ -81,7 +81,7 @@ class ZooExtractor(BaseFeaturesExtractor):
     :param lite_momentum: momentum of the lite moving average.
     :param gate_scale: multiplies every gate's scores: under Adam, the gates' learning rate
         relative to the rest (1: the paper's gates; with Adam at 1e-4 they barely leave uniform
-        in 100k PPO steps, see the README's results).
+        in 100k PPO steps on Pong: within 0.004 of 1/K in the first seed of ``studies.sh pong``).
     :param features_dim: must equal the sources' feature size (512 for NatureCNN).
     """
 
