@@ -3,7 +3,7 @@
 # resumes: rerun this script after an interruption and finished runs are skipped. Each study
 # is published into results/<name>/ (tables, plots, tables.md) as soon as it finishes.
 #
-#   bash experiments/studies.sh            # everything, in order (about 15 CPU-hours on 2 cores)
+#   bash experiments/studies.sh            # everything, in order (about 19 CPU-hours on 2 cores)
 #   bash experiments/studies.sh pong       # one stage: pong | pong-ablation | pong-long | loo | cross | lab2d | parity
 set -euo pipefail
 cd "$(dirname "$0")/.."
