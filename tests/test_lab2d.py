@@ -153,3 +153,14 @@ def test_bad_level_settings_are_clear_errors():
             resolve(bad)
     with pytest.raises(ValueError, match="Invalid setting"):
         Lab2DEnv("clean_up", {"simulation.noSuchKey": "1"})
+
+
+def test_lab2d_tasks_take_any_backend_and_their_resolved_one():
+    from envs.tasks import env_backend, make_env, resolve
+
+    task = resolve("lab2d:chase_eat")
+    assert {env_backend(task, b) for b in ("auto", "gym", "ale", "lab2d")} == {"lab2d"}
+    # what a study or the source trainer does: resolve once, then build with the resolved name
+    assert make_env(task, 1, seed=0, backend=env_backend(task, "auto")).reset().shape == (1, 84, 84, 4)
+    with pytest.raises(ValueError, match="Unknown environment backend"):
+        env_backend(task, "envpool")
