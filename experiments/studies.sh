@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The studies behind results/ (issues #6 and #7), in the order they are run. Every command
-# resumes: rerun this script after an interruption and finished runs are skipped. Each study
-# is published into results/<name>/ (tables, plots, tables.md) as soon as it finishes.
+# The studies behind results/ (issues #5, #6 and #7), in the order they are run: what closes an
+# issue first (the Pong study, the Lab2D study, the parity run), then the ablations, leave-one-out
+# and Pong at 500k. Every command resumes: rerun this script after an interruption and finished
+# runs are skipped. Each study is published into results/<name>/ (tables, plots, tables.md) as
+# soon as it finishes.
 #
 #   bash experiments/studies.sh            # everything, in order (about 19 CPU-hours on 2 cores)
-#   bash experiments/studies.sh pong       # one stage: pong | pong-ablation | pong-long | loo | cross | lab2d | parity
+#   bash experiments/studies.sh pong       # one stage: pong | lab2d | parity | pong-ablation | loo | cross | pong-long
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
@@ -20,16 +22,23 @@ if [[ $stage == all || $stage == pong ]]; then
     #    3 seeds, 100k steps. Started before ale-py's vector env was the default: it stays on gym.
     run pong-100k --target Pong --env-backend gym
 fi
+if [[ $stage == all || $stage == lab2d ]]; then
+    # 3. A Lab2D target from a zoo mixing Lab2D and Atari sources (issue #7): every Lab2D fine-tune, one
+    #    cross-family fine-tune (breakout), and the K-source methods over all 8 sources.
+    run lab2d-commons_harvest-100k --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo \
+        --methods scratch,finetune:lab2d-commons_harvest-probabilistic_apples,finetune:lab2d-clean_up-no_depletion,finetune:lab2d-chase_eat,finetune:breakout,uniform,zoo-lite,ensemble
+fi
+if [[ $stage == all || $stage == parity ]]; then
+    # 4. Learning parity of the fast pipeline (issue #5), on Pong: the game where it uses both bf16 and
+    #    ale-py's vector env.
+    python benchmarks/parity.py --game Pong --steps 500000 --seeds 3
+fi
 if [[ $stage == all || $stage == pong-ablation ]]; then
     # 1b. One level down: the paper's sigmoid gates, no alignment, alignment of the convolutions only
     #     (the paper's code; the 3136->512 layer then merges cheaply), and gates that learn 30x faster
     #     (with Adam at 1e-4 the gates of seed 0 stayed within 0.004 of uniform), against zoo-lite.
     run pong-100k --target Pong --env-backend gym \
         --methods zoo-lite:sigmoid,zoo-lite:noalign,zoo-lite:align-conv,zoo-lite:gate-x30
-fi
-if [[ $stage == all || $stage == pong-long ]]; then
-    # 1c. The informative methods at 500k steps.
-    run pong-500k --target Pong --steps 500000 --eval-every 25000 --methods scratch,finetune:pong-m1,zoo-lite
 fi
 if [[ $stage == all || $stage == loo ]]; then
     # 2. Leave-one-out: a zoo game as the target, its own source removed (the default zoo drops it).
@@ -43,14 +52,7 @@ if [[ $stage == all || $stage == cross ]]; then
     python experiments/transfer.py --aggregate runs/transfer/pong-100k runs/transfer/breakout-loo-100k \
         runs/transfer/roadrunner-loo-100k
 fi
-if [[ $stage == all || $stage == lab2d ]]; then
-    # 3. A Lab2D target from a zoo mixing Lab2D and Atari sources (issue #7): every Lab2D fine-tune, one
-    #    cross-family fine-tune (breakout), and the K-source methods over all 8 sources.
-    run lab2d-commons_harvest-100k --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo \
-        --methods scratch,finetune:lab2d-commons_harvest-probabilistic_apples,finetune:lab2d-clean_up-no_depletion,finetune:lab2d-chase_eat,finetune:breakout,uniform,zoo-lite,ensemble
-fi
-if [[ $stage == all || $stage == parity ]]; then
-    # 4. Learning parity of the fast pipeline (issue #5), on Pong: the game where it uses both bf16 and
-    #    ale-py's vector env.
-    python benchmarks/parity.py --game Pong --steps 500000 --seeds 3
+if [[ $stage == all || $stage == pong-long ]]; then
+    # 1c. The informative methods at 500k steps.
+    run pong-500k --target Pong --steps 500000 --eval-every 25000 --methods scratch,finetune:pong-m1,zoo-lite
 fi
