@@ -31,6 +31,9 @@ from zoo_rl.sources import atomic_write_bytes  # noqa: E402
 from zoo_rl.study import write_csv_atomic, write_tables  # noqa: E402
 
 TABLES = ("results.csv", "summary.csv", "curves.csv", "gates.csv", "study.json")
+COST_NOTE = ("steps/s: a run's training steps over its wall time, evaluations included, on whatever else the "
+             "machine was doing; for costs measured side by side under control, see "
+             "`python benchmarks/bench_throughput.py`.")
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
@@ -105,7 +108,7 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
     diagnostics = diagnose_study(study_dir)
     write_csv_atomic(diagnostics, out / "diagnostics.csv")
     written.append(out / "diagnostics.csv")
-    text = (header + summary_markdown(summary) + "\n\n" + gates_markdown(gates) + "\n\n"
+    text = (header + summary_markdown(summary) + "\n\n" + COST_NOTE + "\n\n" + gates_markdown(gates) + "\n\n"
             + diagnostics_markdown(diagnostics) + "\n")
     atomic_write_bytes(out / "tables.md", text.encode())
     written.append(out / "tables.md")

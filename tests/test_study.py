@@ -193,6 +193,7 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     tables = (tmp_path / "published" / "tables.md").read_text()
     assert "| zoo-lite | 1 |" in tables and "| src0 |" in tables and "Command: `" in tables
     assert "| zoo-lite | linear.0 | 1 |" in tables  # one level down
+    assert "bench_throughput.py" in tables  # the steps/s column says what it measures
     diagnostics = pd.read_csv(tmp_path / "published" / "diagnostics.csv")
     assert set(diagnostics["method"]) == {"zoo-lite"} and (diagnostics["drift"] > 0).all()
 
