@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from envs.atari import BACKENDS  # noqa: E402
 from zoo_rl.zoo_training import SourceSpec, read_manifest, train_source  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", type=int, default=None, help="ALE game mode (default: the game's default)")
     parser.add_argument("--difficulty", type=int, default=None, help="ALE difficulty (default: the game's default)")
     parser.add_argument("--name", default=None, help="source name (default: task slug, e.g. pong-m1-d1)")
-    parser.add_argument("--env-backend", choices=["gym", "ale", "auto"], default="gym",
+    parser.add_argument("--env-backend", choices=BACKENDS, default="gym",
                         help="training environments: gym (default; the committed zoo was trained on it), or ale-py's "
                              "vector env (ale, or auto where it applies: about 20%% faster training)")
     parser.add_argument("--manifest", type=Path, default=ROOT / "agents" / "zoo" / "manifest.yml",

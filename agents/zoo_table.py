@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from envs.tasks import Lab2DTask, resolve  # noqa: E402
 
 ZOO = Path(__file__).resolve().parent / "zoo"
 #: RL Baselines3 Zoo, benchmark.md: PPO after 10M steps on the default flavour (for orientation only).
@@ -34,9 +38,10 @@ def main() -> None:
     for meta_path in sorted(zoo.glob("*/meta.json")):
         meta = json.loads(meta_path.read_text())
         flavour = ", ".join(f"{k} {meta[k]}" for k in ("mode", "difficulty") if meta.get(k) is not None) or "default"
-        if meta["game"].startswith("lab2d:"):  # lab2d:<level>[:<argument>][+key=value...]
-            level, *settings = meta["game"].split("+")
-            parts = (["argument " + level.split(":")[2]] if level.count(":") == 2 else []) + settings
+        task = resolve(meta["game"])
+        if isinstance(task, Lab2DTask):  # lab2d:<level>[:<argument>][+key=value...]
+            argument = task.level.partition(":")[2]
+            parts = ([f"argument {argument}"] if argument else []) + [f"{k}={v}" for k, v in task.settings]
             flavour = ", ".join(parts) or "default"
         print(f"| {meta['name']} | {meta['game']} | {flavour} | {meta['steps']:,} | "
               f"{meta['eval_return_mean']:.1f} ± {meta['eval_return_std']:.1f} | "

@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from envs.atari import BACKENDS  # noqa: E402
 from zoo_rl.study import (  # noqa: E402
     METHODS, RESULT, ZOO_OPTIONS, StudyConfig, cross_target, plan, run_study, write_csv_atomic,
 )
@@ -55,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true",
                    help="check the study and list its runs (zoo, method, seed, done or not), train nothing")
     p.add_argument("--n-envs", type=int, default=None, help="environments per run (default: the algorithm's YAML)")
-    p.add_argument("--env-backend", choices=["auto", "ale", "gym"], default="auto",
+    p.add_argument("--env-backend", choices=BACKENDS, default="auto",
                    help="Atari training environments: auto (default: ale-py's vector env where it applies), ale, "
                         "or gym (the RL Baselines3 Zoo wrappers; evaluations always use these)")
     p.add_argument("--aggregate", nargs="+", type=Path, default=None, metavar="STUDY_DIR",

@@ -71,11 +71,27 @@ def test_lives_games_and_unclipped_returns(tmp_path):
     assert len(rows) == games and list(rows.columns[:3]) == ["r", "l", "t"]
 
 
-def test_unclipped_training_rewards_on_request():
-    raw = np.concatenate([step[1] for step in rollout(AleVectorVecEnv("Seaquest", 4, seed=0, clip_reward=False), 600)[1:]])
-    clipped = np.concatenate([step[1] for step in rollout(AleVectorVecEnv("Seaquest", 4, seed=0), 600)[1:]])
-    assert raw.max() > 1  # a sub is worth 20 points
-    np.testing.assert_array_equal(clipped, np.sign(raw))
+def test_unclipped_training_rewards_and_full_game_returns():
+    """Seaquest (a sub is worth 20): clipped training rewards are the sign of the raw ones, and a
+    finished game's info["episode"]["r"] is the sum of its raw rewards, not of the clipped ones."""
+    raw_env, env = AleVectorVecEnv("Seaquest", 4, seed=0, clip_reward=False), AleVectorVecEnv("Seaquest", 4, seed=0)
+    raw_env.reset(), env.reset()
+    rng = np.random.default_rng(0)
+    raw_sum, clipped_sum, games = np.zeros(4), np.zeros(4), []
+    while len(games) < 2:
+        actions = rng.integers(env.action_space.n, size=4)
+        _, raw, _, _ = raw_env.step(actions)
+        _, clipped, _, infos = env.step(actions)
+        np.testing.assert_array_equal(clipped, np.sign(raw))
+        raw_sum += raw
+        clipped_sum += clipped
+        for i, info in enumerate(infos):
+            if "episode" in info:
+                games.append((info["episode"]["r"], raw_sum[i], clipped_sum[i]))
+                raw_sum[i] = clipped_sum[i] = 0
+    for episode_return, raw_return, clipped_return in games:
+        assert episode_return == raw_return
+    assert any(r > c for r, _, c in games)  # some game scored more than one point per reward
 
 
 def test_frames_are_the_gym_pipelines():
