@@ -5,7 +5,9 @@ Variants (each run in its own process, so that peak memory is its own):
   sb3        SB3's default: make_atari_env + DummyVecEnv + VecFrameStack, CnnPolicy, float32
   project    envs.make_atari + FastCnnPolicy (bf16 channels-last extractor): what `scratch` uses
   project-gym   the same with the gym wrapper pipeline instead of ale-py's vector environment
-  zoo-<mode> ZooExtractor with K sources in each gate mode, through the project pipeline
+  zoo-<mode> ZooExtractor with K sources in each gate mode, through the project pipeline; a study
+             method's options after a colon also work, e.g. zoo-lite:align-conv (the paper's code:
+             no alignment on the 3136->512 layer, which then merges instead of running K times)
   ensemble   K frozen source extractors with a learned head, through the project pipeline
 
 Each variant learns ``--steps`` agent steps after a warm-up of one rollout, with the RL Baselines3
@@ -38,6 +40,24 @@ from common import PPO_ATARI, random_zoo  # noqa: E402
 VARIANTS = ("sb3", "project", "project-gym", "project-w2", "zoo-lite", "zoo-batch", "zoo-uniform", "zoo-sample", "ensemble")
 
 
+def known_variant(variant: str) -> bool:
+    """A listed variant, or ``zoo-<mode>:<options>`` with options that :func:`zoo_rl.study.zoo_options` accepts."""
+    base, _, options = variant.partition(":")
+    if base not in VARIANTS:
+        return False
+    if not options:
+        return True
+    if not base.startswith("zoo-"):
+        return False
+    from zoo_rl.study import zoo_options
+
+    try:
+        zoo_options(variant)
+    except ValueError:
+        return False
+    return True
+
+
 def build(variant: str, game: str, zoo: list[str]):
     from stable_baselines3 import PPO
 
@@ -59,8 +79,11 @@ def build(variant: str, game: str, zoo: list[str]):
     env = make_atari(game, n_envs=8, seed=0, workers=2 if variant == "project-w2" else 0, backend=backend)
     policy_kwargs: dict = dict(net_arch=[])
     if variant.startswith("zoo-"):
+        from zoo_rl.study import zoo_options
+
+        gate = variant[4:].partition(":")[0]
         policy_kwargs.update(features_extractor_class=ZooExtractor,
-                             features_extractor_kwargs=dict(zoo=zoo, gate=variant[4:]))
+                             features_extractor_kwargs=dict(zoo=zoo, gate=gate, **zoo_options(variant)))
     elif variant == "ensemble":
         policy_kwargs.update(features_extractor_class=EnsembleExtractor, features_extractor_kwargs=dict(zoo=zoo))
     return PPO(FastCnnPolicy, env, seed=0, policy_kwargs=policy_kwargs, **PPO_ATARI, **algo_kwargs(FastCnnPolicy))
@@ -117,9 +140,10 @@ def main() -> None:
         child(args.child, args.game, args.steps, args.zoo or [])
         return
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(variants) - set(VARIANTS)
+    unknown = [v for v in variants if not known_variant(v)]
     if unknown:
-        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)} "
+                     "(zoo-<mode>:<option> also takes a study method's options, e.g. zoo-lite:align-conv)")
     with tempfile.TemporaryDirectory() as tmp:
         zoo = random_zoo(args.sources, Path(tmp))
         runs: dict[str, list[dict]] = {v: [] for v in variants}
@@ -134,12 +158,12 @@ def main() -> None:
     fps = {v: statistics.median(r["fps"] for r in rs) for v, rs in runs.items()}
     print(f"\n{args.game}, PPO (RL Zoo Atari settings), {args.steps} steps x {args.repeats} repetitions, "
           f"K={args.sources}, torch threads={torch.get_num_threads()}")
-    print(f"{'variant':<12} {'steps/s':>8} {'vs sb3':>7} {'vs project':>10} {'peak MB':>8}")
+    print(f"{'variant':<20} {'steps/s':>8} {'vs sb3':>7} {'vs project':>10} {'peak MB':>8}")
     for v in variants:
         vs_sb3 = fps[v] / fps["sb3"] if "sb3" in fps else float("nan")
         vs_project = fps[v] / fps["project"] if "project" in fps else float("nan")
         peak = max(r["peak_mb"] for r in runs[v])
-        print(f"{v:<12} {fps[v]:>8.0f} {vs_sb3:>7.2f} {vs_project:>10.2f} {peak:>8.0f}")
+        print(f"{v:<20} {fps[v]:>8.0f} {vs_sb3:>7.2f} {vs_project:>10.2f} {peak:>8.0f}")
     print("\ninference latency, median ms per predict()")
     for name, ms in lat.items():
         print(f"  {name:<24} {ms:.2f}")
