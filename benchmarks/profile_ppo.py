@@ -10,6 +10,8 @@ backward pass, gradient clipping and the optimizer step separately.
 
     python benchmarks/profile_ppo.py            # FastCnnPolicy, Pong
     python benchmarks/profile_ppo.py --plain --backend gym   # plain SB3, for comparison
+    python benchmarks/profile_ppo.py --variant zoo-lite --ops  # a Zoo-Tuning extractor (K=5 random sources),
+                                                                 # plus the top operators of its minibatches
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=4, help="timed PPO iterations of 1024 steps")
     parser.add_argument("--backend", choices=["ale", "gym"], default="ale",
                         help="Atari environments: ale-py's vector env (default, the project's) or the gym wrappers")
+    parser.add_argument("--variant", default=None,
+                        help="a bench_throughput.py variant instead (e.g. zoo-lite, zoo-sample, zoo-lite:align-conv, ensemble)")
+    parser.add_argument("--sources", type=int, default=5, help="K for --variant zoo-*/ensemble")
+    parser.add_argument("--ops", action="store_true", help="also print the top operators of the replayed minibatches")
     args = parser.parse_args()
 
     from stable_baselines3 import PPO
@@ -39,9 +45,23 @@ def main() -> None:
     from envs import make_atari
     from zoo_rl.fast import FastCnnPolicy, algo_kwargs
 
-    env = make_atari(args.game, n_envs=8, seed=0, backend=args.backend)
-    policy = "CnnPolicy" if args.plain else FastCnnPolicy
-    model = PPO(policy, env, seed=0, policy_kwargs=dict(net_arch=[]), **PPO_ATARI, **algo_kwargs(policy))
+    if args.variant:
+        import tempfile
+
+        import bench_throughput
+        from common import random_zoo
+
+        if not bench_throughput.known_variant(args.variant) or args.variant == "sb3":
+            parser.error(f"--variant {args.variant!r}: use a bench_throughput.py variant other than sb3 "
+                         f"({', '.join(bench_throughput.VARIANTS[1:])}, or zoo-<mode>:<options>)")
+        zoo = random_zoo(args.sources, Path(tempfile.mkdtemp()))
+        model = bench_throughput.build(args.variant, args.game, zoo)
+        label = args.variant
+    else:
+        env = make_atari(args.game, n_envs=8, seed=0, backend=args.backend)
+        policy = "CnnPolicy" if args.plain else FastCnnPolicy
+        model = PPO(policy, env, seed=0, policy_kwargs=dict(net_arch=[]), **PPO_ATARI, **algo_kwargs(policy))
+        label = "CnnPolicy fp32" if args.plain else "FastCnnPolicy"
     model.learn(1024)  # warm-up
 
     spent = {"collect": 0.0, "train": 0.0}
@@ -60,12 +80,15 @@ def main() -> None:
     model.learn(1024 * args.iterations, reset_num_timesteps=False)
     total = time.perf_counter() - start
     n = args.iterations
-    print(f"{'CnnPolicy fp32' if args.plain else 'FastCnnPolicy'} on {args.game}, per 1024 steps: "
+    print(f"{label} on {args.game}, per 1024 steps: "
           f"{total / n:.3f} s = collect {spent['collect'] / n:.3f} s + update {spent['train'] / n:.3f} s "
           f"-> {1024 * n / total:.0f} steps/s")
 
     pieces = dict.fromkeys(("sample", "forward", "backward", "clip", "adam"), 0.0)
     policy_net, optimizer, count = model.policy, model.policy.optimizer, 0
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) if args.ops else None
+    if profiler:
+        profiler.__enter__()
     for _ in range(2):
         tick = time.perf_counter()
         for batch in model.rollout_buffer.get(PPO_ATARI["batch_size"]):
@@ -86,7 +109,11 @@ def main() -> None:
             count += 1
             tick = time.perf_counter()
     print(f"per minibatch of {PPO_ATARI['batch_size']} (ms): "
-          + ", ".join(f"{k} {1000 * v / count:.1f}" for k, v in pieces.items()))
+          + ", ".join(f"{k} {1000 * v / count:.1f}" for k, v in pieces.items())
+          + (" (under the profiler)" if profiler else ""))
+    if profiler:
+        profiler.__exit__(None, None, None)
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
 if __name__ == "__main__":

@@ -28,3 +28,13 @@ def test_unknown_variant_is_a_clear_error(capsys, monkeypatch):
         bench_throughput.main()
     err = capsys.readouterr().err
     assert "zoo-lite:bogus" in err and "align-conv" in err
+
+
+@pytest.mark.parametrize("variant", ["sb3", "zoo-bogus"])
+def test_profile_rejects_a_variant_it_cannot_build(capsys, monkeypatch, variant):
+    import profile_ppo
+
+    monkeypatch.setattr(sys, "argv", ["profile_ppo.py", "--variant", variant])
+    with pytest.raises(SystemExit):
+        profile_ppo.main()
+    assert "bench_throughput.py variant other than sb3" in capsys.readouterr().err
