@@ -7,13 +7,18 @@
 #
 #   bash experiments/studies.sh            # everything, in order (about 19 CPU-hours on 2 cores)
 #   bash experiments/studies.sh pong       # one stage: pong | lab2d | parity | pong-ablation | loo | cross | pong-long
+#
+# Runs go two at a time, one torch thread each (WORKERS=1 for one run at a time on all cores): on this
+# 2-core machine two single-thread runs together train 1.5x (plain NatureCNN) and 1.3x (zoo-lite) the
+# steps per second of one two-thread run. Each run's own cost column is then its share of the machine;
+# benchmarks/bench_throughput.py gives the costs to compare.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
 
 run() {  # run <results name> <transfer.py arguments...>
     local name="$1"; shift
-    python experiments/transfer.py --out "runs/transfer/$name" "$@"
+    python experiments/transfer.py --out "runs/transfer/$name" --workers "${WORKERS:-2}" "$@"
     python experiments/publish.py "runs/transfer/$name" --out "results/$name" > /dev/null
 }
 
