@@ -17,12 +17,18 @@ latency at batch 1 and 8 of an ``export_lite`` model against a plain NatureCNN.
 
     python benchmarks/bench_throughput.py                       # Pong, 8192 steps, 3 repetitions
     python benchmarks/bench_throughput.py --variants sb3,project --repeats 5
+    python benchmarks/bench_throughput.py --variants project,zoo-lite --parallel 2   # + two 1-thread runs at once
+
+``--parallel N`` adds, for every variant, N copies training at once with cores/N torch threads each
+(what ``experiments/transfer.py --workers N`` does): they start timing together after their warm-ups,
+and the row reports all their steps over the slowest one's time, i.e. the machine's total throughput.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -89,15 +95,25 @@ def build(variant: str, game: str, zoo: list[str]):
     return PPO(FastCnnPolicy, env, seed=0, policy_kwargs=policy_kwargs, **PPO_ATARI, **algo_kwargs(FastCnnPolicy))
 
 
-def child(variant: str, game: str, steps: int, zoo: list[str]) -> None:
-    """Runs in a subprocess: print one JSON line with timesteps/s and peak RSS."""
+def child(variant: str, game: str, steps: int, zoo: list[str], threads: int = 0,
+          barrier: str | None = None, parties: int = 1) -> None:
+    """Runs in a subprocess: print one JSON line with timesteps/s, seconds and peak RSS.
+
+    With ``barrier``, wait after the warm-up until ``parties`` children have written their ready file there.
+    """
+    if threads:
+        torch.set_num_threads(threads)
     model = build(variant, game, zoo)
     model.learn(1024)  # warm-up rollout and update
+    if barrier:
+        (Path(barrier) / f"ready-{os.getpid()}").touch()
+        while len(list(Path(barrier).glob("ready-*"))) < parties:
+            time.sleep(0.01)
     start = time.perf_counter()
     model.learn(steps, reset_num_timesteps=False)
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"variant": variant, "fps": steps / seconds, "peak_mb": peak_mb}))
+    print(json.dumps({"variant": variant, "fps": steps / seconds, "seconds": seconds, "peak_mb": peak_mb}))
 
 
 def latency(zoo: list[str], repeats: int = 200) -> dict[str, float]:
@@ -126,6 +142,29 @@ def latency(zoo: list[str], repeats: int = 200) -> dict[str, float]:
     return out
 
 
+def label(variant: str, copies: int) -> str:
+    return variant if copies == 1 else f"{variant} x{copies}"
+
+
+def measure(cmd: list[str], copies: int) -> dict:
+    """One child (all torch threads), or ``copies`` children at once with cores/copies threads each,
+    released together after their warm-ups: their steps over the slowest one's seconds."""
+    if copies == 1:
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    threads = max(1, (os.cpu_count() or 1) // copies)
+    with tempfile.TemporaryDirectory() as barrier:
+        extra = ["--threads", str(threads), "--barrier", barrier, "--parties", str(copies)]
+        procs = [subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                 for _ in range(copies)]
+        outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a parallel child failed: {' '.join(cmd)}")
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outs]
+    steps = sum(r["fps"] * r["seconds"] for r in results)
+    return {"fps": steps / max(r["seconds"] for r in results), "peak_mb": max(r["peak_mb"] for r in results)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--game", default="Pong")
@@ -133,12 +172,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sources", type=int, default=5, help="K for the zoo and ensemble variants")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="also run N copies of each variant at once, cores/N threads each (total steps/s)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--parties", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--zoo", nargs="*", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.game, args.steps, args.zoo or [])
+        child(args.child, args.game, args.steps, args.zoo or [], args.threads, args.barrier, args.parties)
         return
+    if args.parallel < 1:
+        parser.error("--parallel must be at least 1")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if not known_variant(v)]
     if unknown:
@@ -146,24 +192,29 @@ def main() -> None:
                      "(zoo-<mode>:<option> also takes a study method's options, e.g. zoo-lite:align-conv)")
     with tempfile.TemporaryDirectory() as tmp:
         zoo = random_zoo(args.sources, Path(tmp))
-        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        rows = [(v, 1) for v in variants] + ([(v, args.parallel) for v in variants] if args.parallel > 1 else [])
+        runs: dict[str, list[dict]] = {label(v, n): [] for v, n in rows}
         for rep in range(args.repeats):
-            for variant in variants:
+            for variant, n in rows:
                 cmd = [sys.executable, __file__, "--child", variant, "--game", args.game, "--steps", str(args.steps),
                        "--zoo", *zoo]
-                result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                runs[variant].append(json.loads(result.stdout.strip().splitlines()[-1]))
-                print(f"rep {rep + 1}/{args.repeats} {variant}: {runs[variant][-1]['fps']:.0f} steps/s", flush=True)
+                runs[label(variant, n)].append(measure(cmd, n))
+                print(f"rep {rep + 1}/{args.repeats} {label(variant, n)}: "
+                      f"{runs[label(variant, n)][-1]['fps']:.0f} steps/s", flush=True)
         lat = latency(zoo)
     fps = {v: statistics.median(r["fps"] for r in rs) for v, rs in runs.items()}
     print(f"\n{args.game}, PPO (RL Zoo Atari settings), {args.steps} steps x {args.repeats} repetitions, "
           f"K={args.sources}, torch threads={torch.get_num_threads()}")
-    print(f"{'variant':<20} {'steps/s':>8} {'vs sb3':>7} {'vs project':>10} {'peak MB':>8}")
-    for v in variants:
+    print(f"{'variant':<24} {'steps/s':>8} {'vs sb3':>7} {'vs project':>10} {'vs one run':>10} {'peak MB':>8}")
+    for v in runs:
         vs_sb3 = fps[v] / fps["sb3"] if "sb3" in fps else float("nan")
         vs_project = fps[v] / fps["project"] if "project" in fps else float("nan")
+        vs_single = fps[v] / fps[v.split(" x")[0]]
         peak = max(r["peak_mb"] for r in runs[v])
-        print(f"{v:<20} {fps[v]:>8.0f} {vs_sb3:>7.2f} {vs_project:>10.2f} {peak:>8.0f}")
+        print(f"{v:<24} {fps[v]:>8.0f} {vs_sb3:>7.2f} {vs_project:>10.2f} {vs_single:>10.2f} {peak:>8.0f}")
+    if args.parallel > 1:
+        print(f"(x{args.parallel}: {args.parallel} runs at once, {max(1, (os.cpu_count() or 1) // args.parallel)} "
+              "torch thread(s) each; steps/s is their total, peak MB one run's)")
     print("\ninference latency, median ms per predict()")
     for name, ms in lat.items():
         print(f"  {name:<24} {ms:.2f}")

@@ -38,3 +38,26 @@ def test_profile_rejects_a_variant_it_cannot_build(capsys, monkeypatch, variant)
     with pytest.raises(SystemExit):
         profile_ppo.main()
     assert "bench_throughput.py variant other than sb3" in capsys.readouterr().err
+
+
+def test_parallel_children_are_timed_together(monkeypatch):
+    """--parallel: the copies' steps over the slowest copy's seconds (fake children, no training)."""
+    import json
+    import subprocess
+
+    class FakeChild:
+        def __init__(self, cmd, **kwargs):
+            assert cmd[cmd.index("--threads") + 1] == str(max(1, (bench_throughput.os.cpu_count() or 1) // 2))
+            assert cmd[cmd.index("--parties") + 1] == "2"
+            FakeChild.count = getattr(FakeChild, "count", 0) + 1
+            seconds = 10.0 if FakeChild.count == 1 else 20.0
+            self.out = json.dumps({"variant": "project", "fps": 1000 / seconds, "seconds": seconds, "peak_mb": 5.0})
+            self.returncode = 0
+
+        def communicate(self):
+            return self.out + "\n", None
+
+    monkeypatch.setattr(subprocess, "Popen", FakeChild)
+    result = bench_throughput.measure(["python", "bench_throughput.py", "--child", "project"], 2)
+    assert result["fps"] == pytest.approx(2000 / 20.0)  # 2 x 1000 steps over the slower child's 20 s
+    assert result["peak_mb"] == 5.0
