@@ -11,6 +11,7 @@ band over seeds) and a table of final returns:
 
     python benchmarks/parity.py --game Pong --steps 500000 --seeds 3
     python benchmarks/parity.py --report-only     # tables and plot from the runs so far
+    python benchmarks/parity.py --workers 2       # each seed's two runs at once, one torch thread each
 
 Writes ``results/parity/<game>-parity.csv`` (one row per run), ``<game>-parity-summary.csv`` and
 ``<game>-parity.png/.svg``. The verdict line says whether the difference of the two means lies
@@ -77,6 +78,15 @@ def report(args: argparse.Namespace) -> pd.DataFrame:
     return summary
 
 
+def run_arm(args: argparse.Namespace, precision: str, seeds: int, threads: int = 0) -> None:
+    """Train one pipeline's runs up to ``seeds`` seeds (skips finished ones); in a worker, on ``threads`` threads."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    run_study(study(args, precision, seeds=seeds), progress=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--game", default="Pong")
@@ -87,11 +97,24 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "parity")
     parser.add_argument("--results", type=Path, default=ROOT / "results" / "parity")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="2: each seed's fp32 and bf16 runs at once, cores/2 torch threads each")
     args = parser.parse_args()
+    if args.workers not in (1, 2):
+        parser.error("--workers takes 1 or 2 (the two pipelines of one seed)")
     if not args.report_only:
         for seed in range(args.seeds):  # interleaved: a partial run compares like with like
-            for precision in LABELS:
-                run_study(study(args, precision, seeds=seed + 1), progress=False)
+            if args.workers == 1:
+                for precision in LABELS:
+                    run_arm(args, precision, seed + 1)
+                continue
+            import os
+            from concurrent.futures import ProcessPoolExecutor
+
+            threads = max(1, (os.cpu_count() or 1) // 2)
+            with ProcessPoolExecutor(max_workers=2) as pool:
+                for future in [pool.submit(run_arm, args, precision, seed + 1, threads) for precision in LABELS]:
+                    future.result()
     report(args)
 
 

@@ -36,7 +36,7 @@ fi
 if [[ $stage == all || $stage == parity ]]; then
     # 4. Learning parity of the fast pipeline (issue #5), on Pong: the game where it uses both bf16 and
     #    ale-py's vector env.
-    python benchmarks/parity.py --game Pong --steps 500000 --seeds 3
+    python benchmarks/parity.py --game Pong --steps 500000 --seeds 3 --workers "${WORKERS:-2}"
 fi
 if [[ $stage == all || $stage == pong-ablation ]]; then
     # 1b. One level down: the paper's sigmoid gates, no alignment, alignment of the convolutions only

@@ -61,3 +61,12 @@ def test_parallel_children_are_timed_together(monkeypatch):
     result = bench_throughput.measure(["python", "bench_throughput.py", "--child", "project"], 2)
     assert result["fps"] == pytest.approx(2000 / 20.0)  # 2 x 1000 steps over the slower child's 20 s
     assert result["peak_mb"] == 5.0
+
+
+def test_parity_workers_are_one_or_two(capsys, monkeypatch):
+    import parity
+
+    monkeypatch.setattr(sys, "argv", ["parity.py", "--workers", "3"])
+    with pytest.raises(SystemExit):
+        parity.main()
+    assert "--workers takes 1 or 2" in capsys.readouterr().err
