@@ -36,6 +36,17 @@ COST_NOTE = ("steps/s: a run's training steps over its wall time, evaluations in
              "`python benchmarks/bench_throughput.py`.")
 
 
+def cost_note(results: pd.DataFrame) -> str:
+    """COST_NOTE, plus which runs shared the machine with another run (``--workers``)."""
+    if results.empty or "parallel_runs" not in results or not (results["parallel_runs"] > 1).any():
+        return COST_NOTE + " Every run trained alone on the machine."
+    shared = results[results["parallel_runs"] > 1]
+    return (COST_NOTE + f" {len(shared)} of {len(results)} runs trained {int(shared['parallel_runs'].max())} at a time "
+            "(`--workers`, the machine's cores split between them): their rate is their share of the machine, lower "
+            "than one run alone, so compare steps/s only between runs that ran alike (column `parallel_runs` of "
+            "results.csv).")
+
+
 def summary_markdown(summary: pd.DataFrame) -> str:
     """The summary as a markdown table, best mean first."""
     lines = ["| method | runs | final return, mean ± std | IQM [95% CI] | vs scratch | vs best fine-tune | steps/s |",
@@ -108,7 +119,8 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
     diagnostics = diagnose_study(study_dir)
     write_csv_atomic(diagnostics, out / "diagnostics.csv")
     written.append(out / "diagnostics.csv")
-    text = (header + summary_markdown(summary) + "\n\n" + COST_NOTE + "\n\n" + gates_markdown(gates) + "\n\n"
+    results = pd.read_csv(study_dir / "results.csv") if (study_dir / "results.csv").is_file() else pd.DataFrame()
+    text = (header + summary_markdown(summary) + "\n\n" + cost_note(results) + "\n\n" + gates_markdown(gates) + "\n\n"
             + diagnostics_markdown(diagnostics) + "\n")
     atomic_write_bytes(out / "tables.md", text.encode())
     written.append(out / "tables.md")

@@ -194,6 +194,7 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     assert "| zoo-lite | 1 |" in tables and "| src0 |" in tables and "Command: `" in tables
     assert "| zoo-lite | linear.0 | 1 |" in tables  # one level down
     assert "bench_throughput.py" in tables  # the steps/s column says what it measures
+    assert "Every run trained alone" in tables
     diagnostics = pd.read_csv(tmp_path / "published" / "diagnostics.csv")
     assert set(diagnostics["method"]) == {"zoo-lite"} and (diagnostics["drift"] > 0).all()
 
@@ -222,6 +223,7 @@ def test_local_process_pool_runs_seeds_in_parallel(tmp_path):
     results, summary = run_study(config, progress=False)
     assert sorted(results["seed"]) == [0, 1]
     assert summary.loc[0, "runs"] == 2
+    assert list(results["parallel_runs"]) == [2, 2]  # their steps/s is a share of the machine
 
 
 def test_zoo_method_options_reach_the_extractor(zoo_paths, tmp_path):
@@ -268,3 +270,15 @@ def test_a_run_resumes_only_on_the_backend_it_started_with(tmp_path):
     with pytest.raises(ValueError, match="started with env_backend='ale'"):
         check_resume_backend(tmp_path, "gym", resumed=True)
     assert StudyConfig(target="Pong").env_backend == "auto"
+
+
+def test_cost_note_says_which_runs_shared_the_machine():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import publish
+
+    alone = pd.DataFrame({"method": ["scratch", "zoo-lite"], "parallel_runs": [1, 1]})
+    assert "trained alone" in publish.cost_note(alone)
+    mixed = pd.DataFrame({"method": ["scratch", "zoo-lite", "zoo-lite"], "parallel_runs": [1, 2, 2]})
+    note = publish.cost_note(mixed)
+    assert "2 of 3 runs trained 2 at a time" in note and "parallel_runs" in note
+    assert "trained alone" in publish.cost_note(pd.DataFrame())  # no results yet

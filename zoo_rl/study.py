@@ -74,7 +74,8 @@ ZOO_OPTIONS: dict[str, dict[str, Any]] = {
 }
 RESULT = "result.json"
 RESULT_COLUMNS = ["target", "method", "seed", "steps", "final_return", "final_return_std", "initial_return",
-                  "auc", "threshold", "steps_to_threshold", "human_normalised", "wall_seconds", "timesteps_per_second"]
+                  "auc", "threshold", "steps_to_threshold", "human_normalised", "wall_seconds", "timesteps_per_second",
+                  "parallel_runs"]
 
 
 @dataclass
@@ -379,12 +380,23 @@ def collect_results(out: Path) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
     table = table.drop_duplicates(["target", "method", "seed"], keep="last")
+    table["parallel_runs"] = [_parallel_runs(Path(out), r.method, r.seed) for r in table.itertuples()]
     threshold = _threshold(table, out)
     table["threshold"] = threshold
     table["steps_to_threshold"] = [
         steps_to_threshold(*_curve(Path(out), r.method, r.seed), threshold) for r in table.itertuples()
     ]
     return table[RESULT_COLUMNS].sort_values(["method", "seed"]).reset_index(drop=True)
+
+
+def _parallel_runs(out: Path, method: str, seed: int) -> int:
+    """How many runs shared the machine when this run was last trained (``--workers`` of the local
+    launcher; 1 for Ray, whose runs get their own CPUs): its steps/s is per run, not per machine."""
+    config_path = out / method.replace(":", "-") / f"seed{seed}" / "config.json"
+    if not config_path.is_file():
+        return 1
+    study = json.loads(config_path.read_text()).get("study", {})
+    return 1 if study.get("launcher", "local") == "ray" else max(1, int(study.get("workers", 1)))
 
 
 def _threshold(table: pd.DataFrame, out: Path) -> float:
