@@ -49,12 +49,14 @@ def cost_note(results: pd.DataFrame) -> str:
 
 def summary_markdown(summary: pd.DataFrame) -> str:
     """The summary as a markdown table, best mean first."""
-    lines = ["| method | runs | final return, mean ± std | IQM [95% CI] | vs scratch | vs best fine-tune | steps/s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| method | runs | final return, mean ± std | IQM [95% CI] | at step 0 | vs scratch | vs best fine-tune "
+             "| steps/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary.itertuples():
+        start = getattr(r, "initial_mean", float("nan"))
         lines.append(
             f"| {r.method} | {r.runs} | {r.final_mean:.1f} ± {r.final_std:.1f} | "
-            f"{r.iqm:.1f} [{r.iqm_low:.1f}, {r.iqm_high:.1f}] | "
+            f"{r.iqm:.1f} [{r.iqm_low:.1f}, {r.iqm_high:.1f}] | {'n/a' if pd.isna(start) else f'{start:.1f}'} | "
             f"{'n/a' if pd.isna(r.vs_scratch) else f'{r.vs_scratch:+.1f}'} | "
             f"{'n/a' if pd.isna(r.vs_best_finetune) else f'{r.vs_best_finetune:+.1f}'} | "
             f"{'n/a' if pd.isna(r.timesteps_per_second) else f'{r.timesteps_per_second:.0f}'} |")

@@ -38,6 +38,7 @@ def results_table(rows):
     table["target"], table["steps"] = "Pong", 100
     table["human_normalised"] = human_normalised(table["final_return"].to_numpy(), "Pong")
     table["auc"], table["steps_to_threshold"], table["timesteps_per_second"] = 0.0, np.nan, 100.0
+    table["initial_return"] = table["final_return"] - 1.0
     return table
 
 
@@ -52,6 +53,7 @@ def test_summary_by_hand():
     assert summary.loc["finetune-best", "final_mean"] == pytest.approx(-10)  # finetune:a
     assert summary.loc["finetune-mean", "final_mean"] == pytest.approx(-12.5)
     assert summary.loc["finetune-mean", "runs"] == 6
+    assert summary.loc["zoo", "initial_mean"] == pytest.approx(-7)  # the return before training
     assert summary.loc["zoo", "vs_scratch"] == pytest.approx(14)
     assert summary.loc["zoo", "vs_best_finetune"] == pytest.approx(4)
     assert summary.loc["zoo", "rank"] == 1 and summary.loc["scratch", "rank"] == 4
@@ -195,6 +197,7 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     assert "| zoo-lite | linear.0 | 1 |" in tables  # one level down
     assert "bench_throughput.py" in tables  # the steps/s column says what it measures
     assert "Every run trained alone" in tables
+    assert "| at step 0 |" in tables
     diagnostics = pd.read_csv(tmp_path / "published" / "diagnostics.csv")
     assert set(diagnostics["method"]) == {"zoo-lite"} and (diagnostics["drift"] > 0).all()
 

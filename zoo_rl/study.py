@@ -426,7 +426,7 @@ def learning_curves(out: Path) -> pd.DataFrame:
 def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
     """``summary.csv``: one row per method, plus ``finetune-best`` and ``finetune-mean``.
 
-    Columns: runs, mean/std of the final return, IQM with its 95% stratified-bootstrap interval
+    Columns: runs, mean/std of the final return, mean return at step 0 (before any training), IQM with its 95% stratified-bootstrap interval
     (over seeds), human-normalised mean, mean AUC, median steps to threshold, mean steps/s,
     difference of the mean to scratch and to the best single-source fine-tune, rank by mean.
     ``finetune-best`` is the fine-tune whose mean final return is highest (chosen after the
@@ -448,6 +448,7 @@ def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
         rows.append({
             "method": method, "runs": len(g), "final_mean": g["final_return"].mean(),
             "final_std": g["final_return"].std(ddof=1) if len(g) > 1 else 0.0,
+            "initial_mean": g["initial_return"].mean(),
             "iqm": point, "iqm_low": low, "iqm_high": high,
             "human_normalised": g["human_normalised"].mean(), "auc_mean": g["auc"].mean(),
             "steps_to_threshold_median": g["steps_to_threshold"].median(),
