@@ -30,9 +30,11 @@ fi
 if [[ $stage == all || $stage == lab2d ]]; then
     # 3. A Lab2D target from a zoo mixing Lab2D and Atari sources (issue #7): every Lab2D fine-tune, one
     #    cross-family fine-tune (breakout), and the K-source methods over all 8 sources; zoo-lite:gate-x30
-    #    asks whether gates that learn 30x faster pick the Lab2D sources (at 1e-4 they stay near 1/8).
+    #    asks whether gates that learn 30x faster pick the Lab2D sources (at 1e-4 they stay near 1/8), and
+    #    zoo-lite:sigmoid whether the paper's unnormalised gates help: the average of 8 unrelated networks
+    #    has features about 50x smaller than any one source's (softmax gates), the paper's sum does not.
     run lab2d-commons_harvest-100k --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo \
-        --methods scratch,finetune:lab2d-commons_harvest-probabilistic_apples,finetune:lab2d-clean_up-no_depletion,finetune:lab2d-chase_eat,finetune:breakout,uniform,zoo-lite,ensemble,zoo-lite:gate-x30
+        --methods scratch,finetune:lab2d-commons_harvest-probabilistic_apples,finetune:lab2d-clean_up-no_depletion,finetune:lab2d-chase_eat,finetune:breakout,uniform,zoo-lite,ensemble,zoo-lite:gate-x30,zoo-lite:sigmoid
 fi
 if [[ $stage == all || $stage == parity ]]; then
     # 4. Learning parity of the fast pipeline (issue #5), on Pong: the game where it uses both bf16 and
