@@ -79,3 +79,56 @@ def test_effective_sources():
     assert effective_sources([0.0, 1.0, 0.0]) == pytest.approx(1.0)
     assert 1.0 < effective_sources([0.25, 0.75]) < 2.0
     assert math.isnan(effective_sources([0.5, float("nan")]))
+
+
+def write_sources(root, states):
+    from zoo_rl.sources import write_compact
+
+    paths = []
+    for i, state in enumerate(states):
+        write_compact(root / f"s{i}", state, {}, {"name": f"s{i}"})
+        paths.append(str(root / f"s{i}"))
+    return paths
+
+
+def test_feature_scale_of_equal_gates_by_hand(tmp_path):
+    """Copies of one source: the softmax average is that source exactly, and the paper's sigmoid gates
+    (0.5 each) sum two copies back to it too; four copies double every weight and bias."""
+    from conftest import random_nature_state
+    from zoo_rl.diagnostics import feature_scale
+
+    state = random_nature_state(0)
+    x = torch.rand(6, 4, 84, 84)
+    two = feature_scale(write_sources(tmp_path / "two", [state, state]), x, ("softmax", "sigmoid"))
+    rms = two.pivot(index="network", columns="layer", values="rms")
+    for network in ("zoo softmax", "zoo sigmoid"):
+        assert np.allclose(rms.loc[network], rms.loc["s0"], rtol=1e-5)
+    four = feature_scale(write_sources(tmp_path / "four", [state] * 4), x, ("sigmoid",))
+    rms4 = four.pivot(index="network", columns="layer", values="rms")
+    # ReLU is positively homogeneous: layer 1 doubles exactly; later layers more than double.
+    assert rms4.loc["zoo sigmoid", "cnn.0"] == pytest.approx(2 * rms4.loc["s0", "cnn.0"], rel=1e-5)
+    assert (rms4.loc["zoo sigmoid"] > 2 * rms4.loc["s0"] * (1 - 1e-5)).all()
+
+
+def test_averaging_unrelated_sources_shrinks_the_features(tmp_path):
+    """Eight independent networks: their average's last layer is far smaller than any one's."""
+    from conftest import random_nature_state
+    from zoo_rl.diagnostics import feature_scale
+
+    paths = write_sources(tmp_path, [random_nature_state(seed) for seed in range(8)])
+    table = feature_scale(paths, torch.rand(6, 4, 84, 84), ("softmax",))
+    last = table[table["layer"] == "linear.0"].set_index("network")["rms"]
+    assert last["zoo softmax"] < 0.5 * last.drop("zoo softmax").min()
+
+
+def test_feature_scale_cli_rejects_unknown_normalisations(capsys, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import feature_scale as cli
+
+    monkeypatch.setattr(sys, "argv", ["feature_scale.py", "--target", "Pong", "--normalisations", "softmax,bogus"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert "unknown normalisations ['bogus']" in capsys.readouterr().err

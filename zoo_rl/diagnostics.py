@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zoo_rl.extractor import cached_zoo
+from zoo_rl.extractor import ZooExtractor, cached_zoo
 from zoo_rl.sources import LAYERS, SourceUnavailable
 
 DIAGNOSTIC_COLUMNS = ["method", "seed", "layer", "source", "gate", "align_dev", "drift"]
@@ -147,4 +147,37 @@ def diagnostics_summary(table: pd.DataFrame) -> pd.DataFrame:
                      "top_source": known.idxmax() if not known.empty else None,
                      "top_gate": float(known.max()) if not known.empty else float("nan"), "align_dev": float(g["align_dev"].mean()),
                      "drift": float(g["drift"].mean())})
+    return pd.DataFrame(rows)
+
+
+def feature_scale(zoo: list[str], observations: torch.Tensor,
+                  normalisations: tuple[str, ...] = ("softmax", "sigmoid")) -> pd.DataFrame:
+    """Root-mean-square of each layer's output (after ReLU) on ``observations``: every source alone,
+    then the Zoo-Tuning network at the start of training for each gate normalisation.
+
+    At the start every gate is equal (the gate's last layer is zero): ``softmax`` and ``sigmoid-sum``
+    average the K sources, ``sigmoid`` (the paper's) sums them with weights 0.5. Averaging networks
+    trained independently (unrelated tasks, different seeds) shrinks their weights, roughly by
+    ``1/sqrt(K)`` per layer where the sources are uncorrelated, and the shrinkage compounds over the
+    layers; summing with 0.5 grows them where sources agree. Either way the target starts from features
+    of another scale than any source's, which this measures.
+
+    :param zoo: source specs (as for :class:`~zoo_rl.extractor.ZooExtractor`).
+    :param observations: ``(B, C, H, W)`` float images scaled to [0, 1] (SB3 divides by 255 first).
+    :return: columns ``network, layer, rms``; networks are the source names, then ``zoo <normalisation>``.
+    """
+    import gymnasium as gym
+
+    space = gym.spaces.Box(0, 255, tuple(observations.shape[1:]), np.uint8)
+    names = [s.name for s in cached_zoo(list(zoo))]
+    networks = [(name, ZooExtractor(space, [spec], gate="uniform")) for name, spec in zip(names, zoo)]
+    networks += [(f"zoo {n}", ZooExtractor(space, list(zoo), gate="lite", normalisation=n)) for n in normalisations]
+    rows = []
+    with torch.no_grad():
+        for name, extractor in networks:
+            extractor.train()  # lite layers take the first batch's gates: the start of training
+            x = observations
+            for layer_name, layer in zip(LAYERS, extractor.layers.values()):
+                x = torch.relu(layer(x))
+                rows.append({"network": name, "layer": layer_name, "rms": float(x.pow(2).mean().sqrt())})
     return pd.DataFrame(rows)
