@@ -61,7 +61,7 @@ def plot_gates(gates: pd.DataFrame, path_stem: Path) -> list[Path]:
         if axes[0][-1].get_legend() is not None:
             axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
         fig.tight_layout()
-        stem = path_stem.with_name(f"{path_stem.name}_{method}")
+        stem = path_stem.with_name(f"{path_stem.name}_{method.replace(':', '-')}")  # no colons in file names
         written += save(fig, stem)
     return written
 
