@@ -2,9 +2,8 @@
 # The studies behind results/ (issues #5, #6 and #7), in the order they are run: the Pong study, the
 # Lab2D study, the Pong ablations (whose gate normalisation result decides the zoo methods of the later
 # studies), the parity run, leave-one-out and Pong at 500k. Every command resumes: rerun this script
-# after an interruption and finished
-# runs are skipped. Each study is published into results/<name>/ (tables, plots, tables.md) as
-# soon as it finishes.
+# after an interruption and finished runs are skipped. Each study is published into results/<name>/
+# (tables, plots, tables.md) as soon as it finishes.
 #
 #   bash experiments/studies.sh            # everything, in order (about 19 CPU-hours on 2 cores)
 #   bash experiments/studies.sh pong       # one stage: pong | lab2d | pong-ablation | parity | loo | cross | pong-long
