@@ -426,8 +426,8 @@ def learning_curves(out: Path) -> pd.DataFrame:
 def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
     """``summary.csv``: one row per method, plus ``finetune-best`` and ``finetune-mean``.
 
-    Columns: runs, mean/std of the final return, mean return at step 0 (before any training), IQM with its 95% stratified-bootstrap interval
-    (over seeds), human-normalised mean, mean AUC, median steps to threshold, mean steps/s,
+    Columns: runs, mean/std of the final return, mean return at step 0 (before any training), IQM
+    with its 95% stratified-bootstrap interval (over seeds), human-normalised mean, mean AUC, median steps to threshold, mean steps/s,
     difference of the mean to scratch and to the best single-source fine-tune, rank by mean.
     ``finetune-best`` is the fine-tune whose mean final return is highest (chosen after the
     fact, an optimistic baseline); ``finetune-mean`` pools all fine-tune runs.
