@@ -106,7 +106,7 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
     study_dir, out = Path(study_dir), Path(out)
     if not (study_dir / "study.json").is_file():
         raise FileNotFoundError(f"{study_dir} is not a study folder (no study.json): run experiments/transfer.py.")
-    _, summary = write_tables(study_dir)
+    results, summary = write_tables(study_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name in TABLES:
@@ -121,7 +121,6 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
     diagnostics = diagnose_study(study_dir)
     write_csv_atomic(diagnostics, out / "diagnostics.csv")
     written.append(out / "diagnostics.csv")
-    results = pd.read_csv(study_dir / "results.csv") if (study_dir / "results.csv").is_file() else pd.DataFrame()
     text = (header + summary_markdown(summary) + "\n\n" + cost_note(results) + "\n\n" + gates_markdown(gates) + "\n\n"
             + diagnostics_markdown(diagnostics) + "\n")
     atomic_write_bytes(out / "tables.md", text.encode())
