@@ -8,6 +8,9 @@
 #   bash experiments/studies.sh            # everything, in order (about 19 CPU-hours on 2 cores)
 #   bash experiments/studies.sh pong       # one stage: pong | lab2d | pong-ablation | parity | loo | cross | pong-long
 #
+# The pong-100k and lab2d studies started under softmax gates (then the default) and pin it, so that
+# their "zoo" and "zoo-lite" keep one meaning whatever the library default becomes.
+#
 # Runs go two at a time, one torch thread each (WORKERS=1 for one run at a time on all cores): on this
 # 2-core machine two single-thread runs together train 1.5x (plain NatureCNN) and 1.3x (zoo-lite) the
 # steps per second of one two-thread run. Each run's own cost column is then its share of the machine;
@@ -25,7 +28,7 @@ run() {  # run <results name> <transfer.py arguments...>
 if [[ $stage == all || $stage == pong ]]; then
     # 1. Pong (default flavour) from the Atari zoo (pong-m1 is the one related source): every method,
     #    3 seeds, 100k steps. Started before ale-py's vector env was the default: it stays on gym.
-    run pong-100k --target Pong --env-backend gym
+    run pong-100k --target Pong --env-backend gym --gate-normalisation softmax
 fi
 if [[ $stage == all || $stage == lab2d ]]; then
     # 3. A Lab2D target from a zoo mixing Lab2D and Atari sources (issue #7): every Lab2D fine-tune, one
@@ -33,14 +36,14 @@ if [[ $stage == all || $stage == lab2d ]]; then
     #    asks whether gates that learn 30x faster pick the Lab2D sources (at 1e-4 they stay near 1/8), and
     #    zoo-lite:sigmoid whether the paper's unnormalised gates help: the average of 8 unrelated networks
     #    has features about 50x smaller than any one source's (softmax gates), the paper's sum does not.
-    run lab2d-commons_harvest-100k --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo \
+    run lab2d-commons_harvest-100k --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo --gate-normalisation softmax \
         --methods scratch,finetune:lab2d-commons_harvest-probabilistic_apples,finetune:lab2d-clean_up-no_depletion,finetune:lab2d-chase_eat,finetune:breakout,uniform,zoo-lite,ensemble,zoo-lite:gate-x30,zoo-lite:sigmoid
 fi
 if [[ $stage == all || $stage == pong-ablation ]]; then
     # 1b. One level down: the paper's sigmoid gates, no alignment, alignment of the convolutions only
     #     (the paper's code; the 3136->512 layer then merges cheaply), and gates that learn 30x faster
     #     (with Adam at 1e-4 the gates of seed 0 stayed within 0.004 of uniform), against zoo-lite.
-    run pong-100k --target Pong --env-backend gym \
+    run pong-100k --target Pong --env-backend gym --gate-normalisation softmax \
         --methods zoo-lite:sigmoid,zoo-lite:noalign,zoo-lite:align-conv,zoo-lite:gate-x30
 fi
 if [[ $stage == all || $stage == parity ]]; then

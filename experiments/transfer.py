@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from envs.atari import BACKENDS  # noqa: E402
+from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS  # noqa: E402
 from zoo_rl.study import (  # noqa: E402
     METHODS, RESULT, ZOO_OPTIONS, StudyConfig, cross_target, plan, run_study, write_csv_atomic,
 )
@@ -59,6 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--env-backend", choices=BACKENDS, default="auto",
                    help="Atari training environments: auto (default: ale-py's vector env where it applies), ale, "
                         "or gym (the RL Baselines3 Zoo wrappers; evaluations always use these)")
+    p.add_argument("--gate-normalisation", choices=NORMALISATIONS, default=None,
+                   help="gate normalisation of zoo and zoo-lite (unless the method names one, e.g. zoo-lite:sigmoid); "
+                        f"default: the library's ({DEFAULT_NORMALISATION}). A study folder continues only with the "
+                        "normalisation its runs were trained with")
     p.add_argument("--aggregate", nargs="+", type=Path, default=None, metavar="STUDY_DIR",
                    help="instead of training: one table across finished studies, written to --out")
     args = p.parse_args(argv)
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.steps, lr=args.lr, out=args.out, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
         threshold=args.threshold, precision=args.precision, workers=args.workers, launcher=args.launcher,
         ray_address=args.ray_address, n_envs=args.n_envs, env_backend=args.env_backend,
+        normalisation=args.gate_normalisation,
     )
     try:
         if args.dry_run:

@@ -14,6 +14,7 @@ import torch
 
 import zoo_rl.study as study_module
 from conftest import random_nature_state
+from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.metrics import area_under_curve, human_normalised, iqm, steps_to_threshold
 from zoo_rl.sources import write_compact
 from zoo_rl.study import RESULT_COLUMNS, StudyConfig, cross_target, plan, run_study, summarise
@@ -183,7 +184,9 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
         assert (run / name).exists(), name
     with np.load(run / "evaluations.npz") as ev:
         assert list(ev["timesteps"]) == [0, 256, 512]
-    assert "command" in json.loads((run / "config.json").read_text())
+    run_config = json.loads((run / "config.json").read_text())
+    assert "command" in run_config
+    assert run_config["extractor_kwargs"] == {"gate": "lite", "normalisation": DEFAULT_NORMALISATION}
     gates = pd.read_csv(out / "gates.csv")
     assert set(gates["source"]) == {"src0", "src1"}
 
@@ -245,6 +248,37 @@ def test_zoo_method_options_reach_the_extractor(zoo_paths, tmp_path):
     assert study_module.zoo_options("zoo-lite:gate-x30+noalign") == {"gate_scale": 30.0, "align": False}
     with pytest.raises(ValueError, match="gate-x<N>"):
         study_module.zoo_options("zoo-lite:gate-x0")
+
+
+def test_a_gated_run_continues_only_with_its_normalisation(zoo_paths, tmp_path):
+    other = next(n for n in NORMALISATIONS if n != DEFAULT_NORMALISATION)
+    study = dict(target="Pong", zoo=zoo_paths, seeds=1, out=tmp_path)
+    (job,) = plan(StudyConfig(methods=["zoo-lite"], **study))
+    job.run_dir.mkdir(parents=True)
+    # A run from before normalisations were recorded trained with softmax.
+    (job.run_dir / "config.json").write_text(json.dumps({"method": "zoo-lite"}))
+    with pytest.raises(ValueError, match="trained with gate normalisation 'softmax'.*--gate-normalisation softmax"):
+        plan(StudyConfig(methods=["zoo-lite"], normalisation="sigmoid", **study))
+    plan(StudyConfig(methods=["zoo-lite"], normalisation="softmax", **study))
+    plan(StudyConfig(methods=["zoo-lite:sigmoid", "uniform", "scratch"], normalisation="sigmoid", **study))
+    (job.run_dir / "config.json").write_text(json.dumps({"extractor_kwargs": {"gate": "lite", "normalisation": other}}))
+    with pytest.raises(ValueError, match=f"trained with gate normalisation {other!r}, this study asks for "
+                                         f"{DEFAULT_NORMALISATION!r}"):
+        plan(StudyConfig(methods=["zoo-lite"], **study))
+    with pytest.raises(ValueError, match="Unknown gate normalisation 'relu'"):
+        plan(StudyConfig(methods=["scratch"], normalisation="relu", **study))
+    # The study's normalisation reaches the extractor; a method's own option wins over it.
+    assert study_module.extractor_kwargs("zoo", "sigmoid") == {"gate": "sample", "normalisation": "sigmoid"}
+    assert study_module.extractor_kwargs("zoo-lite:softmax", "sigmoid")["normalisation"] == "softmax"
+    assert study_module.extractor_kwargs("uniform", "sigmoid") == {"gate": "uniform"}
+    assert study_module.extractor_kwargs("finetune:src0", "sigmoid") == {}
+    (job,) = plan(StudyConfig(methods=["zoo"], normalisation=other, **study))
+    env = study_module.make_env(job.task, 1)
+    try:
+        gate = study_module.build_model(job, env).policy.features_extractor.layers["cnn_0"].gate
+    finally:
+        env.close()
+    assert gate.normalisation == other
 
 
 def test_dry_run_lists_the_runs_and_trains_nothing(zoo_paths, tmp_path, capsys):

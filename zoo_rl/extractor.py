@@ -33,7 +33,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from zoo_rl.layers import GATE_MODES, LITE_MOMENTUM, NORMALISATIONS, GateMode, Normalisation, ZooLayer, check_choice
+from zoo_rl.layers import DEFAULT_NORMALISATION, GATE_MODES, LITE_MOMENTUM, NORMALISATIONS, GateMode, Normalisation, ZooLayer, check_choice
 from zoo_rl.sources import LAYERS, Source, SourceUnavailable, load_zoo
 
 #: NatureCNN's convolutions: (out_channels, kernel, stride), in forward order.
@@ -90,7 +90,7 @@ class ZooExtractor(BaseFeaturesExtractor):
         observation_space: gym.spaces.Box,
         zoo: Sequence[str],
         gate: GateMode = "lite",
-        normalisation: Normalisation = "softmax",
+        normalisation: Normalisation = DEFAULT_NORMALISATION,
         align: bool | str = True,
         lite_momentum: float = LITE_MOMENTUM,
         features_dim: int = NATURE_FEATURES,

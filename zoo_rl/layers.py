@@ -61,6 +61,8 @@ GateMode = Literal["sample", "batch", "lite", "uniform"]
 Normalisation = Literal["softmax", "sigmoid-sum", "sigmoid"]
 GATE_MODES: tuple[str, ...] = ("sample", "batch", "lite", "uniform")
 NORMALISATIONS: tuple[str, ...] = ("softmax", "sigmoid-sum", "sigmoid")
+#: The gate normalisation of :class:`ZooLayer` and :class:`zoo_rl.ZooExtractor` when none is given.
+DEFAULT_NORMALISATION: Normalisation = "softmax"
 #: Default momentum m of the lite moving average: about the last 100 updates count.
 LITE_MOMENTUM = 0.01
 
@@ -83,7 +85,7 @@ class SourceGate(nn.Module):
         paper's gate.
     """
 
-    def __init__(self, in_channels: int, n_sources: int, normalisation: Normalisation = "softmax",
+    def __init__(self, in_channels: int, n_sources: int, normalisation: Normalisation = DEFAULT_NORMALISATION,
                  scale: float = 1.0) -> None:
         super().__init__()
         self.normalisation = check_choice(normalisation, NORMALISATIONS, "gate normalisation")
@@ -134,7 +136,7 @@ class ZooLayer(nn.Module):
         weights: torch.Tensor,
         biases: torch.Tensor,
         mode: GateMode = "lite",
-        normalisation: Normalisation = "softmax",
+        normalisation: Normalisation = DEFAULT_NORMALISATION,
         align: bool = True,
         stride: int = 1,
         gate_channels: int | None = None,

@@ -39,6 +39,7 @@ from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor, cached_zoo
 from zoo_rl.fast import FastCnnPolicy, algo_kwargs
+from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.metrics import area_under_curve, human_normalised, iqm_with_interval, steps_to_threshold
 from zoo_rl.sources import Source, atomic_write_bytes
 from zoo_rl.training import (
@@ -104,6 +105,10 @@ class StudyConfig:
     :param env_backend: training environments of Atari targets: ``auto`` (ale-py's vector
         environment where it applies), ``ale`` or ``gym`` (the RL Baselines3 Zoo wrappers).
         Evaluations always use ``gym``. A run resumes only with the backend it started with.
+    :param normalisation: gate normalisation of the gated methods (``zoo``, ``zoo-lite``) whose name
+        gives none (``zoo-lite:sigmoid`` does); ``None``: the library default,
+        :data:`zoo_rl.layers.DEFAULT_NORMALISATION`. Each run records its own; a study folder
+        continues only with the normalisation its runs were trained with.
     """
 
     target: str
@@ -125,6 +130,7 @@ class StudyConfig:
     ray_address: str | None = None
     n_envs: int | None = None
     env_backend: str = "auto"
+    normalisation: str | None = None
 
 
 @dataclass
@@ -201,6 +207,41 @@ def zoo_options(method: str) -> dict[str, Any]:
     return kwargs
 
 
+#: Runs whose config.json records no ``extractor_kwargs`` were trained before it was recorded,
+#: when every gated method without a normalisation option used softmax.
+UNRECORDED_NORMALISATION = "softmax"
+
+
+def extractor_kwargs(method: str, normalisation: str | None = None) -> dict[str, Any]:
+    """ZooExtractor keyword arguments (all but the zoo) of a zoo method: ``gate``, its options and,
+    for the gated methods, the normalisation: the method's own option, else ``normalisation``, else
+    the library default. Empty for methods without a ZooExtractor."""
+    base = method.partition(":")[0]
+    if base not in ZOO_GATES:
+        return {}
+    kwargs = dict(gate=ZOO_GATES[base], **zoo_options(method))
+    if base != "uniform":
+        kwargs.setdefault("normalisation", normalisation or DEFAULT_NORMALISATION)
+    return kwargs
+
+
+def check_normalisation(job: RunJob) -> None:
+    """A gated run continues (or counts in the tables) only under the normalisation it was trained with.
+
+    :raises ValueError: the run folder holds a run with another normalisation, with the flag that continues it.
+    """
+    config = job.run_dir / "config.json"
+    wanted = extractor_kwargs(job.method, job.study.normalisation).get("normalisation")
+    if wanted is None or not config.is_file():
+        return
+    recorded = json.loads(config.read_text()).get("extractor_kwargs")
+    started = recorded.get("normalisation") if recorded is not None else UNRECORDED_NORMALISATION
+    if started != wanted:
+        raise ValueError(f"{job.run_dir} ({job.method}) was trained with gate normalisation {started!r}, this study "
+                         f"asks for {wanted!r}: rerun with --gate-normalisation {started}, or write the study to "
+                         f"another --out (a method name can also fix it: {job.method.partition(':')[0]}:{wanted}).")
+
+
 def expand_methods(methods: list[str], sources: list[Source]) -> list[str]:
     """Validate method names and expand ``finetune`` into one entry per source.
 
@@ -261,8 +302,13 @@ def plan(study: StudyConfig) -> list[RunJob]:
     methods = expand_methods(study.methods, sources)
     if study.out is None:
         study.out = ROOT / "runs" / "transfer" / f"{task.slug}-{study.algo}"
+    if study.normalisation is not None and study.normalisation not in NORMALISATIONS:
+        raise ValueError(f"Unknown gate normalisation {study.normalisation!r}; choose from {', '.join(NORMALISATIONS)}.")
     # Seed-major: a study stopped part-way has every method at the same number of seeds.
-    return [RunJob(study, task, list(zoo), m, s) for s in range(study.seeds) for m in methods]
+    jobs = [RunJob(study, task, list(zoo), m, s) for s in range(study.seeds) for m in methods]
+    for job in jobs:
+        check_normalisation(job)
+    return jobs
 
 
 def _hyperparams(job: RunJob) -> tuple[dict[str, Any], int]:
@@ -292,8 +338,8 @@ def build_model(job: RunJob, env) -> Any:
         policy_kwargs["optimizer_class"] = torch.optim.Adam  # A2C defaults to RMSprop
     base, _, arg = job.method.partition(":")
     if base in ZOO_GATES:
-        policy_kwargs.update(features_extractor_class=ZooExtractor,
-                             features_extractor_kwargs=dict(zoo=job.zoo, gate=ZOO_GATES[base], **zoo_options(job.method)))
+        policy_kwargs.update(features_extractor_class=ZooExtractor, features_extractor_kwargs=dict(
+            zoo=job.zoo, **extractor_kwargs(job.method, study.normalisation)))
     elif base == "ensemble":
         policy_kwargs.update(features_extractor_class=EnsembleExtractor, features_extractor_kwargs=dict(zoo=job.zoo))
     params = {k: parse_value(v) for k, v in params.items()}
@@ -341,6 +387,7 @@ def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
     write_json(run_dir / "config.json", {"study": asdict(study), "method": job.method, "seed": job.seed,
                                          "task": asdict(job.task), "zoo": job.zoo, "n_envs": n_envs,
                                          "env_backend": backend, "hyperparams": params,
+                                         "extractor_kwargs": extractor_kwargs(job.method, study.normalisation),
                                          "command": command_line(), "versions": env_versions()})
     spec = RunSpec(run_dir=run_dir, algo=study.algo, total_steps=study.steps, hyperparams=params,
                    seed=job.seed, checkpoint_every=study.eval_every, eval_every=study.eval_every,
