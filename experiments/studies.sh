@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The studies behind results/ (issues #5, #6 and #7), in the order they are run: the Pong study, the
-# Lab2D study, the Pong ablations (whose gate normalisation result decides the zoo methods of the later
-# studies), the parity run, leave-one-out and Pong at 500k. Every command resumes: rerun this script
+# The studies behind results/ (issues #5, #6 and #7), in the order they are run: the Pong study (with
+# the paper's sigmoid gates, whose result decides the default normalisation of the later studies), the
+# Lab2D study, the parity run, leave-one-out, Pong at 500k and the other Pong ablations (alignment,
+# gate learning rate). Every command resumes: rerun this script
 # after an interruption and finished runs are skipped. Each study is published into results/<name>/
 # (tables, plots, tables.md) as soon as it finishes.
 #
 #   bash experiments/studies.sh            # everything, in order (about 19 CPU-hours on 2 cores)
-#   bash experiments/studies.sh pong       # one stage: pong | lab2d | pong-ablation | parity | loo | cross | pong-long
+#   bash experiments/studies.sh pong       # one stage: pong | lab2d | parity | loo | cross | pong-long | pong-ablation
 #
 # The pong-100k and lab2d studies started under softmax gates (then the default) and pin it, so that
 # their "zoo" and "zoo-lite" keep one meaning whatever the library default becomes.
@@ -28,7 +29,10 @@ run() {  # run <results name> <transfer.py arguments...>
 if [[ $stage == all || $stage == pong ]]; then
     # 1. Pong (default flavour) from the Atari zoo (pong-m1 is the one related source): every method,
     #    3 seeds, 100k steps. Started before ale-py's vector env was the default: it stays on gym.
-    run pong-100k --target Pong --env-backend gym --gate-normalisation softmax
+    # 1a. The paper's sigmoid gates (zoo-lite:sigmoid) belong here: they decide the default normalisation
+    #     of the later studies (softmax collapsed the features on Lab2D: README Results).
+    run pong-100k --target Pong --env-backend gym --gate-normalisation softmax \
+        --methods scratch,finetune,uniform,zoo,zoo-lite,ensemble,zoo-lite:sigmoid
 fi
 if [[ $stage == all || $stage == lab2d ]]; then
     # 3. A Lab2D target from a zoo mixing Lab2D and Atari sources (issue #7): every Lab2D fine-tune, one
@@ -38,13 +42,6 @@ if [[ $stage == all || $stage == lab2d ]]; then
     #    has features about 50x smaller than any one source's (softmax gates), the paper's sum does not.
     run lab2d-commons_harvest-100k --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo --gate-normalisation softmax \
         --methods scratch,finetune:lab2d-commons_harvest-probabilistic_apples,finetune:lab2d-clean_up-no_depletion,finetune:lab2d-chase_eat,finetune:breakout,uniform,zoo-lite,ensemble,zoo-lite:gate-x30,zoo-lite:sigmoid
-fi
-if [[ $stage == all || $stage == pong-ablation ]]; then
-    # 1b. One level down: the paper's sigmoid gates, no alignment, alignment of the convolutions only
-    #     (the paper's code; the 3136->512 layer then merges cheaply), and gates that learn 30x faster
-    #     (with Adam at 1e-4 the gates of seed 0 stayed within 0.004 of uniform), against zoo-lite.
-    run pong-100k --target Pong --env-backend gym --gate-normalisation softmax \
-        --methods zoo-lite:sigmoid,zoo-lite:noalign,zoo-lite:align-conv,zoo-lite:gate-x30
 fi
 if [[ $stage == all || $stage == parity ]]; then
     # 4. Learning parity of the fast pipeline (issue #5), on Pong: the game where it uses both bf16 and
@@ -66,4 +63,11 @@ fi
 if [[ $stage == all || $stage == pong-long ]]; then
     # 1c. The informative methods at 500k steps.
     run pong-500k --target Pong --steps 500000 --eval-every 25000 --methods scratch,finetune:pong-m1,zoo-lite
+fi
+if [[ $stage == all || $stage == pong-ablation ]]; then
+    # 1b. One level down: no alignment, alignment of the convolutions only
+    #     (the paper's code; the 3136->512 layer then merges cheaply), and gates that learn 30x faster
+    #     (with Adam at 1e-4 the gates of seed 0 stayed within 0.004 of uniform), against zoo-lite.
+    run pong-100k --target Pong --env-backend gym --gate-normalisation softmax \
+        --methods zoo-lite:noalign,zoo-lite:align-conv,zoo-lite:gate-x30
 fi
