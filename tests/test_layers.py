@@ -57,7 +57,8 @@ def test_uniform_equals_averaged_weights(zoo_paths):
 
 
 def test_sigmoid_gates_inflate_the_output_scale(zoo_paths):
-    """Why the default is normalised: K sigmoids near 0.5 scale every layer by K/2 (no batch norm)."""
+    """What the default (sigmoid) gates cost for *correlated* sources: K copies of one network are
+    scaled by K/2 in every layer (no batch norm); unrelated sources are not (test_diagnostics.py)."""
     x = obs_batch(32)
     first, final = {}, {}
     for norm in ("sigmoid", "softmax"):

@@ -260,6 +260,10 @@ def test_a_gated_run_continues_only_with_its_normalisation(zoo_paths, tmp_path):
     with pytest.raises(ValueError, match="trained with gate normalisation 'softmax'.*--gate-normalisation softmax"):
         plan(StudyConfig(methods=["zoo-lite"], normalisation="sigmoid", **study))
     plan(StudyConfig(methods=["zoo-lite"], normalisation="softmax", **study))
+    (sigmoid_job,) = plan(StudyConfig(methods=["zoo-lite:sigmoid"], **study))  # its name says sigmoid
+    sigmoid_job.run_dir.mkdir(parents=True)
+    (sigmoid_job.run_dir / "config.json").write_text(json.dumps({"method": "zoo-lite:sigmoid"}))
+    plan(StudyConfig(methods=["zoo-lite:sigmoid"], normalisation="softmax", **study))
     plan(StudyConfig(methods=["zoo-lite:sigmoid", "uniform", "scratch"], normalisation="sigmoid", **study))
     (job.run_dir / "config.json").write_text(json.dumps({"extractor_kwargs": {"gate": "lite", "normalisation": other}}))
     with pytest.raises(ValueError, match=f"trained with gate normalisation {other!r}, this study asks for "

@@ -73,8 +73,8 @@ class ZooExtractor(BaseFeaturesExtractor):
     :param gate: ``lite`` (default: batch-mean gates with a moving average that merges into
         one plain network, at about the cost of one network), ``sample`` (per-sample gates, the
         paper's exact layer, K times the linear layer's cost), ``batch`` or ``uniform``.
-    :param normalisation: ``softmax`` (default), ``sigmoid-sum`` or ``sigmoid``; see
-        :mod:`zoo_rl.layers` for why the default is normalised.
+    :param normalisation: ``sigmoid`` (default, the paper's), ``softmax`` or ``sigmoid-sum``; see
+        :mod:`zoo_rl.layers` for why the default is not normalised.
     :param align: learn a channel-alignment matrix per source on every layer (``True``), on the
         convolutions only (``"conv"``: the paper's code aligns only kernels larger than 1x1; this
         saves the K-fold cost of aligning the 3136->512 layer), or nowhere (``False``).

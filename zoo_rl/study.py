@@ -208,7 +208,8 @@ def zoo_options(method: str) -> dict[str, Any]:
 
 
 #: Runs whose config.json records no ``extractor_kwargs`` were trained before it was recorded,
-#: when every gated method without a normalisation option used softmax.
+#: when every gated method without a normalisation option (``zoo-lite``, not ``zoo-lite:sigmoid``)
+#: used softmax.
 UNRECORDED_NORMALISATION = "softmax"
 
 
@@ -235,7 +236,9 @@ def check_normalisation(job: RunJob) -> None:
     if wanted is None or not config.is_file():
         return
     recorded = json.loads(config.read_text()).get("extractor_kwargs")
-    started = recorded.get("normalisation") if recorded is not None else UNRECORDED_NORMALISATION
+    if recorded is None:  # trained before the record: the method's own option, else the default of then
+        recorded = extractor_kwargs(job.method, UNRECORDED_NORMALISATION)
+    started = recorded.get("normalisation")
     if started != wanted:
         raise ValueError(f"{job.run_dir} ({job.method}) was trained with gate normalisation {started!r}, this study "
                          f"asks for {wanted!r}: rerun with --gate-normalisation {started}, or write the study to "
