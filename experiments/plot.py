@@ -31,18 +31,32 @@ def bootstrap_band(values: np.ndarray, reps: int = 1000, seed: int = 0) -> tuple
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def method_styles(methods: list[str]) -> dict[str, dict[str, object]]:
+    """One colour per method (ten distinct hues, then their light shades: a study with every fine-tune
+    and ablation has more than ten methods), dashed fine-tunes and a dotted scratch, so that no two
+    curves look alike."""
+    tab20 = plt.get_cmap("tab20")
+    colours = [tab20(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]  # the ten dark hues, then their light pairs
+    styles = {}
+    for i, method in enumerate(methods):
+        base = method.partition(":")[0]
+        styles[method] = dict(color=colours[i % 20], linestyle={"finetune": "--", "scratch": ":"}.get(base, "-"))
+    return styles
+
+
 def plot_curves(curves: pd.DataFrame, ax) -> None:
+    styles = method_styles(sorted(curves["method"].unique()))
     for method, g in curves.groupby("method"):
         stats = []
         for steps, h in g.groupby("steps"):
             low, high = bootstrap_band(h["return"].to_numpy())
             stats.append((steps, h["return"].mean(), low, high))
         steps, mean, low, high = map(np.asarray, zip(*sorted(stats)))
-        line, = ax.plot(steps, mean, label=f"{method} (n={g['seed'].nunique()})")
-        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+        ax.plot(steps, mean, label=f"{method} (n={g['seed'].nunique()})", **styles[method])
+        ax.fill_between(steps, low, high, color=styles[method]["color"], alpha=0.12)
     ax.set_xlabel("agent steps")
     ax.set_ylabel("evaluation return (full games)")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
 
 

@@ -92,6 +92,12 @@ def test_plots_from_fixture_csv(tmp_path):
     written = {p.name for p in make_plots(tmp_path)}
     assert {"learning_curves.png", "learning_curves.svg", "summary.png", "summary.svg",
             "gates_zoo.png", "gates_zoo.svg"} <= written
+    from plot import method_styles
+
+    methods = ["scratch", "uniform", "zoo", "zoo-lite", "ensemble"] + [f"finetune:s{i}" for i in range(4)]
+    styles = method_styles(methods + ["zoo-lite:sigmoid", "zoo-lite:noalign"])  # 11 methods: past tab10
+    assert len({s["color"] for s in styles.values()}) == 11
+    assert styles["finetune:s0"]["linestyle"] == "--" and styles["scratch"]["linestyle"] == ":"
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

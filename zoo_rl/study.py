@@ -501,7 +501,8 @@ def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
             "initial_mean": g["initial_return"].mean(),
             "iqm": point, "iqm_low": low, "iqm_high": high,
             "human_normalised": g["human_normalised"].mean(), "auc_mean": g["auc"].mean(),
-            "steps_to_threshold_median": g["steps_to_threshold"].median(),
+            # NaN when no run reached it (dropna first: numpy warns on the median of nothing)
+            "steps_to_threshold_median": g["steps_to_threshold"].dropna().median(),
             "reached_threshold": int(g["steps_to_threshold"].notna().sum()),
             "timesteps_per_second": g["timesteps_per_second"].mean(),
         })
