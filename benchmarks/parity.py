@@ -11,7 +11,7 @@ band over seeds) and a table of final returns:
 
     python benchmarks/parity.py --game Pong --steps 500000 --seeds 3
     python benchmarks/parity.py --report-only     # tables and plot from the runs so far
-    python benchmarks/parity.py --workers 2       # each seed's two runs at once, one torch thread each
+    python benchmarks/parity.py --workers 2       # two runs at once, one torch thread each
 
 Writes ``results/parity/<game>-parity.csv`` (one row per run), ``<game>-parity-summary.csv`` and
 ``<game>-parity.png/.svg``. The verdict line says whether the difference of the two means lies
@@ -21,7 +21,10 @@ within the seed-to-seed spread (the larger of the two standard deviations).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 from plot import plot_curves, plt, save  # noqa: E402
-from zoo_rl.study import StudyConfig, collect_results, learning_curves, run_study, write_csv_atomic  # noqa: E402
+from zoo_rl.study import (  # noqa: E402
+    RESULT, RunJob, StudyConfig, collect_results, learning_curves, plan, run_job, write_csv_atomic, write_tables,
+)
+from zoo_rl.training import command_line, write_json  # noqa: E402
 
 LABELS = {"fp32": "plain CnnPolicy, float32, gym wrappers",
           "bf16": "FastCnnPolicy, bf16 + channels-last, --env-backend auto"}
@@ -78,13 +84,35 @@ def report(args: argparse.Namespace) -> pd.DataFrame:
     return summary
 
 
-def run_arm(args: argparse.Namespace, precision: str, seeds: int, threads: int = 0) -> None:
-    """Train one pipeline's runs up to ``seeds`` seeds (skips finished ones); in a worker, on ``threads`` threads."""
-    if threads:
-        import torch
+def pending_jobs(args: argparse.Namespace) -> list[RunJob]:
+    """The runs not finished yet, seeds interleaved (fp32 seed 0, bf16 seed 0, fp32 seed 1, ...): a
+    partial run compares like with like. Writes each pipeline's ``study.json``."""
+    jobs = []
+    for precision in LABELS:
+        config = study(args, precision, args.seeds)
+        arm = plan(config)
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        write_json(Path(config.out) / "study.json", {**asdict(config), "command": command_line(), "runs": len(arm)})
+        jobs.append(arm)
+    interleaved = [job for seed_jobs in zip(*jobs) for job in seed_jobs]
+    return [job for job in interleaved if not (job.run_dir / RESULT).is_file()]
 
-        torch.set_num_threads(threads)
-    run_study(study(args, precision, seeds=seeds), progress=False)
+
+def train(jobs: list[RunJob], workers: int) -> None:
+    """Train ``jobs`` in order, ``workers`` at a time (cores/workers torch threads each): a worker
+    takes the next run as soon as its own ends, so the faster pipeline's runs do not wait for the
+    slower one's. Each pipeline's tables are rebuilt after each of its runs."""
+    if workers == 1:
+        for job in jobs:
+            run_job(job)
+            write_tables(job.study.out)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run_job, job, threads): job for job in jobs}
+        for future in as_completed(futures):
+            future.result()
+            write_tables(futures[future].study.out)
 
 
 def main() -> None:
@@ -98,23 +126,12 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "results" / "parity")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--workers", type=int, default=1,
-                        help="2: each seed's fp32 and bf16 runs at once, cores/2 torch threads each")
+                        help="runs trained at once, cores/workers torch threads each (2: one per core here)")
     args = parser.parse_args()
-    if args.workers not in (1, 2):
-        parser.error("--workers takes 1 or 2 (the two pipelines of one seed)")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1 (runs trained at once)")
     if not args.report_only:
-        for seed in range(args.seeds):  # interleaved: a partial run compares like with like
-            if args.workers == 1:
-                for precision in LABELS:
-                    run_arm(args, precision, seed + 1)
-                continue
-            import os
-            from concurrent.futures import ProcessPoolExecutor
-
-            threads = max(1, (os.cpu_count() or 1) // 2)
-            with ProcessPoolExecutor(max_workers=2) as pool:
-                for future in [pool.submit(run_arm, args, precision, seed + 1, threads) for precision in LABELS]:
-                    future.result()
+        train(pending_jobs(args), args.workers)
     report(args)
 
 

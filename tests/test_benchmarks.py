@@ -63,10 +63,54 @@ def test_parallel_children_are_timed_together(monkeypatch):
     assert result["peak_mb"] == 5.0
 
 
-def test_parity_workers_are_one_or_two(capsys, monkeypatch):
+def test_parity_workers_must_be_positive(capsys, monkeypatch):
     import parity
 
-    monkeypatch.setattr(sys, "argv", ["parity.py", "--workers", "3"])
+    monkeypatch.setattr(sys, "argv", ["parity.py", "--workers", "0"])
     with pytest.raises(SystemExit):
         parity.main()
-    assert "--workers takes 1 or 2" in capsys.readouterr().err
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_parity_runs_are_interleaved_and_finished_ones_skipped(tmp_path):
+    import argparse
+    import json
+
+    import parity
+
+    args = argparse.Namespace(game="Pong", steps=1000, seeds=2, eval_every=500, eval_episodes=1, runs=tmp_path)
+    jobs = parity.pending_jobs(args)
+    assert [(j.study.precision, j.seed) for j in jobs] == [("fp32", 0), ("bf16", 0), ("fp32", 1), ("bf16", 1)]
+    assert jobs[0].study.env_backend == "gym" and jobs[1].study.env_backend == "auto"
+    jobs[1].run_dir.mkdir(parents=True)
+    (jobs[1].run_dir / "result.json").write_text(json.dumps({}))
+    assert [(j.study.precision, j.seed) for j in parity.pending_jobs(args)] == [("fp32", 0), ("fp32", 1), ("bf16", 1)]
+    assert (tmp_path / "Pong-bf16" / "study.json").is_file()
+
+
+def test_parity_workers_take_the_next_run_when_theirs_ends(monkeypatch, tmp_path):
+    """Two workers, one slow run: the three fast ones all finish on the other worker meanwhile."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    import parity
+
+    order, release = [], threading.Event()
+
+    def fake_run_job(job, threads=None):
+        if job.name == "slow":
+            release.wait(5)  # released once the three others are done, else after 5 s
+        order.append(job.name)
+        if len(order) == 3:
+            release.set()
+        return {}
+
+    monkeypatch.setattr(parity, "run_job", fake_run_job)
+    monkeypatch.setattr(parity, "write_tables", lambda out: None)
+    monkeypatch.setattr(parity, "ProcessPoolExecutor", ThreadPoolExecutor)
+    jobs = [SimpleNamespace(name=name, study=SimpleNamespace(out=tmp_path)) for name in ("slow", "a", "b", "c")]
+    start = time.monotonic()
+    parity.train(jobs, workers=2)
+    assert order == ["a", "b", "c", "slow"] and time.monotonic() - start < 5
