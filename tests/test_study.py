@@ -75,6 +75,33 @@ def test_cross_target_table(tmp_path):
     assert np.isfinite(out.loc["scratch", "hns_iqm"])
 
 
+def test_cross_target_names_the_normalisation_each_run_trained_with(tmp_path):
+    """Pong's zoo-lite trained with softmax gates (a run from before the record), Breakout's with the
+    new default: two rows, and Pong's zoo-lite:sigmoid joins Breakout's zoo-lite."""
+    from zoo_rl.study import canonical_method
+
+    runs = {"Pong": [("zoo-lite", None), ("zoo-lite:sigmoid", None)],
+            "Breakout": [("zoo-lite", {"gate": "lite", "normalisation": "sigmoid"})]}
+    for target, methods in runs.items():
+        rows = []
+        for method, kwargs in methods:
+            run = tmp_path / target / method.replace(":", "-") / "seed0"
+            run.mkdir(parents=True)
+            (run / "config.json").write_text(json.dumps({"method": method} | ({"extractor_kwargs": kwargs} if kwargs else {})))
+            rows.append((method, 0, -20.0 if target == "Pong" else 5.0))
+        table = results_table(rows)
+        table["target"] = target
+        table["human_normalised"] = human_normalised(table["final_return"].to_numpy(), target)
+        table.to_csv(tmp_path / target / "results.csv", index=False)
+    out = cross_target([tmp_path / "Pong", tmp_path / "Breakout"], reps=100).set_index("method")
+    assert sorted(out.index) == ["zoo-lite:sigmoid", "zoo-lite:softmax"]
+    assert np.isfinite(out.loc["zoo-lite:sigmoid", "hns_iqm"])  # present on both targets
+    assert math.isnan(out.loc["zoo-lite:softmax", "return_Breakout"])
+    assert canonical_method("zoo-lite:sigmoid+noalign", "sigmoid") == "zoo-lite:noalign+sigmoid"
+    assert canonical_method("zoo:gate-x30", "softmax") == "zoo:gate-x30+softmax"
+    assert canonical_method("uniform", None) == "uniform" and canonical_method("scratch", "sigmoid") == "scratch"
+
+
 def test_plots_from_fixture_csv(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from plot import make_plots

@@ -226,20 +226,37 @@ def extractor_kwargs(method: str, normalisation: str | None = None) -> dict[str,
     return kwargs
 
 
+def trained_normalisation(run_dir: Path, method: str) -> str | None:
+    """The gate normalisation a started run trained with (``None``: not started, or not gated)."""
+    config = Path(run_dir) / "config.json"
+    if not config.is_file():
+        return None
+    recorded = json.loads(config.read_text()).get("extractor_kwargs")
+    if recorded is None:  # trained before the record: the method's own option, else the default of then
+        recorded = extractor_kwargs(method, UNRECORDED_NORMALISATION)
+    return recorded.get("normalisation")
+
+
+def canonical_method(method: str, normalisation: str | None) -> str:
+    """A method's name with its gate normalisation spelt out and its options sorted, so that runs of
+    one method from studies with different defaults compare: ``zoo-lite`` trained with sigmoid gates
+    and ``zoo-lite:sigmoid`` are both ``zoo-lite:sigmoid``; ``zoo-lite:noalign`` with softmax gates is
+    ``zoo-lite:noalign+softmax``. Other methods are unchanged."""
+    base, _, arg = method.partition(":")
+    if base not in ZOO_GATES or normalisation is None:
+        return method
+    options = {o for o in arg.split("+") if o and ZOO_OPTIONS.get(o, {}).get("normalisation") is None}
+    return f"{base}:{'+'.join(sorted(options | {normalisation}))}"
+
+
 def check_normalisation(job: RunJob) -> None:
     """A gated run continues (or counts in the tables) only under the normalisation it was trained with.
 
     :raises ValueError: the run folder holds a run with another normalisation, with the flag that continues it.
     """
-    config = job.run_dir / "config.json"
     wanted = extractor_kwargs(job.method, job.study.normalisation).get("normalisation")
-    if wanted is None or not config.is_file():
-        return
-    recorded = json.loads(config.read_text()).get("extractor_kwargs")
-    if recorded is None:  # trained before the record: the method's own option, else the default of then
-        recorded = extractor_kwargs(job.method, UNRECORDED_NORMALISATION)
-    started = recorded.get("normalisation")
-    if started != wanted:
+    started = trained_normalisation(job.run_dir, job.method)
+    if wanted is not None and started is not None and started != wanted:
         raise ValueError(f"{job.run_dir} ({job.method}) was trained with gate normalisation {started!r}, this study "
                          f"asks for {wanted!r}: rerun with --gate-normalisation {started}, or write the study to "
                          f"another --out (a method name can also fix it: {job.method.partition(':')[0]}:{wanted}).")
@@ -547,8 +564,17 @@ def write_tables(out: Path, reps: int = 2000) -> tuple[pd.DataFrame, pd.DataFram
 def cross_target(study_dirs: list[Path], reps: int = 2000) -> pd.DataFrame:
     """One table across studies: per method, per-target mean final return and the IQM of
     human-normalised scores over all (run, target) pairs with its stratified-bootstrap interval.
+    Gated methods are named with the normalisation their runs trained with (:func:`canonical_method`).
     """
-    tables = [pd.read_csv(Path(d) / "results.csv") for d in study_dirs if (Path(d) / "results.csv").is_file()]
+    tables = []
+    for d in study_dirs:
+        if not (Path(d) / "results.csv").is_file():
+            continue
+        table = pd.read_csv(Path(d) / "results.csv")
+        # Studies may differ in their gate normalisation: name it, so that one row is one method.
+        table["method"] = [canonical_method(r.method, trained_normalisation(
+            Path(d) / r.method.replace(":", "-") / f"seed{r.seed}", r.method)) for r in table.itertuples()]
+        tables.append(table)
     if not tables:
         return pd.DataFrame()
     results = pd.concat(tables)
