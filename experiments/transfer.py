@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from envs.atari import BACKENDS  # noqa: E402
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS  # noqa: E402
 from zoo_rl.study import (  # noqa: E402
-    METHODS, RESULT, ZOO_OPTIONS, StudyConfig, cross_target, plan, run_study, write_csv_atomic,
+    METHODS, RESULT, ZOO_OPTIONS, StudyConfig, cross_target, extractor_kwargs, plan, run_study, write_csv_atomic,
 )
 
 METHOD_HELP = ("; ".join(f"{k}: {v}" for k, v in METHODS.items())
@@ -108,7 +108,8 @@ def print_plan(study: StudyConfig) -> None:
     print("zoo: " + (", ".join(Path(z).name for z in jobs[0].zoo) or "(none)"))
     for job in jobs:
         state = "done" if (job.run_dir / RESULT).is_file() else "to run"
-        print(f"  {job.method:<40} seed {job.seed}  {state}")
+        gates = extractor_kwargs(job.method, study.normalisation).get("normalisation")
+        print(f"  {job.method:<40} seed {job.seed}  {state}" + (f"  ({gates} gates)" if gates else ""))
 
 
 if __name__ == "__main__":

@@ -329,6 +329,7 @@ def test_dry_run_lists_the_runs_and_trains_nothing(zoo_paths, tmp_path, capsys):
     assert "zoo: src0, src1, src2" in printed
     assert "10 runs of 100,000 steps" in printed  # (scratch + 3 fine-tunes + zoo-lite) x 2 seeds
     assert printed.count("to run") == 10 and "finetune:src2" in printed
+    assert printed.count(f"({DEFAULT_NORMALISATION} gates)") == 2  # zoo-lite, both seeds
     assert not out.exists()
 
 
