@@ -47,7 +47,8 @@ BACKENDS = {"fp32": "gym", "bf16": "auto"}
 def study(args: argparse.Namespace, precision: str, seeds: int) -> StudyConfig:
     return StudyConfig(target=args.game, methods=["scratch"], seeds=seeds, steps=args.steps, precision=precision,
                        out=args.runs / f"{args.game}-{precision}", eval_every=args.eval_every,
-                       eval_episodes=args.eval_episodes, env_backend=BACKENDS[precision])
+                       eval_episodes=args.eval_episodes, env_backend=BACKENDS[precision],
+                       workers=getattr(args, "workers", 1))  # recorded: parallel_runs in the tables
 
 
 def report(args: argparse.Namespace) -> pd.DataFrame:
@@ -80,7 +81,8 @@ def report(args: argparse.Namespace) -> pd.DataFrame:
         means, stds = summary["final_mean"].to_numpy(), summary["final_std"].to_numpy()
         gap, spread = abs(means[0] - means[1]), float(np.max(stds))
         verdict = "within" if gap <= spread else "OUTSIDE"
-        print(f"difference of means {gap:.2f} is {verdict} the seed-to-seed spread (max std {spread:.2f})")
+        ahead = summary["precision"].iloc[int(np.argmax(means))]
+        print(f"difference of means {gap:.2f} ({ahead} ahead) is {verdict} the seed-to-seed spread (max std {spread:.2f})")
     return summary
 
 
