@@ -24,7 +24,6 @@ import argparse
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 from plot import plot_curves, plt, save  # noqa: E402
 from zoo_rl.study import (  # noqa: E402
-    RESULT, RunJob, StudyConfig, collect_results, learning_curves, plan, run_job, write_csv_atomic, write_tables,
+    RESULT, RunJob, StudyConfig, collect_results, learning_curves, plan, run_job, write_csv_atomic, write_study_json,
+    write_tables,
 )
-from zoo_rl.training import command_line, write_json  # noqa: E402
 
 LABELS = {"fp32": "plain CnnPolicy, float32, gym wrappers",
           "bf16": "FastCnnPolicy, bf16 + channels-last, --env-backend auto"}
@@ -82,7 +81,9 @@ def report(args: argparse.Namespace) -> pd.DataFrame:
         gap, spread = abs(means[0] - means[1]), float(np.max(stds))
         verdict = "within" if gap <= spread else "OUTSIDE"
         ahead = summary["precision"].iloc[int(np.argmax(means))]
-        print(f"difference of means {gap:.2f} ({ahead} ahead) is {verdict} the seed-to-seed spread (max std {spread:.2f})")
+        welch = gap / np.sqrt(np.sum(stds ** 2 / summary["runs"].to_numpy()))
+        print(f"difference of means {gap:.2f} ({ahead} ahead) is {verdict} the seed-to-seed spread "
+              f"(max std {spread:.2f}); Welch's t {welch:.2f}")
     return summary
 
 
@@ -93,8 +94,7 @@ def pending_jobs(args: argparse.Namespace) -> list[RunJob]:
     for precision in LABELS:
         config = study(args, precision, args.seeds)
         arm = plan(config)
-        Path(config.out).mkdir(parents=True, exist_ok=True)
-        write_json(Path(config.out) / "study.json", {**asdict(config), "command": command_line(), "runs": len(arm)})
+        write_study_json(config, len(arm))
         jobs.append(arm)
     interleaved = [job for seed_jobs in zip(*jobs) for job in seed_jobs]
     return [job for job in interleaved if not (job.run_dir / RESULT).is_file()]

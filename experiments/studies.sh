@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The studies behind results/ (issues #5, #6 and #7), in the order they are run: the Pong study (with
-# the paper's sigmoid gates, whose result decides the default normalisation of the later studies), the
-# Lab2D study, the parity run, leave-one-out, Pong at 500k and the other Pong ablations (alignment,
-# gate learning rate). Every command resumes: rerun this script
+# the paper's sigmoid gates: with the Lab2D study, the evidence that made sigmoid the default
+# normalisation of the later studies), the Lab2D study, the parity run, leave-one-out, Pong at 500k and
+# the other Pong ablations (alignment, gate learning rate). Every command resumes: rerun this script
 # after an interruption and finished runs are skipped. Each study is published into results/<name>/
 # (tables, plots, tables.md) as soon as it finishes.
 #
@@ -29,7 +29,7 @@ run() {  # run <results name> <transfer.py arguments...>
 if [[ $stage == all || $stage == pong ]]; then
     # 1. Pong (default flavour) from the Atari zoo (pong-m1 is the one related source): every method,
     #    3 seeds, 100k steps. Started before ale-py's vector env was the default: it stays on gym.
-    # 1a. The paper's sigmoid gates (zoo-lite:sigmoid) belong here: they decide the default normalisation
+    # 1a. The paper's sigmoid gates (zoo-lite:sigmoid) belong here: evidence for the default normalisation
     #     of the later studies (softmax collapsed the features on Lab2D: README Results).
     run pong-100k --target Pong --env-backend gym --gate-normalisation softmax \
         --methods scratch,finetune,uniform,zoo,zoo-lite,ensemble,zoo-lite:sigmoid
@@ -39,7 +39,8 @@ if [[ $stage == all || $stage == lab2d ]]; then
     #    cross-family fine-tune (breakout), and the K-source methods over all 8 sources; zoo-lite:gate-x30
     #    asks whether gates that learn 30x faster pick the Lab2D sources (at 1e-4 they stay near 1/8), and
     #    zoo-lite:sigmoid whether the paper's unnormalised gates help: the average of 8 unrelated networks
-    #    has features about 50x smaller than any one source's (softmax gates), the paper's sum does not.
+    #    has features about 70x smaller than the sources' (softmax gates; experiments/feature_scale.py),
+    #    the paper's sum does not.
     run lab2d-commons_harvest-100k --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo --gate-normalisation softmax \
         --methods scratch,finetune:lab2d-commons_harvest-probabilistic_apples,finetune:lab2d-clean_up-no_depletion,finetune:lab2d-chase_eat,finetune:breakout,uniform,zoo-lite,ensemble,zoo-lite:gate-x30,zoo-lite:sigmoid
 fi

@@ -43,11 +43,12 @@ Gate normalisation (``normalisation``):
   the aggregate is that network; but the *average* of independently trained networks has much
   smaller features: 3-8% of the sources' mean on the same zoos (1.4% with K=8). On Lab2D
   commons_harvest, zoo-lite learnt 127.7 with softmax gates against 323.2 with sigmoid gates and
-  220.9 from scratch (3 seeds, 100k steps; README Results); on Pong at 100k steps neither moved
-  from -20.3 and -20.2. Softmax was the default until then.
+  220.9 from scratch (3 seeds, 100k steps; README Results); on Pong at 100k steps they ended alike
+  (-20.3 and -20.4). Softmax was the default until then.
 - ``sigmoid-sum``: independent sigmoids divided by their sum (the paper's gate, normalised; the
   same average as softmax at the start).
 
+The gate's last layer starts at zero, so every mode starts from equal gates.
 """
 
 from __future__ import annotations

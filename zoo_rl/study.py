@@ -145,7 +145,19 @@ class RunJob:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.study.out) / self.method.replace(":", "-") / f"seed{self.seed}"
+        return run_path(self.study.out, self.method, self.seed)
+
+
+def run_path(out: Path, method: str, seed: int) -> Path:
+    """Folder of one run of the study in ``out`` (no colons in folder names: ``zoo-lite:sigmoid``
+    lives in ``zoo-lite-sigmoid/seed0``)."""
+    return Path(out) / method.replace(":", "-") / f"seed{seed}"
+
+
+def write_study_json(study: StudyConfig, runs: int) -> None:
+    """``study.json`` of a study folder: the resolved configuration and the command."""
+    Path(study.out).mkdir(parents=True, exist_ok=True)
+    write_json(Path(study.out) / "study.json", {**asdict(study), "command": command_line(), "runs": runs})
 
 
 def committed_zoo(zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[Path]:
@@ -459,7 +471,7 @@ def collect_results(out: Path) -> pd.DataFrame:
 def _parallel_runs(out: Path, method: str, seed: int) -> int:
     """How many runs shared the machine when this run was last trained (``--workers`` of the local
     launcher; 1 for Ray, whose runs get their own CPUs): its steps/s is per run, not per machine."""
-    config_path = out / method.replace(":", "-") / f"seed{seed}" / "config.json"
+    config_path = run_path(out, method, seed) / "config.json"
     if not config_path.is_file():
         return 1
     study = json.loads(config_path.read_text()).get("study", {})
@@ -475,7 +487,7 @@ def _threshold(table: pd.DataFrame, out: Path) -> float:
 
 
 def _curve(out: Path, method: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    ev = load_evaluations(out / method.replace(":", "-") / f"seed{seed}" / EVALUATIONS)
+    ev = load_evaluations(run_path(out, method, seed) / EVALUATIONS)
     return np.asarray(ev["timesteps"], dtype=float), np.asarray([np.mean(r) for r in ev["results"]], dtype=float)
 
 
@@ -572,8 +584,8 @@ def cross_target(study_dirs: list[Path], reps: int = 2000) -> pd.DataFrame:
             continue
         table = pd.read_csv(Path(d) / "results.csv")
         # Studies may differ in their gate normalisation: name it, so that one row is one method.
-        table["method"] = [canonical_method(r.method, trained_normalisation(
-            Path(d) / r.method.replace(":", "-") / f"seed{r.seed}", r.method)) for r in table.itertuples()]
+        table["method"] = [canonical_method(r.method, trained_normalisation(run_path(d, r.method, r.seed), r.method))
+                           for r in table.itertuples()]
         tables.append(table)
     if not tables:
         return pd.DataFrame()
@@ -617,8 +629,7 @@ def run_study(study: StudyConfig, progress: bool = True,
     """Plan, check, then train every run not finished yet; rebuild the tables after each run."""
     jobs = plan(study)
     out = Path(study.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "study.json", {**asdict(study), "command": command_line(), "runs": len(jobs)})
+    write_study_json(study, len(jobs))
     pending = [j for j in jobs if not (j.run_dir / RESULT).is_file()]
     bar = None
     if progress:
