@@ -7,8 +7,8 @@ markdown tables the README's Results section quotes, all from the study's files.
 Writes ``results.csv``, ``summary.csv``, ``curves.csv``, ``gates.csv`` and ``study.json`` (copied),
 the figures of ``experiments/plot.py``, and ``tables.md``: the summary (final return mean ± std over
 seeds, IQM with its 95% stratified-bootstrap interval, difference to scratch and to the best single
-fine-tune, timesteps/s), per zoo method the final gates per layer and source (mean over seeds), and
-"one level down" (``diagnostics.csv``, :mod:`zoo_rl.diagnostics`): per method and layer, how many sources
+fine-tune with its 95% bootstrap interval, timesteps/s), per zoo method the final gates per layer and
+source (mean over seeds), and "one level down" (``diagnostics.csv``, :mod:`zoo_rl.diagnostics`): per method and layer, how many sources
 the gates effectively use, how far the alignments left the identity and how far the weights drifted from
 the sources.
 """
@@ -47,9 +47,19 @@ def cost_note(results: pd.DataFrame) -> str:
             "results.csv).")
 
 
+def difference_markdown(row, column: str) -> str:
+    """``+2.3 [+1.5, +3.1]``: a difference of means with its 95% bootstrap interval (when the summary has one)."""
+    value = getattr(row, column)
+    if pd.isna(value):
+        return "n/a"
+    low, high = getattr(row, f"{column}_low", float("nan")), getattr(row, f"{column}_high", float("nan"))
+    return f"{value:+.1f}" if pd.isna(low) else f"{value:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
 def summary_markdown(summary: pd.DataFrame) -> str:
     """The summary as a markdown table, best mean first."""
-    lines = ["| method | runs | final return, mean ± std | IQM [95% CI] | at step 0 | vs scratch | vs best fine-tune "
+    lines = ["| method | runs | final return, mean ± std | IQM [95% CI] | at step 0 | vs scratch [95% CI] "
+             "| vs best fine-tune [95% CI] "
              "| steps/s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary.itertuples():
@@ -57,8 +67,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
         lines.append(
             f"| {r.method} | {r.runs} | {r.final_mean:.1f} ± {r.final_std:.1f} | "
             f"{r.iqm:.1f} [{r.iqm_low:.1f}, {r.iqm_high:.1f}] | {'n/a' if pd.isna(start) else f'{start:.1f}'} | "
-            f"{'n/a' if pd.isna(r.vs_scratch) else f'{r.vs_scratch:+.1f}'} | "
-            f"{'n/a' if pd.isna(r.vs_best_finetune) else f'{r.vs_best_finetune:+.1f}'} | "
+            f"{difference_markdown(r, 'vs_scratch')} | {difference_markdown(r, 'vs_best_finetune')} | "
             f"{'n/a' if pd.isna(r.timesteps_per_second) else f'{r.timesteps_per_second:.0f}'} |")
     return "\n".join(lines)
 

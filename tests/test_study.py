@@ -15,7 +15,7 @@ import torch
 import zoo_rl.study as study_module
 from conftest import random_nature_state
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
-from zoo_rl.metrics import area_under_curve, human_normalised, iqm, steps_to_threshold
+from zoo_rl.metrics import area_under_curve, difference_interval, human_normalised, iqm, steps_to_threshold
 from zoo_rl.sources import write_compact
 from zoo_rl.study import RESULT_COLUMNS, StudyConfig, cross_target, plan, run_study, summarise
 
@@ -32,6 +32,18 @@ def test_metrics_by_hand():
     assert human_normalised(-20.7, "Pong") == pytest.approx(0.0)
     assert human_normalised(14.6, "Pong") == pytest.approx(1.0)
     assert math.isnan(human_normalised(3.0, "NoSuchGame"))
+
+
+def test_difference_interval():
+    a, b = np.array([-10.0, -12.0, -8.0]), np.array([-21.0, -20.0, -19.0])
+    low, high = difference_interval(a, b, reps=2000)
+    # Resampling 3 seeds cannot leave the range of the possible means: (-12 - -19) to (-8 - -21).
+    assert 7.0 <= low < 10.0 < high <= 13.0
+    assert difference_interval(a, b, reps=500, seed=1) == difference_interval(a, b, reps=500, seed=1)
+    low, high = difference_interval(b, b, reps=2000)  # a method against itself: an interval around 0
+    assert low < 0.0 < high and low == pytest.approx(-high, abs=0.35)
+    assert difference_interval(np.full(3, 5.0), np.full(3, 2.0)) == (3.0, 3.0)  # no spread, no width
+    assert all(math.isnan(v) for v in difference_interval(a, np.array([])))
 
 
 def results_table(rows):
@@ -57,6 +69,11 @@ def test_summary_by_hand():
     assert summary.loc["zoo", "initial_mean"] == pytest.approx(-7)  # the return before training
     assert summary.loc["zoo", "vs_scratch"] == pytest.approx(14)
     assert summary.loc["zoo", "vs_best_finetune"] == pytest.approx(4)
+    # The intervals of the differences: zoo vs scratch excludes 0; finetune:b (no spread) vs scratch
+    # spans scratch's own spread only (-15 - [-21, -19]).
+    assert 0 < summary.loc["zoo", "vs_scratch_low"] < 14 < summary.loc["zoo", "vs_scratch_high"]
+    assert summary.loc["finetune:b", "vs_scratch_low"] >= 4 and summary.loc["finetune:b", "vs_scratch_high"] <= 6
+    assert summary.loc["zoo", "vs_best_finetune_low"] < 4 < summary.loc["zoo", "vs_best_finetune_high"]
     assert summary.loc["zoo", "rank"] == 1 and summary.loc["scratch", "rank"] == 4
     assert summary.loc["zoo", "iqm_low"] <= summary.loc["zoo", "iqm"] <= summary.loc["zoo", "iqm_high"]
     assert math.isnan(summary.loc["finetune-best", "rank"])

@@ -40,7 +40,7 @@ from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor, cached_zoo
 from zoo_rl.fast import FastCnnPolicy, algo_kwargs
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
-from zoo_rl.metrics import area_under_curve, human_normalised, iqm_with_interval, steps_to_threshold
+from zoo_rl.metrics import area_under_curve, difference_interval, human_normalised, iqm_with_interval, steps_to_threshold
 from zoo_rl.sources import Source, atomic_write_bytes
 from zoo_rl.training import (
     ALGOS, EVALUATIONS, FINAL, ON_POLICY, RunSpec, check_resume_backend, command_line, env_versions,
@@ -507,7 +507,8 @@ def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
 
     Columns: runs, mean/std of the final return, mean return at step 0 (before any training), IQM
     with its 95% stratified-bootstrap interval (over seeds), human-normalised mean, mean AUC, median steps to threshold, mean steps/s,
-    difference of the mean to scratch and to the best single-source fine-tune, rank by mean.
+    difference of the mean to scratch and to the best single-source fine-tune with its 95% bootstrap interval
+    over seeds (:func:`zoo_rl.metrics.difference_interval`; ``vs_scratch_low`` / ``_high``), rank by mean.
     ``finetune-best`` is the fine-tune whose mean final return is highest (chosen after the
     fact, an optimistic baseline); ``finetune-mean`` pools all fine-tune runs.
     """
@@ -536,10 +537,13 @@ def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
             "timesteps_per_second": g["timesteps_per_second"].mean(),
         })
     table = pd.DataFrame(rows)
-    scratch = table.loc[table["method"] == "scratch", "final_mean"]
-    best_ft = table.loc[table["method"] == "finetune-best", "final_mean"]
-    table["vs_scratch"] = table["final_mean"] - (scratch.iloc[0] if len(scratch) else np.nan)
-    table["vs_best_finetune"] = table["final_mean"] - (best_ft.iloc[0] if len(best_ft) else np.nan)
+    for column, reference in (("vs_scratch", "scratch"), ("vs_best_finetune", "finetune-best")):
+        # Difference of means to the reference, and its 95% bootstrap interval over seeds.
+        base = groups[reference]["final_return"].to_numpy() if reference in groups else np.array([])
+        table[column] = table["final_mean"] - (base.mean() if base.size else np.nan)
+        bounds = [difference_interval(groups[m]["final_return"].to_numpy(), base, reps=reps) for m in table["method"]]
+        table[f"{column}_low"] = [low for low, _ in bounds]
+        table[f"{column}_high"] = [high for _, high in bounds]
     ranked = ~table["method"].isin(["finetune-best", "finetune-mean"])
     table.loc[ranked, "rank"] = table.loc[ranked, "final_mean"].rank(ascending=False, method="min")
     return table.sort_values("final_mean", ascending=False).reset_index(drop=True)
