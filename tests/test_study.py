@@ -86,10 +86,34 @@ def test_cross_target_table(tmp_path):
         table["human_normalised"] = human_normalised(table["final_return"].to_numpy(), target)
         (tmp_path / target).mkdir()
         table.to_csv(tmp_path / target / "results.csv", index=False)
+    for target, best in (("Pong", "finetune:a"), ("Breakout", "finetune:b")):  # a different best source each
+        table = pd.read_csv(tmp_path / target / "results.csv")
+        extra = results_table([("finetune:a", s, (-10 if best == "finetune:a" else -15) + s) for s in range(3)]
+                              + [("finetune:b", s, (-10 if best == "finetune:b" else -15) + s) for s in range(3)])
+        extra["target"] = target
+        extra["human_normalised"] = human_normalised(extra["final_return"].to_numpy(), target)
+        pd.concat([table, extra]).to_csv(tmp_path / target / "results.csv", index=False)
     out = cross_target([tmp_path / "Pong", tmp_path / "Breakout"], reps=200).set_index("method")
     assert out.loc["scratch", "return_Pong"] == pytest.approx(-19)
     assert out.loc["scratch", "return_Breakout"] == pytest.approx(-14)
     assert np.isfinite(out.loc["scratch", "hns_iqm"])
+    assert out.loc["finetune-best", "return_Pong"] == pytest.approx(-9)  # finetune:a on Pong, b on Breakout
+    assert out.loc["finetune-best", "return_Breakout"] == pytest.approx(-9)
+    assert out.loc["finetune-each", "return_Pong"] == pytest.approx(-11.5)
+    assert out.loc["finetune-best", "hns_iqm"] > out.loc["finetune-each", "hns_iqm"]
+
+
+def test_human_normalised_scores_are_recomputed_from_the_final_return(tmp_path):
+    """A run written before its game had reference scores (NaN) gets them when the tables are rebuilt."""
+    from zoo_rl.study import collect_results
+
+    run = tmp_path / "scratch" / "seed0"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps(dict(
+        target="RoadRunner", method="scratch", seed=0, steps=100, final_return=795.0, final_return_std=0.0,
+        initial_return=0.0, auc=0.0, human_normalised=None, wall_seconds=1.0, timesteps_per_second=100.0)))
+    table = collect_results(tmp_path)
+    assert table.loc[0, "human_normalised"] == pytest.approx((795.0 - 11.5) / (7845.0 - 11.5))
 
 
 def test_cross_target_names_the_normalisation_each_run_trained_with(tmp_path):

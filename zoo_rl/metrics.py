@@ -25,6 +25,7 @@ ATARI_SCORES: dict[str, tuple[float, float]] = {
     "MsPacman": (307.3, 6951.6),
     "Pong": (-20.7, 14.6),
     "Qbert": (163.9, 13455.0),
+    "RoadRunner": (11.5, 7845.0),
     "Seaquest": (68.4, 42054.7),
     "SpaceInvaders": (148.0, 1668.7),
 }
