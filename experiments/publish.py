@@ -8,9 +8,9 @@ Writes ``results.csv``, ``summary.csv``, ``curves.csv``, ``gates.csv`` and ``stu
 the figures of ``experiments/plot.py``, and ``tables.md``: the summary (final return mean ± std over
 seeds, IQM with its 95% stratified-bootstrap interval, difference to scratch and to the best single
 fine-tune with its 95% bootstrap interval, timesteps/s), per zoo method the final gates per layer and
-source (mean over seeds), and "one level down" (``diagnostics.csv``, :mod:`zoo_rl.diagnostics`): per method and layer, how many sources
-the gates effectively use, how far the alignments left the identity and how far the weights drifted from
-the sources.
+source (mean over seeds), and "one level down" (``diagnostics.csv``, :mod:`zoo_rl.diagnostics`): per
+method and layer, how many sources the gates effectively use, how far the alignments left the identity
+and how far the weights drifted from the sources.
 """
 
 from __future__ import annotations
