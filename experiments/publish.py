@@ -7,7 +7,8 @@ markdown tables the README's Results section quotes, all from the study's files.
 Writes ``results.csv``, ``summary.csv``, ``curves.csv``, ``gates.csv`` and ``study.json`` (copied),
 the figures of ``experiments/plot.py``, and ``tables.md``: the summary (final return mean ± std over
 seeds, IQM with its 95% stratified-bootstrap interval, difference to scratch and to the best single
-fine-tune with its 95% bootstrap interval, timesteps/s), per zoo method the final gates per layer and
+fine-tune with its 95% bootstrap interval, the mean return over training (AUC) and its difference to
+scratch, timesteps/s), per zoo method the final gates per layer and
 source (mean over seeds), and "one level down" (``diagnostics.csv``, :mod:`zoo_rl.diagnostics`): per
 method and layer, how many sources the gates effectively use, how far the alignments left the identity
 and how far the weights drifted from the sources.
@@ -59,15 +60,16 @@ def difference_markdown(row, column: str) -> str:
 def summary_markdown(summary: pd.DataFrame) -> str:
     """The summary as a markdown table, best mean first."""
     lines = ["| method | runs | final return, mean ± std | IQM [95% CI] | at step 0 | vs scratch [95% CI] "
-             "| vs best fine-tune [95% CI] "
-             "| steps/s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| vs best fine-tune [95% CI] | mean return over training (AUC) | AUC vs scratch [95% CI] | steps/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary.itertuples():
         start = getattr(r, "initial_mean", float("nan"))
         lines.append(
             f"| {r.method} | {r.runs} | {r.final_mean:.1f} ± {r.final_std:.1f} | "
             f"{r.iqm:.1f} [{r.iqm_low:.1f}, {r.iqm_high:.1f}] | {'n/a' if pd.isna(start) else f'{start:.1f}'} | "
             f"{difference_markdown(r, 'vs_scratch')} | {difference_markdown(r, 'vs_best_finetune')} | "
+            f"{'n/a' if pd.isna(getattr(r, 'auc_mean', float('nan'))) else f'{r.auc_mean:.1f}'} | "
+            f"{difference_markdown(r, 'auc_vs_scratch') if hasattr(r, 'auc_vs_scratch') else 'n/a'} | "
             f"{'n/a' if pd.isna(r.timesteps_per_second) else f'{r.timesteps_per_second:.0f}'} |")
     return "\n".join(lines)
 

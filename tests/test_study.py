@@ -60,7 +60,9 @@ def test_summary_by_hand():
     rows += [("finetune:a", s, v) for s, v in enumerate([-10, -12, -8])]
     rows += [("finetune:b", s, v) for s, v in enumerate([-15, -15, -15])]
     rows += [("zoo", s, v) for s, v in enumerate([-5, -7, -6])]
-    summary = summarise(results_table(rows), reps=200).set_index("method")
+    table = results_table(rows)
+    table.loc[table["method"] == "zoo", "auc"] = [1.0, 3.0, 5.0]
+    summary = summarise(table, reps=200).set_index("method")
     assert summary.loc["scratch", "final_mean"] == pytest.approx(-20)
     assert summary.loc["scratch", "final_std"] == pytest.approx(1.0)
     assert summary.loc["finetune-best", "final_mean"] == pytest.approx(-10)  # finetune:a
@@ -74,6 +76,8 @@ def test_summary_by_hand():
     assert 0 < summary.loc["zoo", "vs_scratch_low"] < 14 < summary.loc["zoo", "vs_scratch_high"]
     assert summary.loc["finetune:b", "vs_scratch_low"] >= 4 and summary.loc["finetune:b", "vs_scratch_high"] <= 6
     assert summary.loc["zoo", "vs_best_finetune_low"] < 4 < summary.loc["zoo", "vs_best_finetune_high"]
+    assert summary.loc["zoo", "auc_vs_scratch"] == pytest.approx(3.0)  # AUCs: zoo 1, 3, 5; scratch 0, 0, 0
+    assert summary.loc["zoo", "auc_vs_scratch_low"] <= 3.0 <= summary.loc["zoo", "auc_vs_scratch_high"]
     assert summary.loc["zoo", "rank"] == 1 and summary.loc["scratch", "rank"] == 4
     assert summary.loc["zoo", "iqm_low"] <= summary.loc["zoo", "iqm"] <= summary.loc["zoo", "iqm_high"]
     assert math.isnan(summary.loc["finetune-best", "rank"])

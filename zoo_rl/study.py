@@ -519,7 +519,9 @@ def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
     Columns: runs, mean/std of the final return, mean return at step 0 (before any training), IQM
     with its 95% stratified-bootstrap interval (over seeds), human-normalised mean, mean AUC, median steps to threshold, mean steps/s,
     difference of the mean to scratch and to the best single-source fine-tune with its 95% bootstrap interval
-    over seeds (:func:`zoo_rl.metrics.difference_interval`; ``vs_scratch_low`` / ``_high``), rank by mean.
+    over seeds (:func:`zoo_rl.metrics.difference_interval`; ``vs_scratch_low`` / ``_high``), the same for the
+    AUC against scratch (``auc_vs_scratch``: the mean return over training, far less noisy than the last
+    evaluation alone), rank by mean.
     ``finetune-best`` is the fine-tune whose mean final return is highest (chosen after the
     fact, an optimistic baseline); ``finetune-mean`` pools all fine-tune runs.
     """
@@ -548,11 +550,13 @@ def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
             "timesteps_per_second": g["timesteps_per_second"].mean(),
         })
     table = pd.DataFrame(rows)
-    for column, reference in (("vs_scratch", "scratch"), ("vs_best_finetune", "finetune-best")):
+    for column, value, reference in (("vs_scratch", "final_return", "scratch"),
+                                     ("vs_best_finetune", "final_return", "finetune-best"),
+                                     ("auc_vs_scratch", "auc", "scratch")):
         # Difference of means to the reference, and its 95% bootstrap interval over seeds.
-        base = groups[reference]["final_return"].to_numpy() if reference in groups else np.array([])
-        table[column] = table["final_mean"] - (base.mean() if base.size else np.nan)
-        bounds = [difference_interval(groups[m]["final_return"].to_numpy(), base, reps=reps) for m in table["method"]]
+        base = groups[reference][value].to_numpy() if reference in groups else np.array([])
+        table[column] = [groups[m][value].mean() - (base.mean() if base.size else np.nan) for m in table["method"]]
+        bounds = [difference_interval(groups[m][value].to_numpy(), base, reps=reps) for m in table["method"]]
         table[f"{column}_low"] = [low for low, _ in bounds]
         table[f"{column}_high"] = [high for _, high in bounds]
     ranked = ~table["method"].isin(["finetune-best", "finetune-mean"])
