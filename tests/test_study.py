@@ -279,6 +279,7 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     assert "bench_throughput.py" in tables  # the steps/s column says what it measures
     assert "Every run trained alone" in tables
     assert "| at step 0 |" in tables
+    assert "| vs scratch [95% CI] |" in tables and "| AUC vs scratch [95% CI] |" in tables
     diagnostics = pd.read_csv(tmp_path / "published" / "diagnostics.csv")
     assert set(diagnostics["method"]) == {"zoo-lite"} and (diagnostics["drift"] > 0).all()
 
@@ -402,3 +403,13 @@ def test_cost_note_says_which_runs_shared_the_machine():
     note = publish.cost_note(mixed)
     assert "2 of 3 runs trained 2 at a time" in note and "parallel_runs" in note
     assert "trained alone" in publish.cost_note(pd.DataFrame())  # no results yet
+
+
+def test_differences_are_printed_with_their_interval():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import publish
+
+    row = pd.Series({"vs_scratch": 2.26, "vs_scratch_low": 1.7, "vs_scratch_high": 3.12, "auc_vs_scratch": math.nan})
+    assert publish.difference_markdown(row, "vs_scratch") == "+2.3 [+1.7, +3.1]"
+    assert publish.difference_markdown(row, "auc_vs_scratch") == "n/a"
+    assert publish.difference_markdown(pd.Series({"vs_scratch": -0.5}), "vs_scratch") == "-0.5"  # older summaries
