@@ -57,6 +57,14 @@ def difference_markdown(row, column: str) -> str:
     return f"{value:+.1f}" if pd.isna(low) else f"{value:+.1f} [{low:+.1f}, {high:+.1f}]"
 
 
+def commands_markdown(study: dict) -> str:
+    """The command that trained the study, or every one in order when several trained into its folder."""
+    commands = study.get("commands") or [study.get("command")]
+    if len(commands) == 1:
+        return f"Command: `{commands[0]}`\n\n"
+    return "Commands, in the order they trained into this study:\n\n" + "".join(f"- `{c}`\n" for c in commands) + "\n"
+
+
 def summary_markdown(summary: pd.DataFrame) -> str:
     """The summary as a markdown table, best mean first."""
     lines = ["| method | runs | final return, mean ± std | IQM [95% CI] | at step 0 | vs scratch [95% CI] "
@@ -127,7 +135,7 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
     written += make_plots(out)
     study = json.loads((study_dir / "study.json").read_text())
     header = (f"# {study.get('target')} ({study.get('algo')}, {study.get('steps'):,} steps per run)\n\n"
-              f"Command: `{study.get('command')}`\n\n")
+              + commands_markdown(study))
     gates = pd.read_csv(out / "gates.csv") if (out / "gates.csv").is_file() else pd.DataFrame()
     diagnostics = diagnose_study(study_dir)
     write_csv_atomic(diagnostics, out / "diagnostics.csv")

@@ -413,3 +413,28 @@ def test_differences_are_printed_with_their_interval():
     assert publish.difference_markdown(row, "vs_scratch") == "+2.3 [+1.7, +3.1]"
     assert publish.difference_markdown(row, "auc_vs_scratch") == "n/a"
     assert publish.difference_markdown(pd.Series({"vs_scratch": -0.5}), "vs_scratch") == "-0.5"  # older summaries
+
+
+def test_study_json_keeps_every_method_and_command(tmp_path, monkeypatch):
+    """Ablations added to a study later with their own --methods must not erase the record of the first
+    command (study.json, and the commands at the top of tables.md)."""
+    from zoo_rl.study import write_study_json
+
+    out = tmp_path / "study"
+    monkeypatch.setattr(study_module, "command_line", lambda: "python transfer.py --methods scratch,zoo-lite")
+    write_study_json(StudyConfig(target="Pong", methods=["scratch", "zoo-lite"], out=out), 6)
+    write_study_json(StudyConfig(target="Pong", methods=["scratch", "zoo-lite"], out=out), 6)  # a rerun
+    monkeypatch.setattr(study_module, "command_line", lambda: "python transfer.py --methods zoo-lite:noalign")
+    write_study_json(StudyConfig(target="Pong", methods=["zoo-lite:noalign"], out=out), 3)
+    record = json.loads((out / "study.json").read_text())
+    assert record["methods"] == ["scratch", "zoo-lite", "zoo-lite:noalign"]
+    assert record["commands"] == ["python transfer.py --methods scratch,zoo-lite",
+                                  "python transfer.py --methods zoo-lite:noalign"]
+    assert record["command"] == "python transfer.py --methods zoo-lite:noalign" and record["runs"] == 3
+    assert record["out"] == str(out)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import publish
+
+    text = publish.commands_markdown(record)
+    assert text.index("--methods scratch,zoo-lite") < text.index("--methods zoo-lite:noalign")
+    assert publish.commands_markdown({"command": "python x.py"}) == "Command: `python x.py`\n\n"  # older study.json

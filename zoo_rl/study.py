@@ -155,9 +155,23 @@ def run_path(out: Path, method: str, seed: int) -> Path:
 
 
 def write_study_json(study: StudyConfig, runs: int) -> None:
-    """``study.json`` of a study folder: the resolved configuration and the command."""
-    Path(study.out).mkdir(parents=True, exist_ok=True)
-    write_json(Path(study.out) / "study.json", {**asdict(study), "command": command_line(), "runs": runs})
+    """``study.json`` of a study folder: the resolved configuration and the command.
+
+    A folder trained by several commands (e.g. ablations added later with their own ``--methods``) keeps
+    the record of every one: ``methods`` is the union in the order first asked for, ``commands`` every
+    distinct command in order; ``command`` and ``runs`` (the runs it planned) are the latest command's.
+    """
+    path = Path(study.out) / "study.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        earlier = {}
+    record = {**asdict(study), "out": str(study.out), "command": command_line(), "runs": runs}
+    record["methods"] = list(dict.fromkeys([*earlier.get("methods", []), *record["methods"]]))
+    before = earlier.get("commands", [earlier["command"]] if "command" in earlier else [])
+    record["commands"] = list(dict.fromkeys([*before, record["command"]]))
+    write_json(path, record)
 
 
 def committed_zoo(zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[Path]:
