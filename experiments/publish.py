@@ -49,8 +49,9 @@ def cost_note(results: pd.DataFrame) -> str:
 
 
 def difference_markdown(row, column: str) -> str:
-    """``+2.3 [+1.5, +3.1]``: a difference of means with its 95% bootstrap interval (when the summary has one)."""
-    value = getattr(row, column)
+    """``+2.3 [+1.5, +3.1]``: a difference of means with its 95% bootstrap interval; ``n/a`` for a column an
+    older summary.csv does not have."""
+    value = getattr(row, column, float("nan"))
     if pd.isna(value):
         return "n/a"
     low, high = getattr(row, f"{column}_low", float("nan")), getattr(row, f"{column}_high", float("nan"))
@@ -76,8 +77,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
             f"| {r.method} | {r.runs} | {r.final_mean:.1f} ± {r.final_std:.1f} | "
             f"{r.iqm:.1f} [{r.iqm_low:.1f}, {r.iqm_high:.1f}] | {'n/a' if pd.isna(start) else f'{start:.1f}'} | "
             f"{difference_markdown(r, 'vs_scratch')} | {difference_markdown(r, 'vs_best_finetune')} | "
-            f"{'n/a' if pd.isna(getattr(r, 'auc_mean', float('nan'))) else f'{r.auc_mean:.1f}'} | "
-            f"{difference_markdown(r, 'auc_vs_scratch') if hasattr(r, 'auc_vs_scratch') else 'n/a'} | "
+            f"{'n/a' if pd.isna(r.auc_mean) else f'{r.auc_mean:.1f}'} | {difference_markdown(r, 'auc_vs_scratch')} | "
             f"{'n/a' if pd.isna(r.timesteps_per_second) else f'{r.timesteps_per_second:.0f}'} |")
     return "\n".join(lines)
 

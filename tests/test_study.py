@@ -413,6 +413,7 @@ def test_differences_are_printed_with_their_interval():
     assert publish.difference_markdown(row, "vs_scratch") == "+2.3 [+1.7, +3.1]"
     assert publish.difference_markdown(row, "auc_vs_scratch") == "n/a"
     assert publish.difference_markdown(pd.Series({"vs_scratch": -0.5}), "vs_scratch") == "-0.5"  # older summaries
+    assert publish.difference_markdown(pd.Series({"vs_scratch": -0.5}), "auc_vs_scratch") == "n/a"
 
 
 def test_study_json_keeps_every_method_and_command(tmp_path, monkeypatch):

@@ -527,6 +527,15 @@ def learning_curves(out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "seed", "steps", "return"])
 
 
+def best_finetune(results: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the single-source fine-tune with the highest mean final return (chosen after the fact:
+    an optimistic baseline); empty if ``results`` (one target) has no fine-tune."""
+    finetunes = results[results["method"].str.startswith("finetune:")]
+    if finetunes.empty:
+        return finetunes
+    return finetunes[finetunes["method"] == finetunes.groupby("method")["final_return"].mean().idxmax()]
+
+
 def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
     """``summary.csv``: one row per method, plus ``finetune-best`` and ``finetune-mean``.
 
@@ -544,8 +553,7 @@ def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
     groups = {m: g for m, g in results.groupby("method")}
     finetunes = {m: g for m, g in groups.items() if m.startswith("finetune:")}
     if finetunes:
-        best = max(finetunes, key=lambda m: finetunes[m]["final_return"].mean())
-        groups["finetune-best"] = finetunes[best].assign(method="finetune-best")
+        groups["finetune-best"] = best_finetune(results).assign(method="finetune-best")
         groups["finetune-mean"] = pd.concat(finetunes.values()).assign(method="finetune-mean")
     # Per method a (num_runs x 1 task) matrix; finetune-mean has more runs, rliable allows that.
     intervals = iqm_with_interval({m: g["final_return"].to_numpy()[:, None] for m, g in groups.items()}, reps=reps)
@@ -626,10 +634,9 @@ def cross_target(study_dirs: list[Path], reps: int = 2000) -> pd.DataFrame:
     results = pd.concat(tables)
     # The best single-source fine-tune of each target (chosen after the fact: an optimistic baseline),
     # then every fine-tune pooled: which source transfers differs from target to target.
-    finetunes = results[results["method"].str.startswith("finetune:")]
-    best = [g[g["method"] == g.groupby("method")["final_return"].mean().idxmax()] for _, g in finetunes.groupby("target")]
+    best = [best_finetune(g).assign(method="finetune-best") for _, g in results.groupby("target")]
     results["method"] = results["method"].where(~results["method"].str.startswith("finetune:"), "finetune-each")
-    results = pd.concat([results, *(g.assign(method="finetune-best") for g in best)])
+    results = pd.concat([results, *best])
     pivot = results.pivot_table(index="method", columns="target", values="final_return", aggfunc="mean")
     matrices = {}
     targets = sorted(results["target"].unique())
