@@ -5,6 +5,7 @@
     python agents/train.py --zoo                  # every source in agents/zoo/manifest.yml
     python agents/train.py --zoo --manifest agents/zoo-lab2d/manifest.yml   # the Lab2D zoo
     python agents/train.py --park                 # unfinished runs -> agents/zoo/_inprogress/ (commit them)
+    python agents/train.py --zoo --refresh-random # recompute the committed sources' random-policy baseline
 
 Runs resume automatically from ``runs/zoo/<name>/checkpoint.zip`` after a kill; the result
 is written to ``agents/zoo/<name>/`` (weights.pt + meta.json).
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from envs.atari import BACKENDS  # noqa: E402
-from zoo_rl.zoo_training import SourceSpec, read_manifest, train_source  # noqa: E402
+from zoo_rl.zoo_training import SourceSpec, read_manifest, refresh_random_returns, train_source  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=250_000, help="steps between evaluations")
     parser.add_argument("--eval-episodes", type=int, default=5)
     parser.add_argument("--checkpoint-every", type=int, default=50_000, help="steps between checkpoints")
+    parser.add_argument("--refresh-random", action="store_true",
+                        help="instead of training, recompute the random-policy baseline in the selected committed "
+                             "sources' meta.json (10 games on fresh environments; weights untouched)")
     parser.add_argument("--restart", action="store_true", help="discard an existing checkpoint instead of resuming")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
@@ -121,6 +125,13 @@ def main(argv: list[str] | None = None) -> None:
         spec.task  # validate every entry before training anything
     if args.park:
         park(args.runs_dir, parked_dir, args.zoo_dir, specs)
+        return
+    if args.refresh_random:
+        for spec in specs:
+            meta = refresh_random_returns(spec, args.zoo_dir)
+            print(f"{spec.source_name}: random {meta['random_return_mean']:.1f} ± {meta['random_return_std']:.1f} "
+                  f"(return {meta['eval_return_mean']:.1f}), {args.zoo_dir / spec.source_name / 'meta.json'}",
+                  flush=True)
         return
     for spec in specs:
         if args.zoo and is_done(args.zoo_dir, spec):

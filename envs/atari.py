@@ -265,3 +265,27 @@ def make_atari(
         monitor_kwargs=dict(override_existing=not monitor_append),
     )
     return VecFrameStack(venv, n_stack=FRAME_STACK)
+
+
+def restart_games(venv: VecEnv) -> None:
+    """Make the next ``venv.reset()`` start a new game in every environment.
+
+    SB3's ``EpisodicLifeEnv`` (inside the gym pipeline's ``AtariWrapper``) turns ``reset()`` into
+    a no-op step unless the last game is over, so that training episodes end at each lost life
+    while the game goes on. An evaluation that starts with ``reset()`` therefore *continues* any
+    game the previous evaluation left unfinished (SB3 issue #1389): the first game counted in an
+    environment then includes the previous policy's points, and a random-policy baseline run
+    after an evaluation on the same environments includes the trained agent's. Marking the last
+    game as over makes ``reset()`` a real reset (Monitor allows it). Environments without that
+    wrapper (ale-py's vector env, Lab2D, games without lives) are left alone: their ``reset()``
+    already restarts.
+    """
+    from stable_baselines3.common.atari_wrappers import EpisodicLifeEnv
+
+    try:
+        wrapped = venv.env_is_wrapped(EpisodicLifeEnv)
+    except AttributeError:  # a VecEnv that cannot tell has no Python wrappers to fix
+        return
+    indices = [i for i, flag in enumerate(wrapped) if flag]
+    if indices:
+        venv.env_method("set_wrapper_attr", "was_real_done", True, indices=indices)

@@ -23,7 +23,17 @@ stage="${1:-all}"
 run() {  # run <results name> <transfer.py arguments...>
     local name="$1"; shift
     python experiments/transfer.py --out "runs/transfer/$name" --workers "${WORKERS:-2}" "$@"
+    reevaluate "runs/transfer/$name" "$@"
     python experiments/publish.py "runs/transfer/$name" --out "results/$name" > /dev/null
+}
+
+reevaluate() {  # reevaluate <study folder> <transfer.py arguments...>: Atari final returns from 20 new games
+    # Evaluations before envs.atari.restart_games continued the previous evaluation's unfinished games;
+    # the final model of every run plays 20 new games instead (experiments/reevaluate.py; Lab2D is unaffected).
+    local out="$1"; shift
+    if [[ " $* " != *" --target lab2d:"* ]]; then
+        python experiments/reevaluate.py "$out" --episodes 20 > /dev/null
+    fi
 }
 
 if [[ $stage == all || $stage == pong ]]; then
@@ -48,6 +58,8 @@ if [[ $stage == all || $stage == parity ]]; then
     # 4. Learning parity of the fast pipeline (issue #5), on Pong: the game where it uses both bf16 and
     #    ale-py's vector env.
     python benchmarks/parity.py --game Pong --steps 500000 --seeds 3 --workers "${WORKERS:-2}"
+    reevaluate runs/parity/Pong-fp32 && reevaluate runs/parity/Pong-bf16
+    python benchmarks/parity.py --game Pong --report-only
 fi
 if [[ $stage == all || $stage == loo ]]; then
     # 2. Leave-one-out: a zoo game as the target, its own source removed (the default zoo drops it).

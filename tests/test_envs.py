@@ -107,3 +107,34 @@ def test_bad_worker_settings():
         make_atari("Pong", n_envs=2, workers=-1)
     with pytest.raises(ValueError, match="Choose one"):
         make_atari("Pong", n_envs=2, workers=2, subproc=True)
+
+
+def test_restart_games_makes_the_next_reset_start_a_new_game():
+    """SB3's EpisodicLifeEnv turns reset() into a no-op step while lives remain (SB3 issue #1389):
+    an evaluation would continue the last one's games. restart_games makes reset() real."""
+    from envs.atari import restart_games
+
+    env = make_atari("Breakout", n_envs=2, seed=0, backend="gym")
+    ale = env.venv.envs[0].unwrapped.ale
+    env.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(2000):  # until env 0 loses a life (a training episode ends, the game goes on)
+        _, _, dones, infos = env.step(rng.integers(env.action_space.n, size=2))
+        if dones[0] and "episode" not in infos[0]:
+            break
+    assert 0 < ale.lives() < 5
+    env.reset()
+    assert 0 < ale.lives() < 5, "a plain reset() continues the game"
+    restart_games(env)
+    env.reset()
+    assert ale.lives() == 5 and ale.getEpisodeFrameNumber() < 200  # a new game (no-op start, FIRE)
+    env.close()
+
+
+def test_restart_games_leaves_other_vector_envs_alone():
+    from envs.atari import restart_games
+
+    env = make_atari("Pong", n_envs=2, seed=0, backend="ale")
+    env.reset()
+    restart_games(env)  # no Python wrappers: nothing to do, no error
+    env.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
@@ -124,3 +125,36 @@ def test_fp32_channels_last_input_is_left_untouched(image_env):
     with torch.no_grad():
         fast.policy.predict_values(x)
     assert torch.equal(x, before)
+
+
+def test_distributions_skip_checks_without_touching_torchs_default(image_env):
+    """Same values as SB3's checked distributions; torch's global default is left as it was."""
+    from torch.distributions import Distribution
+
+    plain, fast = twins(image_env, bf16=False)
+    x = pixels()
+    default = Distribution._validate_args
+    with torch.no_grad():
+        dist, ref = fast.policy.get_distribution(x), plain.policy.get_distribution(x)
+        actions = ref.get_actions()
+        torch.testing.assert_close(dist.log_prob(actions), ref.log_prob(actions), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(dist.entropy(), ref.entropy(), rtol=1e-5, atol=1e-5)
+    assert Distribution._validate_args == default
+    assert dist.distribution._validate_args is False
+    assert ref.distribution._validate_args == default  # SB3's own policy still checks
+    # The check is really gone: an action outside the support no longer raises (SB3's does).
+    bad = torch.full((16,), 99)
+    with pytest.raises(ValueError):
+        ref.log_prob(bad)
+    with pytest.raises(RuntimeError):  # what torch then does with it: gather out of range
+        dist.log_prob(bad)
+
+
+def test_distribution_checks_come_back_after_an_error(image_env):
+    from torch.distributions import Distribution
+
+    _, fast = twins(image_env, bf16=False)
+    default = Distribution._validate_args
+    with pytest.raises(RuntimeError):
+        fast.policy._get_action_dist_from_latent(torch.zeros(2, 7))  # wrong width for the action head
+    assert Distribution._validate_args == default

@@ -439,3 +439,25 @@ def test_study_json_keeps_every_method_and_command(tmp_path, monkeypatch):
     text = publish.commands_markdown(record)
     assert text.index("--methods scratch,zoo-lite") < text.index("--methods zoo-lite:noalign")
     assert publish.commands_markdown({"command": "python x.py"}) == "Command: `python x.py`\n\n"  # older study.json
+
+
+def test_a_reevaluation_on_new_games_gives_the_final_return(tmp_path):
+    """experiments/reevaluate.py's returns replace the last evaluation's, which stays beside them."""
+    from zoo_rl.study import collect_results, summarise
+
+    for seed, reevaluated in ((0, [2.0, 4.0]), (1, None)):
+        run = tmp_path / "scratch" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "result.json").write_text(json.dumps(dict(
+            target="Breakout", method="scratch", seed=seed, steps=100, final_return=9.0, final_return_std=0.0,
+            initial_return=0.0, auc=0.0, human_normalised=None, wall_seconds=1.0, timesteps_per_second=100.0)))
+        if reevaluated:
+            (run / "reevaluation.json").write_text(json.dumps({"returns": reevaluated, "mean": 3.0}))
+    table = collect_results(tmp_path)
+    assert table["final_return"].tolist() == [3.0, 9.0]
+    assert table["final_return_std"].tolist() == [1.0, 0.0]
+    assert table["last_evaluation_return"].tolist() == [9.0, 9.0]
+    assert table.loc[0, "final_episodes"] == 2 and np.isnan(table.loc[1, "final_episodes"])
+    assert table.loc[0, "human_normalised"] == pytest.approx((3.0 - 1.7) / (30.5 - 1.7))
+    row = summarise(table).iloc[0]
+    assert row["final_mean"] == 6.0 and row["last_evaluation_mean"] == 9.0 and row["final_episodes"] == 2

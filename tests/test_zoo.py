@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from stable_baselines3.common.callbacks import BaseCallback
@@ -160,3 +161,50 @@ def test_park_and_unpark_carry_a_run_across_machines(tmp_path):
     (fresh / "pong-m1" / "checkpoint.zip").write_bytes(b"newer")
     train.unpark(fresh, parked, spec)  # a local checkpoint always wins
     assert (fresh / "pong-m1" / "checkpoint.zip").read_bytes() == b"newer"
+
+
+class _FixedLength(gym.Env):
+    """Episodes of ``length`` steps with reward 1 per step."""
+
+    observation_space = gym.spaces.Box(0, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, length):
+        self.length, self.t = length, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(1, np.float32), 1.0, self.t >= self.length, False, {}
+
+
+def test_random_returns_count_each_environments_first_games():
+    """Not the first n games to end (short ones), but n/num_envs games per environment."""
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from zoo_rl.zoo_training import random_returns
+
+    env = DummyVecEnv([lambda: Monitor(_FixedLength(1)), lambda: Monitor(_FixedLength(3))])
+    assert sorted(random_returns(env, 4, seed=0)) == [1.0, 1.0, 3.0, 3.0]
+    assert sorted(random_returns(env, 3, seed=0)) == [1.0, 3.0, 3.0]  # the remainder goes to the last ones
+
+
+def test_every_evaluation_starts_new_games(tmp_path, monkeypatch):
+    import zoo_rl.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "restart_games", lambda env: calls.append(("restart", env)))
+    monkeypatch.setattr(training, "evaluate_policy",
+                        lambda model, env, **kw: calls.append(("evaluate", env)) or ([1.0], [10]))
+    eval_env = object()
+    evaluator = training.EvalEvery(eval_env, tmp_path / "evaluations.npz", every=10, n_episodes=1,
+                                   deterministic=False)
+    logger = type("Logger", (), {"record": lambda *a, **k: None})()
+    evaluator.model, evaluator.num_timesteps = type("Model", (), {"logger": logger})(), 10
+    evaluator.evaluate_now()
+    assert calls == [("restart", eval_env), ("evaluate", eval_env)]

@@ -10,15 +10,18 @@ sees one network, not two.
 
 Use ``policy=FastCnnPolicy`` (or ``"FastCnnPolicy"`` through :func:`policy_class`) where you
 would write ``"CnnPolicy"``; ``bf16=False, channels_last=False`` gives back plain float32.
-Two more savings that change no value the policy sees: Adam runs fused (one kernel for all
+Three more savings that change no value the policy sees: Adam runs fused (one kernel for all
 parameters: ``python benchmarks/profile_ppo.py`` reports its step per minibatch, about 1.2 ms
-against 5.3 ms with ``--plain``), and on-policy algorithms
-can keep their rollouts channels-last with :class:`ChannelsLastRolloutBuffer` (pass
+against 5.3 ms with ``--plain``); the action distributions skip torch's argument checks (a
+large share of a rollout step's policy time at batch 8, see :func:`_unchecked`); and on-policy
+algorithms can keep their rollouts channels-last with :class:`ChannelsLastRolloutBuffer` (pass
 :func:`algo_kwargs` to the algorithm), so that minibatches need a dtype cast but no transpose.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,6 +32,7 @@ from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from stable_baselines3.common.policies import ActorCriticCnnPolicy
 from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
 from torch import nn
+from torch.distributions import Distribution as TorchDistribution
 
 
 def cpu_supports_bf16() -> bool:
@@ -39,6 +43,33 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _distribution_checks_off() -> Iterator[None]:
+    """torch.distributions' argument checks off while distributions are built here (restored after)."""
+    previous = TorchDistribution._validate_args
+    TorchDistribution._validate_args = False
+    try:
+        yield
+    finally:
+        TorchDistribution._validate_args = previous
+
+
+def _unchecked(distribution: Distribution) -> Distribution:
+    """``distribution`` built without torch's argument checks, and with its later sample checks off.
+
+    The checks (parameters within their constraints at construction, each sample in the support
+    in ``log_prob``) test values that SB3's heads produce by construction (finite logits, actions
+    sampled from the distribution itself or taken from the rollout buffer), and they are a large
+    share of the policy's time at a rollout's batch of 8 (``python benchmarks/profile_ppo.py``).
+    Only the distributions of this policy are affected, not torch's global default.
+    """
+    inner = distribution.distribution
+    for torch_distribution in inner if isinstance(inner, (list, tuple)) else [inner]:
+        if isinstance(torch_distribution, TorchDistribution):
+            torch_distribution._validate_args = False
+    return distribution
+
+
 class FastCnnPolicy(ActorCriticCnnPolicy):
     """``ActorCriticCnnPolicy`` with a bfloat16, channels-last feature extractor.
 
@@ -47,6 +78,7 @@ class FastCnnPolicy(ActorCriticCnnPolicy):
         for speed here).
     :param channels_last: lay images out channels-last (NHWC), oneDNN's fast layout for convolutions.
     Adam (SB3's default optimizer) runs with ``fused=True`` unless ``optimizer_kwargs`` says otherwise.
+    Action distributions skip torch's argument checks (the same values, see :func:`_unchecked`).
     Other arguments are those of :class:`~stable_baselines3.common.policies.ActorCriticCnnPolicy`.
     """
 
@@ -112,6 +144,10 @@ class FastCnnPolicy(ActorCriticCnnPolicy):
     def get_distribution(self, obs: torch.Tensor) -> Distribution:
         features = self._run_extractor(obs, self.pi_features_extractor)
         return self._get_action_dist_from_latent(self.mlp_extractor.forward_actor(features))
+
+    def _get_action_dist_from_latent(self, latent_pi: torch.Tensor) -> Distribution:
+        with _distribution_checks_off():
+            return _unchecked(super()._get_action_dist_from_latent(latent_pi))
 
 
 class ChannelsLastRolloutBuffer(RolloutBuffer):

@@ -74,9 +74,11 @@ ZOO_OPTIONS: dict[str, dict[str, Any]] = {
     "align-conv": dict(align="conv"),
 }
 RESULT = "result.json"
-RESULT_COLUMNS = ["target", "method", "seed", "steps", "final_return", "final_return_std", "initial_return",
-                  "auc", "threshold", "steps_to_threshold", "human_normalised", "wall_seconds", "timesteps_per_second",
-                  "parallel_runs"]
+RESULT_COLUMNS = ["target", "method", "seed", "steps", "final_return", "final_return_std", "final_episodes",
+                  "last_evaluation_return", "initial_return", "auc", "threshold", "steps_to_threshold",
+                  "human_normalised", "wall_seconds", "timesteps_per_second", "parallel_runs"]
+#: A run's re-evaluation on new games (``experiments/reevaluate.py``); when present it gives the final return.
+REEVALUATION = "reevaluation.json"
 
 
 @dataclass
@@ -473,6 +475,16 @@ def collect_results(out: Path) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
     table = table.drop_duplicates(["target", "method", "seed"], keep="last")
+    # The final return: the run's re-evaluation on new games where there is one (experiments/reevaluate.py),
+    # else its last evaluation; the last evaluation is kept beside it either way.
+    table["last_evaluation_return"] = table["final_return"]
+    table["final_episodes"] = np.nan
+    for index, r in table.iterrows():
+        path = run_path(Path(out), r["method"], r["seed"]) / REEVALUATION
+        if path.is_file():
+            returns = json.loads(path.read_text())["returns"]
+            table.loc[index, ["final_return", "final_return_std", "final_episodes"]] = (
+                float(np.mean(returns)), float(np.std(returns)), len(returns))
     # From the final return again, so that reference scores added later (ATARI_SCORES) count for old runs.
     table["human_normalised"] = [_human_normalised(r.final_return, r.target, r.human_normalised)
                                  for r in table.itertuples()]
@@ -563,6 +575,9 @@ def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
         rows.append({
             "method": method, "runs": len(g), "final_mean": g["final_return"].mean(),
             "final_std": g["final_return"].std(ddof=1) if len(g) > 1 else 0.0,
+            # games per run behind final_mean: a re-evaluation's count, or NaN for the last evaluation
+            "final_episodes": g["final_episodes"].max() if "final_episodes" in g else np.nan,
+            "last_evaluation_mean": g["last_evaluation_return"].mean() if "last_evaluation_return" in g else np.nan,
             "initial_mean": g["initial_return"].mean(),
             "iqm": point, "iqm_low": low, "iqm_high": high,
             "human_normalised": g["human_normalised"].mean(), "auc_mean": g["auc"].mean(),

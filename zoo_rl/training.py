@@ -34,6 +34,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
+from envs.atari import restart_games
 from zoo_rl.fast import algo_kwargs
 from zoo_rl.sources import atomic_write_bytes
 
@@ -201,7 +202,9 @@ class EvalEvery(_EveryN):
     """Evaluate every ``every`` steps on ``eval_env``; append to ``evaluations.npz`` (resumable).
 
     The file has SB3's ``EvalCallback`` layout, so tools that read that file read this one.
-    Returns are full-game, unclipped returns (read from the Monitor inside the wrappers).
+    Returns are full-game, unclipped returns (read from the Monitor inside the wrappers). Every
+    evaluation starts new games (:func:`envs.atari.restart_games`): with SB3's Atari wrappers a
+    plain ``reset()`` would continue the games the previous evaluation left unfinished.
     """
 
     def __init__(
@@ -232,6 +235,7 @@ class EvalEvery(_EveryN):
         if self.evaluations["timesteps"] and int(self.evaluations["timesteps"][-1]) == self.num_timesteps:
             return np.asarray(self.evaluations["results"][-1])
         model = self.evaluate_as(self.model) if self.evaluate_as is not None else self.model
+        restart_games(self.eval_env)
         returns, lengths = evaluate_policy(
             model, self.eval_env, n_eval_episodes=self.n_episodes,
             deterministic=self.deterministic, return_episode_rewards=True, warn=False,

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +21,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
+from envs.atari import restart_games
 from envs.tasks import Task, env_backend, make_env, resolve
 from zoo_rl.fast import policy_class
-from zoo_rl.sources import LAYERS, write_compact
+from zoo_rl.sources import LAYERS, atomic_write_bytes, write_compact
 from zoo_rl.training import (
     ON_POLICY, RunSpec, check_resume_backend, command_line, env_versions, load_hyperparams, train_run, write_json,
 )
@@ -113,15 +115,55 @@ def float16_is_exact(model: BaseAlgorithm, observations: np.ndarray) -> bool:
 
 
 def random_returns(env: VecEnv, n_episodes: int, seed: int) -> list[float]:
-    """Full-game returns of the uniform random policy on ``env`` (Monitor inside the wrappers)."""
+    """Full-game returns of the uniform random policy on ``env`` (Monitor inside the wrappers).
+
+    Every environment starts a new game (:func:`envs.atari.restart_games`: on SB3's Atari wrappers a
+    reset after an evaluation would otherwise continue the trained agent's unfinished games, whose
+    points then counted as the random policy's), and environment ``i`` contributes its first
+    ``(n_episodes + i) // n_envs`` games, as SB3's ``evaluate_policy`` counts them (taking the
+    first ``n_episodes`` games to end, whichever environment played them, favours short games).
+    """
     rng = np.random.default_rng(seed)
+    targets = [(n_episodes + i) // env.num_envs for i in range(env.num_envs)]
+    counts = [0] * env.num_envs
+    restart_games(env)
     env.seed(seed)
     env.reset()
     returns: list[float] = []
-    while len(returns) < n_episodes:
+    while counts != targets:
         _, _, _, infos = env.step(rng.integers(env.action_space.n, size=env.num_envs))
-        returns += [float(info["episode"]["r"]) for info in infos if "episode" in info]
-    return returns[:n_episodes]
+        for i, info in enumerate(infos):
+            if "episode" in info and counts[i] < targets[i]:
+                returns.append(float(info["episode"]["r"]))
+                counts[i] += 1
+    return returns
+
+
+def source_random_returns(spec: SourceSpec) -> list[float]:
+    """The random-policy baseline recorded in a source's ``meta.json``: 10 full games on fresh
+    environments of the source's task (evaluation protocol, one game per environment)."""
+    env = make_env(spec.task, FINAL_EVAL_EPISODES, seed=spec.seed + 30_000)
+    try:
+        return random_returns(env, FINAL_EVAL_EPISODES, seed=spec.seed + 30_000)
+    finally:
+        env.close()
+
+
+def refresh_random_returns(spec: SourceSpec, zoo_dir: str | Path = "agents/zoo") -> dict[str, Any]:
+    """Recompute the random-policy baseline in a committed source's ``meta.json`` (weights untouched).
+
+    Sources exported before :func:`random_returns` restarted the games recorded a baseline that
+    continued the trained agent's unfinished games on Atari games with lives (Breakout: 4.4
+    instead of about 1.5). ``python agents/train.py --zoo --refresh-random`` rewrites them.
+    """
+    path = Path(zoo_dir) / spec.source_name / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no committed source {spec.source_name!r} to refresh; train it first.")
+    meta = json.loads(path.read_text())
+    rand = source_random_returns(spec)
+    meta.update(random_return_mean=float(np.mean(rand)), random_return_std=float(np.std(rand)))
+    atomic_write_bytes(path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    return meta
 
 
 def _zoo_dir_flag(zoo_dir: str | Path) -> str:
@@ -171,7 +213,7 @@ def train_source(
     final_env = make_env(task, FINAL_EVAL_EPISODES, seed=spec.seed + 20_000)
     final, _ = evaluate_policy(model, final_env, n_eval_episodes=FINAL_EVAL_EPISODES,
                                deterministic=spec.algo not in ON_POLICY, return_episode_rewards=True, warn=False)
-    rand = random_returns(final_env, FINAL_EVAL_EPISODES, seed=spec.seed + 30_000)
+    rand = source_random_returns(spec)
     test_obs = collect_observations(make_env(task, 8, seed=spec.seed + 40_000), FP16_CHECK_OBS)
     dtype = torch.float16 if float16_is_exact(model, test_obs) else torch.float32
     extractor, heads = split_policy_state(model)
