@@ -82,6 +82,20 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def final_return_note(results: pd.DataFrame) -> str:
+    """Where the final returns come from: a re-evaluation on new games, or the last evaluation."""
+    episodes = results["final_episodes"].dropna() if "final_episodes" in results else pd.Series(dtype=float)
+    if episodes.empty:
+        return "Final return: the last evaluation of each run."
+    counts = ", ".join(str(int(n)) for n in sorted(episodes.unique()))
+    which = ("for every run" if len(episodes) == len(results)
+             else f"for {len(episodes)} of {len(results)} runs, the last evaluation for the others")
+    note = f"Final return: {counts} new games per run with the run's final model (`python experiments/reevaluate.py`) {which}. "
+    return note + ("Evaluations during training (curves, AUC, step 0) are the run's own: in runs trained before "
+                   "`envs.atari.restart_games`, each evaluation after the first continued the games the previous one "
+                   "left unfinished. The last of them is column `last_evaluation_return` of results.csv.")
+
+
 def gates_markdown(gates: pd.DataFrame) -> str:
     """Per zoo method: the last logged gate of each source in each layer, mean over seeds."""
     if gates.empty:
@@ -140,7 +154,8 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
     diagnostics = diagnose_study(study_dir)
     write_csv_atomic(diagnostics, out / "diagnostics.csv")
     written.append(out / "diagnostics.csv")
-    text = (header + summary_markdown(summary) + "\n\n" + cost_note(results) + "\n\n" + gates_markdown(gates) + "\n\n"
+    text = (header + summary_markdown(summary) + "\n\n" + final_return_note(results) + "\n\n"
+            + cost_note(results) + "\n\n" + gates_markdown(gates) + "\n\n"
             + diagnostics_markdown(diagnostics) + "\n")
     atomic_write_bytes(out / "tables.md", text.encode())
     written.append(out / "tables.md")

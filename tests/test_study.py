@@ -461,3 +461,15 @@ def test_a_reevaluation_on_new_games_gives_the_final_return(tmp_path):
     assert table.loc[0, "human_normalised"] == pytest.approx((3.0 - 1.7) / (30.5 - 1.7))
     row = summarise(table).iloc[0]
     assert row["final_mean"] == 6.0 and row["last_evaluation_mean"] == 9.0 and row["final_episodes"] == 2
+
+
+def test_tables_say_where_the_final_returns_come_from():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import publish
+
+    plain = pd.DataFrame({"final_episodes": [np.nan, np.nan], "last_evaluation_return": [1.0, 2.0]})
+    assert publish.final_return_note(plain) == "Final return: the last evaluation of each run."
+    mixed = plain.assign(final_episodes=[20.0, np.nan])
+    note = publish.final_return_note(mixed)
+    assert note.startswith("Final return: 20 new games per run") and "for 1 of 2 runs" in note
+    assert "for every run" in publish.final_return_note(plain.assign(final_episodes=[20.0, 20.0]))

@@ -12,8 +12,8 @@ Use ``policy=FastCnnPolicy`` (or ``"FastCnnPolicy"`` through :func:`policy_class
 would write ``"CnnPolicy"``; ``bf16=False, channels_last=False`` gives back plain float32.
 Three more savings that change no value the policy sees: Adam runs fused (one kernel for all
 parameters: ``python benchmarks/profile_ppo.py`` reports its step per minibatch, about 1.2 ms
-against 5.3 ms with ``--plain``); the action distributions skip torch's argument checks (a
-large share of a rollout step's policy time at batch 8, see :func:`_unchecked`); and on-policy
+against 5.3 ms with ``--plain``); the action distributions skip torch's argument checks
+(they ran at every rollout step, see :func:`_unchecked`); and on-policy
 algorithms can keep their rollouts channels-last with :class:`ChannelsLastRolloutBuffer` (pass
 :func:`algo_kwargs` to the algorithm), so that minibatches need a dtype cast but no transpose.
 """
@@ -59,8 +59,8 @@ def _unchecked(distribution: Distribution) -> Distribution:
 
     The checks (parameters within their constraints at construction, each sample in the support
     in ``log_prob``) test values that SB3's heads produce by construction (finite logits, actions
-    sampled from the distribution itself or taken from the rollout buffer), and they are a large
-    share of the policy's time at a rollout's batch of 8 (``python benchmarks/profile_ppo.py``).
+    sampled from the distribution itself or taken from the rollout buffer), at every rollout step
+    and minibatch; a profile of ``collect_rollouts`` showed them next to the convolutions.
     Only the distributions of this policy are affected, not torch's global default.
     """
     inner = distribution.distribution
