@@ -12,7 +12,7 @@ previous evaluation. This script measures what that did to a study's final retur
 sampled actions for PPO, zoo-lite merged by ``export_lite`` as in training), and
 
 - ``<run>/reevaluation.json`` keeps the returns (a rerun skips runs that have one, unless the
-  episode count differs);
+  episode count differs; files written before the actions were seeded say ``"seeded": false``);
 - ``<study>/reevaluation.csv`` has one row per run: the recorded ``final_return`` (continued
   games) beside ``final_return_new_games``;
 - a table per method (means over seeds, their difference) is printed.
@@ -73,13 +73,15 @@ def reevaluate_run(run: Path, episodes: int | None) -> dict:
 
         model = export_lite(model)
     env = make_env(task, n, seed=10_000 + int(config["seed"]), backend="gym")
+    model.set_random_seed(10_000 + int(config["seed"]))  # the sampled actions too, so that a rerun repeats them
     try:
         restart_games(env)
         returns, _ = evaluate_policy(model, env, n_eval_episodes=n, deterministic=algo not in ON_POLICY,
                                      return_episode_rewards=True, warn=False)
     finally:
         env.close()
-    data = {"returns": [float(r) for r in returns], "mean": float(np.mean(returns)), "command": command_line()}
+    data = {"returns": [float(r) for r in returns], "mean": float(np.mean(returns)), "seeded": True,
+            "command": command_line()}
     write_json(cached, data)
     return data
 

@@ -17,7 +17,7 @@ from conftest import random_nature_state
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.metrics import area_under_curve, difference_interval, human_normalised, iqm, steps_to_threshold
 from zoo_rl.sources import write_compact
-from zoo_rl.study import RESULT_COLUMNS, StudyConfig, cross_target, plan, run_study, summarise
+from zoo_rl.study import RESULT_COLUMNS, StudyConfig, collect_results, cross_target, plan, run_study, summarise
 
 TINY = dict(steps=512, eval_every=256, eval_episodes=1, n_envs=2, seeds=1)
 
@@ -282,6 +282,19 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     assert "| vs scratch [95% CI] |" in tables and "| AUC vs scratch [95% CI] |" in tables
     diagnostics = pd.read_csv(tmp_path / "published" / "diagnostics.csv")
     assert set(diagnostics["method"]) == {"zoo-lite"} and (diagnostics["drift"] > 0).all()
+
+    # New games from the final models (experiments/reevaluate.py): seeded, so a rerun repeats them,
+    # and the tables then take the final return from them.
+    import reevaluate
+
+    reevaluate.main([str(out), "--episodes", "2"])
+    first = json.loads((out / "scratch" / "seed0" / "reevaluation.json").read_text())
+    assert len(first["returns"]) == 2 and first["seeded"]
+    (out / "scratch" / "seed0" / "reevaluation.json").unlink()
+    assert reevaluate.reevaluate_run(out / "scratch" / "seed0", 2)["returns"] == first["returns"]
+    rows = collect_results(out)
+    assert (rows["final_episodes"] == 2).all()
+    assert rows.loc[rows["method"] == "scratch", "final_return"].item() == pytest.approx(np.mean(first["returns"]))
 
 
 @pytest.mark.slow
