@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The studies behind results/ (issues #5, #6 and #7), in the order they are run: the Pong study (with
 # the paper's sigmoid gates: with the Lab2D study, the evidence that made sigmoid the default
-# normalisation of the later studies), the Lab2D study, the parity run, leave-one-out, Pong at 500k, the
-# alignment ablation on RoadRunner and the other Pong ablations (alignment, gate learning rate). Every command resumes: rerun this script
+# normalisation of the later studies), the Lab2D study, the parity run, leave-one-out, Pong at 500k and its
+# learning-rate check, the alignment ablation on RoadRunner and the other Pong ablations (alignment, gate
+# learning rate). Every command resumes: rerun this script
 # after an interruption and finished runs are skipped. Each study is published into results/<name>/
 # (tables, plots, tables.md) as soon as it finishes.
 #
 #   bash experiments/studies.sh            # everything, in order (about 19 CPU-hours on 2 cores)
-#   bash experiments/studies.sh pong       # one stage: pong | lab2d | parity | loo | cross | pong-long | loo-ablation | pong-ablation
+#   bash experiments/studies.sh pong       # one stage: pong | lab2d | parity | loo | cross | pong-long |
+#                                          pong-long-lr | loo-ablation | pong-ablation
 #
 # The pong-100k and lab2d studies started under softmax gates (then the default) and pin it, so that
 # their "zoo" and "zoo-lite" keep one meaning whatever the library default becomes.
@@ -76,6 +78,16 @@ fi
 if [[ $stage == all || $stage == pong-long ]]; then
     # 1c. The informative methods at 500k steps.
     run pong-500k --target Pong --steps 500000 --eval-every 25000 --methods scratch,finetune:pong-m1,zoo-lite
+fi
+if [[ $stage == all || $stage == pong-long-lr ]]; then
+    # 1d. One level down on Pong at 500k: zoo-lite's curves reached positive scores by 350k steps, where the
+    #     pong-m1 fine-tune stayed below -10, with gates that hardly moved (0.50-0.56). Under Adam every bank
+    #     takes the same step (its gradient is g_k times the merged layer's, and Adam's step ignores the
+    #     scale), so K = 5 sigmoid gates at 0.5 move the merged network about 2.5x as far per update as a
+    #     fine-tune moves its own. Is zoo-lite's lead its effective learning rate? Scratch and the fine-tune
+    #     at 2.5e-4 (also the RL Zoo's PPO Atari rate) answer it.
+    run pong-500k-lr2.5e-4 --target Pong --steps 500000 --eval-every 25000 --lr 2.5e-4 \
+        --methods scratch,finetune:pong-m1
 fi
 if [[ $stage == all || $stage == loo-ablation ]]; then
     # 2c. Alignment one level down where zoo-lite was hurt (RoadRunner, four unrelated sources), with the
