@@ -35,11 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from envs.atari import restart_games  # noqa: E402
 from envs.tasks import make_env, resolve  # noqa: E402
-from zoo_rl.training import ALGOS, ON_POLICY, command_line, write_json  # noqa: E402
-
-RESULT = "result.json"
-FINAL = "final.zip"
-OUT = "reevaluation.json"
+from zoo_rl.study import RESULT, write_csv_atomic  # noqa: E402
+from zoo_rl.study import REEVALUATION as OUT  # noqa: E402  (the file collect_results reads)
+from zoo_rl.training import ALGOS, FINAL, ON_POLICY, command_line, write_json  # noqa: E402
 
 
 def finished_runs(study: Path) -> list[Path]:
@@ -100,9 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{run}: recorded {result['final_return']:.2f}, new games {data['mean']:.2f}", flush=True)
     table = pd.DataFrame(rows)
     out = args.study / "reevaluation.csv"
-    tmp = out.with_suffix(".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(out)
+    write_csv_atomic(table, out)
     per_method = table.groupby("method")[["final_return", "final_return_new_games"]].mean()
     per_method["difference"] = per_method["final_return_new_games"] - per_method["final_return"]
     print(per_method.sort_values("final_return_new_games", ascending=False).round(2).to_string())
