@@ -30,9 +30,9 @@ import torch
 
 from zoo_rl.extractor import ZooExtractor, cached_zoo
 from zoo_rl.sources import LAYERS, SourceUnavailable
+from zoo_rl.training import FINAL  # the final model's file name in a run folder, written by the study runner
 
 DIAGNOSTIC_COLUMNS = ["method", "seed", "layer", "source", "gate", "align_dev", "drift"]
-FINAL = "final.zip"
 
 
 def read_policy_state(model_zip: str | Path) -> dict[str, torch.Tensor]:
