@@ -88,6 +88,11 @@ if [[ $stage == all || $stage == pong-long-lr ]]; then
     #     at 2.5e-4 (also the RL Zoo's PPO Atari rate) answer it.
     run pong-500k-lr2.5e-4 --target Pong --steps 500000 --eval-every 25000 --lr 2.5e-4 \
         --methods scratch,finetune:pong-m1
+    # Both studies side by side, differences to zoo-lite at 1e-4 with their intervals, curves in one plot.
+    python experiments/compare.py --run results/pong-500k zoo-lite \
+        --run results/pong-500k finetune:pong-m1 --run results/pong-500k-lr2.5e-4 finetune:pong-m1 \
+        --run results/pong-500k scratch --run results/pong-500k-lr2.5e-4 scratch \
+        --out results/pong-500k-lr-compare --plot > /dev/null
 fi
 if [[ $stage == all || $stage == loo-ablation ]]; then
     # 2c. Alignment one level down where zoo-lite was hurt (RoadRunner, four unrelated sources), with the
