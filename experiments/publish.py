@@ -120,9 +120,10 @@ def diagnostics_markdown(table: pd.DataFrame) -> str:
     summary = diagnostics_summary(table)
     lines = ["One level down (`diagnostics.csv`; effective sources = exp(entropy of the gates): K when uniform, "
              "1 when collapsed; alignment = ||A - I|| / ||I||; drift = ||W - W_source|| / ||W_source||, "
-             "means over sources and seeds):", "",
-             "| method | layer | seeds | effective sources | top source (gate) | alignment | drift |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "means over sources and seeds; moved = ||W - W_start|| of the layer the agent acts with, the merged "
+             "layer for zoo-lite and uniform, mean over seeds):", "",
+             "| method | layer | seeds | effective sources | top source (gate) | alignment | drift | moved |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def fmt(value: float, digits: int = 3) -> str:
         return "n/a" if pd.isna(value) else f"{value:.{digits}f}"
@@ -130,7 +131,7 @@ def diagnostics_markdown(table: pd.DataFrame) -> str:
     for r in summary.itertuples():
         top = "n/a" if r.top_source is None else f"{r.top_source} ({r.top_gate:.3f})"
         lines.append(f"| {r.method} | {r.layer} | {r.seeds} | {fmt(r.effective_sources, 2)} | {top} | "
-                     f"{fmt(r.align_dev)} | {fmt(r.drift)} |")
+                     f"{fmt(r.align_dev)} | {fmt(r.drift)} | {fmt(r.moved, 2)} |")
     return "\n".join(lines)
 
 

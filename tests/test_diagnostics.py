@@ -1,4 +1,4 @@
-"""One level down: gates, alignment deviation and drift read back from saved runs, by hand."""
+"""One level down: gates, alignment deviation, drift and movement read back from saved runs, by hand."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from zoo_rl.extractor import ZooExtractor
 from zoo_rl.sources import load_zoo
 
 
-def save_run(model, folder, method, zoo, seed=0):
+def save_run(model, folder, method, zoo, seed=0, **config):
     folder.mkdir(parents=True)
     model.save(folder / "final.zip")
-    (folder / "config.json").write_text(json.dumps({"method": method, "seed": seed, "zoo": zoo}))
+    (folder / "config.json").write_text(json.dumps({"method": method, "seed": seed, "zoo": zoo, **config}))
 
 
 def zoo_model(env, zoo, gate):
@@ -67,11 +67,42 @@ def test_gates_alignment_and_drift_by_hand(zoo_paths, image_env, tmp_path):
     assert table.loc[("finetune:src1", "cnn.0", "src1"), "drift"] == pytest.approx(0.2, rel=1e-4)
     assert table.loc[("finetune:src1", "linear.0", "src1"), "drift"] == pytest.approx(0.0, abs=1e-7)
 
+    # moved: the merged layer against its start (K = 2: both 0.5 whatever the normalisation), by hand.
+    w = {layer: [s.state[f"{layer}.weight"] for s in load_zoo(zoo)] for layer in ("cnn.0", "cnn.2", "linear.0")}
+    by_hand = {"cnn.0": -0.25 * w["cnn.0"][0] + (0.75 * 1.5 - 0.5) * w["cnn.0"][1],  # A_1 = 1.5 I
+               "cnn.2": -0.25 * w["cnn.2"][0] + 0.25 * w["cnn.2"][1],
+               "linear.0": (0.25 * 1.1 - 0.5) * w["linear.0"][0] + 0.25 * w["linear.0"][1]}  # W_0 x 1.1
+    for layer, delta in by_hand.items():
+        for source in ("src0", "src1"):  # one value per layer, on each source's row
+            assert table.loc[("zoo-lite", layer, source), "moved"] == pytest.approx(float(delta.norm()), rel=1e-4)
+    assert table.loc[("finetune:src1", "cnn.0", "src1"), "moved"] == pytest.approx(0.2 * float(w["cnn.0"][1].norm()), rel=1e-4)
+    assert table.loc[("finetune:src1", "cnn.2", "src1"), "moved"] == pytest.approx(0.0, abs=1e-6)
+    assert math.isnan(table.loc[("zoo", "cnn.0", "src0"), "moved"])  # input-dependent gates: no one layer
+
     summary = diagnostics_summary(diagnose_study(tmp_path)).set_index(["method", "layer"])
+    assert summary.loc[("zoo-lite", "cnn.2"), "moved"] == pytest.approx(float(by_hand["cnn.2"].norm()), rel=1e-4)
     assert summary.loc[("zoo-lite", "cnn.0"), "top_source"] == "src1"
     assert summary.loc[("zoo-lite", "cnn.0"), "effective_sources"] == pytest.approx(effective_sources([0.25, 0.75]))
     assert summary.loc[("zoo", "cnn.0"), "top_source"] == "src0"
     assert summary.loc[("zoo", "cnn.2"), "top_source"] is None and math.isnan(summary.loc[("zoo", "cnn.2"), "effective_sources"])
+
+
+def test_moved_starts_from_the_gates_of_the_trained_normalisation(zoo_paths, image_env, tmp_path):
+    """K = 3 untouched sources with every gate at 0.5: the start of sigmoid gates (moved 0), but 1/3 above
+    the start of softmax gates (moved = ||(0.5 - 1/3) sum_k W_k||)."""
+    zoo = zoo_paths
+    lite = zoo_model(image_env, zoo, "lite")
+    with torch.no_grad():
+        for layer in lite.policy.features_extractor.layers.values():
+            layer.running_gates.fill_(0.5)
+    for normalisation in ("sigmoid", "softmax"):
+        save_run(lite, tmp_path / normalisation / "zoo-lite" / "seed0", "zoo-lite", zoo,
+                 extractor_kwargs={"gate": "lite", "normalisation": normalisation})
+    total = sum(s.state["linear.0.weight"] for s in load_zoo(zoo))
+    sigmoid = diagnose_study(tmp_path / "sigmoid").set_index(["layer", "source"])
+    softmax = diagnose_study(tmp_path / "softmax").set_index(["layer", "source"])
+    assert (sigmoid["moved"].abs() < 1e-5).all()
+    assert softmax.loc[("linear.0", "src0"), "moved"] == pytest.approx(float(((0.5 - 1 / 3) * total).norm()), rel=1e-4)
 
 
 def test_effective_sources():

@@ -10,7 +10,14 @@ from, and answers per layer and source:
 - ``align_dev``: ``||A_k - I||_F / ||I||_F``, how far source k's channel alignment left the identity
   (0: alignment unused; NaN without alignment);
 - ``drift``: ``||W_k - W_k^0||_F / ||W_k^0||_F``, how far training moved source k's weights in the bank
-  (for ``finetune:<source>`` runs: the fine-tuned layer against that source).
+  (for ``finetune:<source>`` runs: the fine-tuned layer against that source);
+- ``moved``: ``||W - W^0||_F`` of the layer the agent acts with, one value per layer (repeated on each
+  source's row): for a fine-tune its weight against the source; for ``zoo-lite`` and ``uniform`` the merged
+  layer ``sum_k g_k A_k W_k`` against the one it started as (every gate at its start value: 0.5 for
+  sigmoid gates, 1/K otherwise; A_k = I; the sources' weights). An absolute distance, comparable between
+  methods of one study: under Adam every bank takes about the step a plain layer takes, so K sigmoid gates
+  at 0.5 move the merged layer about K/2 times as far per update as a fine-tune moves its own
+  (``tests/test_layers.py``). NaN for input-dependent gates (``zoo``, batch mode) and scratch.
 
 ``effective_sources`` summarises a layer's gates as ``exp(entropy)``: K for uniform gates, 1 for gates
 that collapsed onto one source.
@@ -28,11 +35,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from zoo_rl.aggregate import align_weights, mix
 from zoo_rl.extractor import ZooExtractor, cached_zoo
 from zoo_rl.sources import LAYERS, SourceUnavailable
+from zoo_rl.study import trained_normalisation
 from zoo_rl.training import FINAL  # the final model's file name in a run folder, written by the study runner
 
-DIAGNOSTIC_COLUMNS = ["method", "seed", "layer", "source", "gate", "align_dev", "drift"]
+DIAGNOSTIC_COLUMNS = ["method", "seed", "layer", "source", "gate", "align_dev", "drift", "moved"]
 
 
 def read_policy_state(model_zip: str | Path) -> dict[str, torch.Tensor]:
@@ -52,6 +61,17 @@ def _prefix(state: dict[str, torch.Tensor], suffix: str) -> str | None:
 
 def relative_change(now: torch.Tensor, before: torch.Tensor) -> float:
     return float((now.float() - before.float()).norm() / before.float().norm().clamp_min(1e-12))
+
+
+def start_gate(normalisation: str | None, k: int) -> float:
+    """Every gate's value at the start of training (the gate's last layer starts at zero): sigmoid(0) for
+    the paper's sigmoid gates, 1/K for softmax, sigmoid-sum and uniform weight averaging."""
+    return 0.5 if normalisation == "sigmoid" else 1.0 / k
+
+
+def merged_weight(bank: torch.Tensor, align: torch.Tensor | None, gates: torch.Tensor) -> torch.Tensor:
+    """``sum_k g_k A_k W_k`` of a ``(K, O, ...)`` bank (float32)."""
+    return mix(gates.float(), align_weights(bank.float(), None if align is None else align.float()))
 
 
 def effective_sources(gates: np.ndarray) -> float:
@@ -99,12 +119,18 @@ def diagnose_run(run_dir: str | Path) -> pd.DataFrame:
     zoo_prefix = _prefix(state, "layers.cnn_0.weight")
     if zoo_prefix is not None:
         logged = _last_logged_gates(run_dir)
+        normalisation = trained_normalisation(run_dir, method)
         for layer in LAYERS:
             key = zoo_prefix + "layers." + layer.replace(".", "_") + "."
             bank, align = state[key + "weight"], state.get(key + "align")
             k = bank.shape[0]
             names = [s.name for s in sources] if len(sources) == k else [f"source{i}" for i in range(k)]
             running = state.get(key + "running_gates")
+            moved = float("nan")
+            if base in ("zoo-lite", "uniform") and running is not None and len(sources) == k:
+                start = torch.stack([s.state[f"{layer}.weight"].float() for s in sources])
+                start = merged_weight(start, None, torch.full((k,), start_gate(normalisation, k)))
+                moved = float((merged_weight(bank, align, running) - start).norm())
             for i, name in enumerate(names):
                 if base in ("zoo-lite", "uniform") and running is not None:
                     gate = float(running[i])  # what the merged network uses (1/K for uniform)
@@ -114,14 +140,16 @@ def diagnose_run(run_dir: str | Path) -> pd.DataFrame:
                              if align is not None else float("nan"))
                 drift = (relative_change(bank[i], sources[i].state[f"{layer}.weight"])
                          if len(sources) == k else float("nan"))
-                rows.append((method, seed, layer, name, gate, align_dev, drift))
+                rows.append((method, seed, layer, name, gate, align_dev, drift, moved))
     elif base == "finetune":
         prefix = _prefix(state, "cnn.0.weight")
         source = next((s for s in sources if s.name == arg), None)
         for layer in LAYERS:
-            drift = (relative_change(state[f"{prefix}{layer}.weight"], source.state[f"{layer}.weight"])
-                     if source is not None and prefix is not None else float("nan"))
-            rows.append((method, seed, layer, arg, 1.0, float("nan"), drift))
+            drift = moved = float("nan")
+            if source is not None and prefix is not None:
+                now, before = state[f"{prefix}{layer}.weight"].float(), source.state[f"{layer}.weight"].float()
+                drift, moved = relative_change(now, before), float((now - before).norm())
+            rows.append((method, seed, layer, arg, 1.0, float("nan"), drift, moved))
     return pd.DataFrame(rows, columns=DIAGNOSTIC_COLUMNS)
 
 
@@ -136,7 +164,7 @@ def diagnose_study(out: str | Path) -> pd.DataFrame:
 
 def diagnostics_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per method and layer, means over seeds: effective sources, the top source and its gate,
-    mean alignment deviation and mean drift over sources."""
+    mean alignment deviation and mean drift over sources, and how far the layer the agent acts with moved."""
     rows = []
     for (method, layer), g in table.groupby(["method", "layer"], sort=True):
         gates = g.groupby("source")["gate"].mean()
@@ -146,7 +174,8 @@ def diagnostics_summary(table: pd.DataFrame) -> pd.DataFrame:
                      "effective_sources": float(np.mean(per_seed)),
                      "top_source": known.idxmax() if not known.empty else None,
                      "top_gate": float(known.max()) if not known.empty else float("nan"), "align_dev": float(g["align_dev"].mean()),
-                     "drift": float(g["drift"].mean())})
+                     "drift": float(g["drift"].mean()),
+                     "moved": float(g.groupby("seed")["moved"].first().mean()) if "moved" in g else float("nan")})
     return pd.DataFrame(rows)
 
 
