@@ -40,7 +40,7 @@ def method_styles(methods: list[str]) -> dict[str, dict[str, object]]:
     colours = [tab20(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]  # the ten dark hues, then their light pairs
     styles = {}
     for i, method in enumerate(methods):
-        base = method.partition(":")[0]
+        base = method.partition(":")[0].partition(" [")[0]  # "scratch [study]": compare.py's labels
         styles[method] = dict(color=colours[i % 20], linestyle={"finetune": "--", "scratch": ":"}.get(base, "-"))
     return styles
 
