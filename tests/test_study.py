@@ -170,6 +170,9 @@ def test_plots_from_fixture_csv(tmp_path):
     styles = method_styles(methods + ["zoo-lite:sigmoid", "zoo-lite:noalign"])  # 11 methods: past tab10
     assert len({s["color"] for s in styles.values()}) == 11
     assert styles["finetune:s0"]["linestyle"] == "--" and styles["scratch"]["linestyle"] == ":"
+    labelled = method_styles(["scratch [a]", "finetune:s0 [b]", "zoo-lite [a]"])  # experiments/compare.py's labels
+    assert labelled["scratch [a]"]["linestyle"] == ":" and labelled["finetune:s0 [b]"]["linestyle"] == "--"
+    assert labelled["zoo-lite [a]"]["linestyle"] == "-"
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
