@@ -136,5 +136,13 @@ def test_restart_games_leaves_other_vector_envs_alone():
 
     env = make_atari("Pong", n_envs=2, seed=0, backend="ale")
     env.reset()
+    still = np.zeros(2, dtype=np.int64)
+    for _ in range(50):
+        env.step(still)
+    before = env._frames.copy()  # each game's frame counter
     restart_games(env)  # no Python wrappers: nothing to do, no error
+    env.step(still)
+    assert (env._frames == before + 4).all()  # the games went on: restart_games touched nothing
+    env.reset()
+    assert (env._frames < before).all()  # and its reset() restarts them by itself
     env.close()
