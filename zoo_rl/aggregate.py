@@ -56,6 +56,11 @@ def mix(gates: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
     return (gates @ flat).reshape(gates.shape[0], *stacked.shape[1:])
 
 
+def merge(gates: torch.Tensor, weights: torch.Tensor, align: torch.Tensor | None) -> torch.Tensor:
+    """The single aggregated weight ``Σ_k g_k A_k W_k`` for ``(K,)`` gates (a lite layer's deployed weight)."""
+    return mix(gates, align_weights(weights, align))
+
+
 def _check_gates(gates: torch.Tensor, k: int, batch: int) -> None:
     if gates.dim() == 1 and gates.shape[0] == k:
         return

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from zoo_rl.aggregate import align_weights, mix
+from zoo_rl.aggregate import merge
 from zoo_rl.extractor import ZooExtractor, cached_zoo
 from zoo_rl.sources import LAYERS, SourceUnavailable
 from zoo_rl.study import trained_normalisation
@@ -70,8 +70,8 @@ def start_gate(normalisation: str | None, k: int) -> float:
 
 
 def merged_weight(bank: torch.Tensor, align: torch.Tensor | None, gates: torch.Tensor) -> torch.Tensor:
-    """``sum_k g_k A_k W_k`` of a ``(K, O, ...)`` bank (float32)."""
-    return mix(gates.float(), align_weights(bank.float(), None if align is None else align.float()))
+    """``sum_k g_k A_k W_k`` of a ``(K, O, ...)`` bank, in float32 (:func:`zoo_rl.aggregate.merge`)."""
+    return merge(gates.float(), bank.float(), None if align is None else align.float())
 
 
 def effective_sources(gates: np.ndarray) -> float:

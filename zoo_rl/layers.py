@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo_rl.aggregate import align_biases, align_weights, mix, zoo_conv2d, zoo_linear
+from zoo_rl.aggregate import align_biases, merge, mix, zoo_conv2d, zoo_linear
 
 GateMode = Literal["sample", "batch", "lite", "uniform"]
 Normalisation = Literal["softmax", "sigmoid-sum", "sigmoid"]
@@ -243,4 +243,4 @@ class ZooLayer(nn.Module):
         # Always in the parameters' dtype: a merge under bf16 autocast (FastCnnPolicy's rollouts)
         # would otherwise cache bf16 weights that a later float32 call cannot use.
         with torch.autocast(self.weight.device.type, enabled=False):
-            return mix(gates, align_weights(self.weight, self.align)), mix(gates, align_biases(self.bias, self.align))
+            return merge(gates, self.weight, self.align), mix(gates, align_biases(self.bias, self.align))
