@@ -9,7 +9,7 @@
 #
 #   bash experiments/studies.sh            # everything, in order (about 19 CPU-hours on 2 cores)
 #   bash experiments/studies.sh pong       # one stage: pong | lab2d | parity | loo | cross | pong-long |
-#                                          pong-long-lr | loo-ablation | pong-ablation
+#                                          pong-long-lr | loo-ablation | pong-ablation | pong-long-align
 #
 # The pong-100k and lab2d studies started under softmax gates (then the default) and pin it, so that
 # their "zoo" and "zoo-lite" keep one meaning whatever the library default becomes.
@@ -107,6 +107,18 @@ if [[ $stage == all || $stage == pong-ablation ]]; then
     #     (the paper's code; the 3136->512 layer then merges cheaply), and gates that learn 30x faster
     #     (with Adam at 1e-4 the gates of seed 0 stayed within 0.004 of uniform), against zoo-lite.
     #     The study's full method list (finished runs are skipped), so that study.json names every method.
+    #     It resumes the study's own runs (runs/transfer/pong-100k): in a checkout without them it retrains
+    #     every method of the study (4.2M steps), not only the ablations.
     run pong-100k --target Pong --env-backend gym --gate-normalisation softmax \
         --methods scratch,finetune,uniform,zoo,zoo-lite,ensemble,zoo-lite:sigmoid,zoo-lite:noalign,zoo-lite:align-conv,zoo-lite:gate-x30
+fi
+if [[ $stage == all || $stage == pong-long-align ]]; then
+    # 1e. Alignment of the convolutions only (the paper's code), at 500k on Pong with the default sigmoid
+    #     gates: the one setting where zoo-lite clearly beat the fine-tune (results/pong-500k). If it learns
+    #     as well as full alignment there too (it did on RoadRunner, loo-ablation), it can be the default:
+    #     it is the cheaper mode that issue #5's zoo-lite speed target needs.
+    run pong-500k-align-conv --target Pong --steps 500000 --eval-every 25000 --methods zoo-lite:align-conv
+    python experiments/compare.py --run results/pong-500k zoo-lite \
+        --run results/pong-500k-align-conv zoo-lite:align-conv --run results/pong-500k finetune:pong-m1 \
+        --run results/pong-500k scratch --out results/pong-500k-align-compare --plot > /dev/null
 fi
