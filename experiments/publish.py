@@ -38,14 +38,33 @@ COST_NOTE = ("steps/s: a run's training steps over its wall time, evaluations in
 
 
 def cost_note(results: pd.DataFrame) -> str:
-    """COST_NOTE, plus which runs shared the machine with another run (``--workers``)."""
+    """COST_NOTE, plus which runs shared the machine with another run (``--workers``) and which CPU and
+    extractor precision the runs trained with, where results.csv records them."""
     if results.empty or "parallel_runs" not in results or not (results["parallel_runs"] > 1).any():
-        return COST_NOTE + " Every run trained alone on the machine."
-    shared = results[results["parallel_runs"] > 1]
-    return (COST_NOTE + f" {len(shared)} of {len(results)} runs trained {int(shared['parallel_runs'].max())} at a time "
-            "(`--workers`, the machine's cores split between them): their rate is their share of the machine, lower "
-            "than one run alone, so compare steps/s only between runs that ran alike (column `parallel_runs` of "
-            "results.csv).")
+        note = COST_NOTE + " Every run trained alone on the machine."
+    else:
+        shared = results[results["parallel_runs"] > 1]
+        note = (COST_NOTE + f" {len(shared)} of {len(results)} runs trained {int(shared['parallel_runs'].max())} at a "
+                "time (`--workers`, the machine's cores split between them): their rate is their share of the machine, "
+                "lower than one run alone, so compare steps/s only between runs that ran alike (column `parallel_runs` "
+                "of results.csv).")
+    return note + compute_note(results)
+
+
+def compute_note(results: pd.DataFrame) -> str:
+    """`` Runs: 3 in fp32 on an AVX2 CPU.``, from results.csv's ``extractor_precision`` and ``cpu_capability``
+    (empty for runs from before they were recorded)."""
+    if results.empty or "extractor_precision" not in results:
+        return ""
+    known = results[results["extractor_precision"].fillna("").astype(str) != ""]
+    if known.empty:
+        return ""
+    groups = known.groupby(["extractor_precision", "cpu_capability"], sort=True).size()
+    parts = [f"{n} with a {precision} extractor on an {cpu} CPU" for (precision, cpu), n in groups.items()]
+    unknown = len(results) - len(known)
+    tail = f", {unknown} not recorded" if unknown else ""
+    return (f" Runs: {'; '.join(parts)}{tail} (columns `extractor_precision`, `cpu_capability`: bf16 is used only "
+            "where the CPU has it natively, so the same study trains at different speeds on different machines).")
 
 
 def difference_markdown(row, column: str) -> str:

@@ -117,7 +117,9 @@ if [[ $stage == all || $stage == pong-long-align ]]; then
     #     gates: the one setting where zoo-lite clearly beat the fine-tune (results/pong-500k). If it learns
     #     as well as full alignment there too (it did on RoadRunner, loo-ablation), it can be the default:
     #     it is the cheaper mode that issue #5's zoo-lite speed target needs.
-    run pong-500k-align-conv --target Pong --steps 500000 --eval-every 25000 --methods zoo-lite:align-conv
+    #     SEEDS=2 for a shorter session (the runs of a third seed are added by a later call with SEEDS=3).
+    run pong-500k-align-conv --target Pong --steps 500000 --eval-every 25000 --seeds "${SEEDS:-3}" \
+        --methods zoo-lite:align-conv
     python experiments/compare.py --run results/pong-500k zoo-lite \
         --run results/pong-500k-align-conv zoo-lite:align-conv --run results/pong-500k finetune:pong-m1 \
         --run results/pong-500k scratch --out results/pong-500k-align-compare --plot > /dev/null

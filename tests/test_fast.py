@@ -65,6 +65,30 @@ def test_save_load_keeps_switches(image_env, tmp_path):
     assert loaded.policy.bf16 is False and loaded.policy.channels_last is False
 
 
+def test_saved_model_keeps_the_bf16_request_not_its_outcome(image_env, tmp_path, monkeypatch):
+    """bf16=None (auto) trained on a bf16 CPU must not force emulated bf16 (13x slower) on a CPU without it."""
+    import zoo_rl.fast as fast_module
+
+    monkeypatch.setattr(fast_module, "cpu_supports_bf16", lambda: True)
+    auto = PPO(FastCnnPolicy, image_env, seed=0, device="cpu", policy_kwargs=dict(net_arch=[]))
+    forced = PPO(FastCnnPolicy, image_env, seed=0, device="cpu", policy_kwargs=dict(net_arch=[], bf16=True))
+    assert auto.policy.bf16 is True and forced.policy.bf16 is True
+    auto.save(tmp_path / "auto.zip")
+    forced.save(tmp_path / "forced.zip")
+    monkeypatch.setattr(fast_module, "cpu_supports_bf16", lambda: False)  # another machine
+    assert PPO.load(tmp_path / "auto.zip", device="cpu").policy.bf16 is False
+    assert PPO.load(tmp_path / "forced.zip", device="cpu").policy.bf16 is True  # asked for: kept
+
+
+def test_machine_info_names_the_cpu_and_the_bf16_choice():
+    from zoo_rl.fast import cpu_supports_bf16, machine_info
+
+    info = machine_info()
+    assert set(info) == {"cpu", "cores", "cpu_capability", "bf16_native"}
+    assert info["bf16_native"] == cpu_supports_bf16() and info["cores"] >= 1
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+
+
 def test_adam_runs_fused_unless_told_otherwise(image_env):
     _, fast = twins(image_env, bf16=True)
     assert fast.policy.optimizer.defaults["fused"] is True

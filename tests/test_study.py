@@ -327,6 +327,27 @@ def test_local_process_pool_runs_seeds_in_parallel(tmp_path):
     assert list(results["parallel_runs"]) == [2, 2]  # their steps/s is a share of the machine
 
 
+def test_results_say_which_precision_and_cpu_each_run_trained_on(tmp_path, monkeypatch):
+    """--precision bf16 computes float32 on a CPU without native bf16: results.csv must say which it was."""
+    import zoo_rl.study as study_module
+
+    out = tmp_path / "study"
+    config = StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=out, **dict(TINY, steps=256, eval_every=256))
+    monkeypatch.setattr(study_module, "machine_info", lambda: {"cpu": "test", "cores": 2, "cpu_capability": "AVX2",
+                                                               "bf16_native": False})
+    results, _ = run_study(config, progress=False)
+    assert list(results["extractor_precision"]) == ["fp32"] and list(results["cpu_capability"]) == ["AVX2"]
+    config_path = out / "scratch" / "seed0" / "config.json"
+    stored = json.loads(config_path.read_text())
+    stored["machine"].update(bf16_native=True, cpu_capability="AVX512")  # as if it had run on a bf16 CPU
+    config_path.write_text(json.dumps(stored))
+    again = collect_results(out)
+    assert list(again["extractor_precision"]) == ["bf16"] and list(again["cpu_capability"]) == ["AVX512"]
+    del stored["machine"]  # a run from before the record: unknown, not guessed
+    config_path.write_text(json.dumps(stored))
+    assert collect_results(out)["extractor_precision"].fillna("").tolist() == [""]
+
+
 def test_zoo_method_options_reach_the_extractor(zoo_paths, tmp_path):
     jobs = plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["zoo-lite:sigmoid+noalign", "zoo:align-conv"],
                             seeds=1, out=tmp_path))
@@ -419,6 +440,12 @@ def test_cost_note_says_which_runs_shared_the_machine():
     note = publish.cost_note(mixed)
     assert "2 of 3 runs trained 2 at a time" in note and "parallel_runs" in note
     assert "trained alone" in publish.cost_note(pd.DataFrame())  # no results yet
+    assert "extractor" not in note  # older results.csv: no precision columns, nothing claimed
+    recorded = mixed.assign(extractor_precision=["bf16", "fp32", ""], cpu_capability=["AVX512", "AVX2", ""])
+    assert publish.cost_note(recorded).endswith(
+        " Runs: 1 with a bf16 extractor on an AVX512 CPU; 1 with a fp32 extractor on an AVX2 CPU, 1 not recorded "
+        "(columns `extractor_precision`, `cpu_capability`: bf16 is used only where the CPU has it natively, so the "
+        "same study trains at different speeds on different machines).")
 
 
 def test_differences_are_printed_with_their_interval():

@@ -21,6 +21,7 @@ algorithms can keep their rollouts channels-last with :class:`ChannelsLastRollou
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,11 +37,31 @@ from torch.distributions import Distribution as TorchDistribution
 
 
 def cpu_supports_bf16() -> bool:
-    """True where oneDNN has native bfloat16 kernels (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    """True where oneDNN has native bfloat16 kernels (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and slow
+    (on an AVX2-only AMD EPYC, one NatureCNN training step at batch 256 took 1970 ms under bf16 autocast against
+    155 ms in float32)."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU a speed or a run's steps/s belongs to: its model name, core count, the vector instructions
+    torch dispatches to (``AVX2``, ``AVX512``, ...) and whether bfloat16 is native (what ``bf16=None`` picks)."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        import platform
+
+        model = platform.processor()
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # older torch
+        capability = ""
+    return {"cpu": model, "cores": os.cpu_count(), "cpu_capability": capability, "bf16_native": cpu_supports_bf16()}
 
 
 @contextlib.contextmanager
@@ -75,7 +96,8 @@ class FastCnnPolicy(ActorCriticCnnPolicy):
 
     :param bf16: run the extractor under bfloat16 autocast (``None``: when the CPU has native
         bfloat16 support, see :func:`cpu_supports_bf16`; always off on CUDA, where it is not needed
-        for speed here).
+        for speed here). A saved model keeps the request, not its outcome: one trained with ``None``
+        on a bf16 CPU and loaded on a CPU without it runs float32 there, not 13x slower emulated bf16.
     :param channels_last: lay images out channels-last (NHWC), oneDNN's fast layout for convolutions.
     Adam (SB3's default optimizer) runs with ``fused=True`` unless ``optimizer_kwargs`` says otherwise.
     Action distributions skip torch's argument checks (the same values, see :func:`_unchecked`).
@@ -83,6 +105,7 @@ class FastCnnPolicy(ActorCriticCnnPolicy):
     """
 
     def __init__(self, *args: Any, bf16: bool | None = None, channels_last: bool = True, **kwargs: Any) -> None:
+        self._bf16_request = None if bf16 is None else bool(bf16)
         self.bf16 = cpu_supports_bf16() if bf16 is None else bool(bf16)
         self.channels_last = bool(channels_last)
         optimizer_class = kwargs.get("optimizer_class", torch.optim.Adam)
@@ -104,7 +127,7 @@ class FastCnnPolicy(ActorCriticCnnPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(bf16=self.bf16, channels_last=self.channels_last)
+        data.update(bf16=self._bf16_request, channels_last=self.channels_last)
         return data
 
     def _run_extractor(self, obs: torch.Tensor, extractor: nn.Module) -> torch.Tensor:

@@ -38,7 +38,7 @@ from zoo_rl.baselines import EnsembleExtractor, load_extractor_weights
 from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor, cached_zoo
-from zoo_rl.fast import FastCnnPolicy, algo_kwargs
+from zoo_rl.fast import FastCnnPolicy, algo_kwargs, machine_info
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.metrics import area_under_curve, difference_interval, human_normalised, iqm_with_interval, steps_to_threshold
 from zoo_rl.sources import Source, atomic_write_bytes
@@ -76,7 +76,8 @@ ZOO_OPTIONS: dict[str, dict[str, Any]] = {
 RESULT = "result.json"
 RESULT_COLUMNS = ["target", "method", "seed", "steps", "final_return", "final_return_std", "final_episodes",
                   "last_evaluation_return", "initial_return", "auc", "threshold", "steps_to_threshold",
-                  "human_normalised", "wall_seconds", "timesteps_per_second", "parallel_runs"]
+                  "human_normalised", "wall_seconds", "timesteps_per_second", "parallel_runs", "extractor_precision",
+                  "cpu_capability"]
 #: A run's re-evaluation on new games (``experiments/reevaluate.py``); when present it gives the final return.
 REEVALUATION = "reevaluation.json"
 
@@ -436,7 +437,8 @@ def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
                                          "task": asdict(job.task), "zoo": job.zoo, "n_envs": n_envs,
                                          "env_backend": backend, "hyperparams": params,
                                          "extractor_kwargs": extractor_kwargs(job.method, study.normalisation),
-                                         "command": command_line(), "versions": env_versions()})
+                                         "command": command_line(), "versions": env_versions(),
+                                         "machine": machine_info()})
     spec = RunSpec(run_dir=run_dir, algo=study.algo, total_steps=study.steps, hyperparams=params,
                    seed=job.seed, checkpoint_every=study.eval_every, eval_every=study.eval_every,
                    eval_episodes=study.eval_episodes)
@@ -489,6 +491,9 @@ def collect_results(out: Path) -> pd.DataFrame:
     table["human_normalised"] = [_human_normalised(r.final_return, r.target, r.human_normalised)
                                  for r in table.itertuples()]
     table["parallel_runs"] = [_parallel_runs(Path(out), r.method, r.seed) for r in table.itertuples()]
+    compute = [_compute(Path(out), r.method, r.seed) for r in table.itertuples()]
+    table["extractor_precision"] = [c[0] for c in compute]
+    table["cpu_capability"] = [c[1] for c in compute]
     threshold = _threshold(table, out)
     table["threshold"] = threshold
     table["steps_to_threshold"] = [
@@ -513,6 +518,22 @@ def _parallel_runs(out: Path, method: str, seed: int) -> int:
         return 1
     study = json.loads(config_path.read_text()).get("study", {})
     return 1 if study.get("launcher", "local") == "ray" else max(1, int(study.get("workers", 1)))
+
+
+def _compute(out: Path, method: str, seed: int) -> tuple[str, str]:
+    """(precision the extractor computed in, the CPU's vector instructions) when the run was last (re)started:
+    ``--precision bf16`` runs float32 on a CPU without native bfloat16 (``FastCnnPolicy(bf16=None)``), so the
+    same study can train at very different speeds on different machines. Empty where the run's config.json
+    predates the record (runs before 2026-11-29)."""
+    config_path = run_path(out, method, seed) / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    machine = config.get("machine")
+    if not machine:
+        return "", ""
+    study = config.get("study", {})
+    on_policy = study.get("algo", "ppo") in ON_POLICY
+    bf16 = on_policy and study.get("precision", "bf16") == "bf16" and bool(machine.get("bf16_native"))
+    return ("bf16" if bf16 else "fp32"), str(machine.get("cpu_capability", ""))
 
 
 def _threshold(table: pd.DataFrame, out: Path) -> float:
