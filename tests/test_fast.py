@@ -32,6 +32,21 @@ def test_fp32_channels_last_equals_cnn_policy(image_env):
         torch.testing.assert_close(fast.policy.predict_values(x), plain.policy.predict_values(x), rtol=1e-5, atol=1e-5)
 
 
+def test_in_place_relus_give_cnn_policys_gradients_bit_for_bit(image_env):
+    """FastCnnPolicy's NatureCNN runs its ReLUs in place: the same loss and gradients as CnnPolicy's."""
+    plain, fast = twins(image_env, bf16=False, channels_last=False)
+    relus = [m for m in fast.policy.features_extractor.modules() if isinstance(m, torch.nn.ReLU)]
+    assert relus and all(m.inplace for m in relus)
+    assert not any(m.inplace for m in plain.policy.features_extractor.modules() if isinstance(m, torch.nn.ReLU))
+    x, actions = pixels(), torch.randint(0, 3, (16,))
+    for model in (plain, fast):
+        values, log_prob, entropy = model.policy.evaluate_actions(x, actions)
+        model.policy.zero_grad()
+        (values.sum() + log_prob.sum() + entropy.sum()).backward()
+    for (name, a), (_, b) in zip(fast.policy.named_parameters(), plain.policy.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=name)
+
+
 def test_bf16_is_close_and_returns_float32(image_env):
     plain, fast = twins(image_env, bf16=True)
     x, actions = pixels(), torch.randint(0, 3, (16,))

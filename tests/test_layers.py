@@ -268,3 +268,39 @@ def test_adam_moves_the_merged_layer_by_the_gate_sum(normalisation, total):
     after, _ = layer.merged()
     assert layer.running_gates.sum().item() == pytest.approx(total)
     torch.testing.assert_close(after - before, total * (plain.weight.detach() - before), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", GATE_MODES)
+@pytest.mark.parametrize("align", [True, "conv", False])
+def test_in_place_relu_gives_the_same_features_and_gradients(zoo_paths, mode, align):
+    """ZooExtractor applies its ReLUs in place; each layer's output is fresh, so nothing else changes:
+    the same features and gradients as out-of-place ReLUs over the same layers, in train and eval mode."""
+    torch.manual_seed(0)
+    ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths, gate=mode, align=align)
+    for layer in ext.layers.values():  # gates and alignments away from their start
+        for name, p in layer.named_parameters():
+            if name != "weight":
+                p.data.add_(0.05 * torch.randn_like(p))
+    x = obs_batch(6)
+
+    def reference(ext, x):
+        for layer in ext.layers.values():
+            x = torch.relu(layer(x))
+        return x
+
+    start = {k: v.clone() for k, v in ext.state_dict().items()}  # lite moves its average at each forward
+    grads = []
+    for forward in (ext, lambda x: reference(ext, x)):
+        ext.load_state_dict(start)
+        ext.zero_grad()
+        features = forward(x)
+        features.square().sum().backward()
+        grads.append((features.detach(), [p.grad.clone() for p in ext.parameters() if p.grad is not None]))
+    (f1, g1), (f2, g2) = grads
+    torch.testing.assert_close(f1, f2, rtol=0, atol=0)
+    assert len(g1) == len(g2) > 0
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ext.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ext(x), reference(ext, x), rtol=0, atol=0)

@@ -149,7 +149,8 @@ class ZooExtractor(BaseFeaturesExtractor):
             self._missing = None  # weights were loaded into the bank
         x = observations
         for layer in self.layers.values():
-            x = torch.relu(layer(x))
+            # In place: every path of ZooLayer returns a fresh tensor that nothing else reads.
+            x = torch.relu_(layer(x))
         return x
 
     def gate_values(self) -> dict[str, torch.Tensor]:
