@@ -52,7 +52,7 @@ def cost_note(results: pd.DataFrame) -> str:
 
 
 def compute_note(results: pd.DataFrame) -> str:
-    """`` Runs: 3 in fp32 on an AVX2 CPU.``, from results.csv's ``extractor_precision`` and ``cpu_capability``
+    """`` Runs: 3 with a fp32 extractor on an AVX2 CPU (...).``, from results.csv's ``extractor_precision`` and ``cpu_capability``
     (empty for runs from before they were recorded)."""
     if results.empty or "extractor_precision" not in results:
         return ""
