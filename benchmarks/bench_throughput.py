@@ -203,13 +203,11 @@ def main() -> None:
                       f"{runs[label(variant, n)][-1]['fps']:.0f} steps/s", flush=True)
         lat = latency(zoo)
     fps = {v: statistics.median(r["fps"] for r in rs) for v, rs in runs.items()}
-    from zoo_rl.fast import machine_info
+    from zoo_rl.fast import machine_line
 
-    machine = machine_info()
     print(f"\n{args.game}, PPO (RL Zoo Atari settings), {args.steps} steps x {args.repeats} repetitions, "
           f"K={args.sources}, torch threads={torch.get_num_threads()}")
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['cpu_capability']}, bf16 "
-          f"{'native: the project extractor runs bf16' if machine['bf16_native'] else 'not native: the project extractor runs float32'}")
+    print(machine_line() + " (the project pipeline's extractor runs bf16 only where it is native)")
     print(f"{'variant':<24} {'steps/s':>8} {'vs sb3':>7} {'vs project':>10} {'vs one run':>10} {'peak MB':>8}")
     for v in runs:
         vs_sb3 = fps[v] / fps["sb3"] if "sb3" in fps else float("nan")

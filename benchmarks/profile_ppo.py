@@ -63,11 +63,9 @@ def main() -> None:
         model = PPO(policy, env, seed=0, policy_kwargs=dict(net_arch=[]), **PPO_ATARI, **algo_kwargs(policy))
         label = "CnnPolicy fp32" if args.plain else "FastCnnPolicy"
     model.learn(1024)  # warm-up
-    from zoo_rl.fast import machine_info
+    from zoo_rl.fast import machine_line
 
-    machine = machine_info()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['cpu_capability']}, "
-          f"extractor {'bf16' if getattr(model.policy, 'bf16', False) else 'float32'}")
+    print(machine_line(model))
 
     spent = {"collect": 0.0, "train": 0.0}
     collect, train = model.collect_rollouts, model.train

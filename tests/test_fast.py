@@ -95,13 +95,14 @@ def test_saved_model_keeps_the_bf16_request_not_its_outcome(image_env, tmp_path,
     assert PPO.load(tmp_path / "forced.zip", device="cpu").policy.bf16 is True  # asked for: kept
 
 
-def test_machine_info_names_the_cpu_and_the_bf16_choice():
-    from zoo_rl.fast import cpu_supports_bf16, machine_info
+def test_extractor_precision_is_what_the_model_computes_in(image_env):
+    from zoo_rl.fast import extractor_precision, machine_line
 
-    info = machine_info()
-    assert set(info) == {"cpu", "cores", "cpu_capability", "bf16_native"}
-    assert info["bf16_native"] == cpu_supports_bf16() and info["cores"] >= 1
-    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    plain, fast = twins(image_env, bf16=True)
+    _, fast32 = twins(image_env, bf16=False)
+    assert extractor_precision(fast) == "bf16" and extractor_precision(fast.policy) == "bf16"
+    assert extractor_precision(fast32) == "fp32" and extractor_precision(plain) == "fp32"
+    assert machine_line(fast).endswith(", extractor bf16") and machine_line().startswith("machine: ")
 
 
 def test_adam_runs_fused_unless_told_otherwise(image_env):

@@ -38,7 +38,7 @@ from zoo_rl.baselines import EnsembleExtractor, load_extractor_weights
 from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor, cached_zoo
-from zoo_rl.fast import FastCnnPolicy, algo_kwargs, machine_info
+from zoo_rl.fast import FastCnnPolicy, algo_kwargs, extractor_precision, machine_info
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.metrics import area_under_curve, difference_interval, human_normalised, iqm_with_interval, steps_to_threshold
 from zoo_rl.sources import Source, atomic_write_bytes
@@ -460,6 +460,9 @@ def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
         "initial_return": float(means[0]), "auc": area_under_curve(steps, means),
         "human_normalised": float(human_normalised(float(means[-1]), job.task.game)),
         "wall_seconds": round(wall, 1), "timesteps_per_second": round(study.steps / max(wall, 1e-9), 1),
+        # What the model computed in (--precision bf16 is float32 on a CPU without native bf16) and on which
+        # CPU, for its last training segment: the same study trains at different speeds on different machines.
+        "extractor_precision": extractor_precision(model), "cpu_capability": machine_info()["cpu_capability"],
     }
     write_json(run_dir / RESULT, row)
     for venv in (env, eval_env):
@@ -491,9 +494,8 @@ def collect_results(out: Path) -> pd.DataFrame:
     table["human_normalised"] = [_human_normalised(r.final_return, r.target, r.human_normalised)
                                  for r in table.itertuples()]
     table["parallel_runs"] = [_parallel_runs(Path(out), r.method, r.seed) for r in table.itertuples()]
-    compute = [_compute(Path(out), r.method, r.seed) for r in table.itertuples()]
-    table["extractor_precision"] = [c[0] for c in compute]
-    table["cpu_capability"] = [c[1] for c in compute]
+    for column in ("extractor_precision", "cpu_capability"):  # empty for runs from before they were recorded
+        table[column] = table[column].fillna("") if column in table else ""
     threshold = _threshold(table, out)
     table["threshold"] = threshold
     table["steps_to_threshold"] = [
@@ -518,22 +520,6 @@ def _parallel_runs(out: Path, method: str, seed: int) -> int:
         return 1
     study = json.loads(config_path.read_text()).get("study", {})
     return 1 if study.get("launcher", "local") == "ray" else max(1, int(study.get("workers", 1)))
-
-
-def _compute(out: Path, method: str, seed: int) -> tuple[str, str]:
-    """(precision the extractor computed in, the CPU's vector instructions) when the run was last (re)started:
-    ``--precision bf16`` runs float32 on a CPU without native bfloat16 (``FastCnnPolicy(bf16=None)``), so the
-    same study can train at very different speeds on different machines. Empty where the run's config.json
-    predates the record (runs before 2026-11-29)."""
-    config_path = run_path(out, method, seed) / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    machine = config.get("machine")
-    if not machine:
-        return "", ""
-    study = config.get("study", {})
-    on_policy = study.get("algo", "ppo") in ON_POLICY
-    bf16 = on_policy and study.get("precision", "bf16") == "bf16" and bool(machine.get("bf16_native"))
-    return ("bf16" if bf16 else "fp32"), str(machine.get("cpu_capability", ""))
 
 
 def _threshold(table: pd.DataFrame, out: Path) -> float:
