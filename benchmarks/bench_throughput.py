@@ -43,6 +43,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PPO_ATARI, random_zoo  # noqa: E402
 
+from zoo_rl.fast import MALLOC_ENV  # noqa: E402
+
 VARIANTS = ("sb3", "project", "project-gym", "project-w2", "zoo-lite", "zoo-batch", "zoo-uniform", "zoo-sample", "ensemble")
 
 
@@ -103,6 +105,10 @@ def child(variant: str, game: str, steps: int, zoo: list[str], threads: int = 0,
     """
     if threads:
         torch.set_num_threads(threads)
+    if variant != "sb3":  # the project's training runs reuse freed memory (ZOO_RL_MALLOC=0: glibc's default)
+        from zoo_rl.fast import reuse_freed_memory
+
+        reuse_freed_memory()
     model = build(variant, game, zoo)
     model.learn(1024)  # warm-up rollout and update
     if barrier:
@@ -142,20 +148,25 @@ def latency(zoo: list[str], repeats: int = 200) -> dict[str, float]:
     return out
 
 
-def label(variant: str, copies: int) -> str:
-    return variant if copies == 1 else f"{variant} x{copies}"
+PLAIN_MALLOC = " plain-malloc"
 
 
-def measure(cmd: list[str], copies: int) -> dict:
+def label(variant: str, copies: int, plain_malloc: bool = False) -> str:
+    name = variant + (PLAIN_MALLOC if plain_malloc else "")
+    return name if copies == 1 else f"{name} x{copies}"
+
+
+def measure(cmd: list[str], copies: int, env: dict[str, str] | None = None) -> dict:
     """One child (all torch threads), or ``copies`` children at once with cores/copies threads each,
     released together after their warm-ups: their steps over the slowest one's seconds."""
+    env = {**os.environ, **(env or {})}
     if copies == 1:
-        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         return json.loads(result.stdout.strip().splitlines()[-1])
     threads = max(1, (os.cpu_count() or 1) // copies)
     with tempfile.TemporaryDirectory() as barrier:
         extra = ["--threads", str(threads), "--barrier", barrier, "--parties", str(copies)]
-        procs = [subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        procs = [subprocess.Popen(cmd + extra, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
                  for _ in range(copies)]
         outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
@@ -174,6 +185,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--parallel", type=int, default=1,
                         help="also run N copies of each variant at once, cores/N threads each (total steps/s)")
+    parser.add_argument("--plain-malloc", action="store_true",
+                        help="also run every project variant with glibc's default allocator settings "
+                             "(ZOO_RL_MALLOC=0), to measure zoo_rl.fast.reuse_freed_memory")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
@@ -192,15 +206,17 @@ def main() -> None:
                      "(zoo-<mode>:<option> also takes a study method's options, e.g. zoo-lite:align-conv)")
     with tempfile.TemporaryDirectory() as tmp:
         zoo = random_zoo(args.sources, Path(tmp))
-        rows = [(v, 1) for v in variants] + ([(v, args.parallel) for v in variants] if args.parallel > 1 else [])
-        runs: dict[str, list[dict]] = {label(v, n): [] for v, n in rows}
+        copies = [1] + ([args.parallel] if args.parallel > 1 else [])
+        rows = [(v, n, plain) for n in copies for v in variants
+                for plain in ((False, True) if args.plain_malloc and v != "sb3" else (False,))]
+        runs: dict[str, list[dict]] = {label(*row): [] for row in rows}
         for rep in range(args.repeats):
-            for variant, n in rows:
+            for variant, n, plain in rows:
                 cmd = [sys.executable, __file__, "--child", variant, "--game", args.game, "--steps", str(args.steps),
                        "--zoo", *zoo]
-                runs[label(variant, n)].append(measure(cmd, n))
-                print(f"rep {rep + 1}/{args.repeats} {label(variant, n)}: "
-                      f"{runs[label(variant, n)][-1]['fps']:.0f} steps/s", flush=True)
+                name = label(variant, n, plain)
+                runs[name].append(measure(cmd, n, {MALLOC_ENV: "0"} if plain else None))
+                print(f"rep {rep + 1}/{args.repeats} {name}: {runs[name][-1]['fps']:.0f} steps/s", flush=True)
         lat = latency(zoo)
     fps = {v: statistics.median(r["fps"] for r in rs) for v, rs in runs.items()}
     from zoo_rl.fast import machine_line
@@ -215,6 +231,10 @@ def main() -> None:
         vs_single = fps[v] / fps[v.split(" x")[0]]
         peak = max(r["peak_mb"] for r in runs[v])
         print(f"{v:<24} {fps[v]:>8.0f} {vs_sb3:>7.2f} {vs_project:>10.2f} {vs_single:>10.2f} {peak:>8.0f}")
+    for v in runs:
+        if PLAIN_MALLOC in v:
+            print(f"reuse_freed_memory, {v.replace(PLAIN_MALLOC, '')}: "
+                  f"{fps[v.replace(PLAIN_MALLOC, '')] / fps[v]:.2f}x the steps/s of glibc's default settings")
     if args.parallel > 1:
         print(f"(x{args.parallel}: {args.parallel} runs at once, {max(1, (os.cpu_count() or 1) // args.parallel)} "
               "torch thread(s) each; steps/s is their total, peak MB one run's)")

@@ -3,8 +3,9 @@
 Builds the project pipeline (ale-py's vector env through ``envs.make_atari`` + ``FastCnnPolicy`` +
 channels-last rollout buffer, RL Zoo Atari PPO settings) or SB3's plain ``CnnPolicy`` (``--plain``; add
 ``--backend gym`` for SB3's own environment pipeline), warms up one iteration, then times
-``collect_rollouts`` and ``train`` over ``--iterations`` iterations (1024 agent steps each), and finally
-replays two epochs of minibatches by hand, timing the forward pass (``evaluate_actions`` and a PPO-shaped
+``collect_rollouts`` and ``train`` over ``--iterations`` iterations (1024 agent steps each), counts the
+floating-point operations of one more iteration (torch's FLOP counter: matmuls and convolutions, forward and
+backward) to report the rates achieved in the timed ones, and finally replays two epochs of minibatches by hand, timing the forward pass (``evaluate_actions`` and a PPO-shaped
 loss: policy-gradient, value and entropy terms without the ratio clipping, whose cost is negligible), the
 backward pass, gradient clipping and the optimizer step separately.
 
@@ -17,14 +18,42 @@ backward pass, gradient clipping and the optimizer step separately.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import conv_backward_flop as torch_conv_backward_flop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PPO_ATARI  # noqa: E402
+
+
+def conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+                       output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of a convolution's backward pass, grouped convolutions included (torch's own formula ignores
+    ``groups`` and counts zoo-sample's per-sample convolutions thousands of times over): each gradient asked
+    for (input, weight) costs one forward, 2 x output elements x weight elements per output channel."""
+    if transposed:
+        return torch_conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation,
+                                        transposed, output_padding, groups, output_mask, out_shape)
+    forward = 2 * math.prod(grad_out_shape) * math.prod(w_shape[1:])
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def best_matmul_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """The fastest this machine multiplies two ``size`` x ``size`` matrices, in GFLOP/s (best of ``repeats``):
+    a practical ceiling for any network's arithmetic at that precision."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
 
 def main() -> None:
@@ -43,7 +72,10 @@ def main() -> None:
     from stable_baselines3 import PPO
 
     from envs import make_atari
-    from zoo_rl.fast import FastCnnPolicy, algo_kwargs
+    from zoo_rl.fast import FastCnnPolicy, algo_kwargs, reuse_freed_memory
+
+    if not args.plain:  # as the project's training runs do (ZOO_RL_MALLOC=0: glibc's default settings)
+        reuse_freed_memory()
 
     if args.variant:
         import tempfile
@@ -63,7 +95,7 @@ def main() -> None:
         model = PPO(policy, env, seed=0, policy_kwargs=dict(net_arch=[]), **PPO_ATARI, **algo_kwargs(policy))
         label = "CnnPolicy fp32" if args.plain else "FastCnnPolicy"
     model.learn(1024)  # warm-up
-    from zoo_rl.fast import machine_line
+    from zoo_rl.fast import extractor_precision, machine_line
 
     print(machine_line(model))
 
@@ -86,6 +118,30 @@ def main() -> None:
     print(f"{label} on {args.game}, per 1024 steps: "
           f"{total / n:.3f} s = collect {spent['collect'] / n:.3f} s + update {spent['train'] / n:.3f} s "
           f"-> {1024 * n / total:.0f} steps/s")
+
+    # The arithmetic behind those seconds: one more iteration under torch's FLOP counter (matmuls and
+    # convolutions, forward and backward; elementwise work is not counted), over the times measured above.
+    flops: dict[str, int] = {}
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop}) as counter:
+                out = fn(*a, **k)
+            flops[name] = counter.get_total_flops()
+            return out
+        return wrapper
+
+    model.collect_rollouts, model.train = counted("collect", collect), counted("train", train)
+    model.learn(1024, reset_num_timesteps=False)
+    model.collect_rollouts, model.train = collect, train
+    print("GFLOP per 1024 steps (matmuls and convolutions): "
+          f"collect {flops['collect'] / 1e9:.1f} + update {flops['train'] / 1e9:.1f}; "
+          f"achieved GFLOP/s: collect {flops['collect'] * n / spent['collect'] / 1e9:.1f}, "
+          f"update {flops['train'] * n / spent['train'] / 1e9:.1f}")
+    precision = extractor_precision(model)
+    peak = best_matmul_gflops(torch.bfloat16 if precision == "bf16" else torch.float32)
+    print(f"best matmul here (2048^3, {precision}): {peak:.1f} GFLOP/s; at that rate this arithmetic alone would "
+          f"take collect {flops['collect'] / peak / 1e9:.3f} s + update {flops['train'] / peak / 1e9:.3f} s")
 
     pieces = dict.fromkeys(("sample", "forward", "backward", "clip", "adam"), 0.0)
     policy_net, optimizer, count = model.policy, model.policy.optimizer, 0

@@ -114,3 +114,26 @@ def test_parity_workers_take_the_next_run_when_theirs_ends(monkeypatch, tmp_path
     start = time.monotonic()
     parity.train(jobs, workers=2)
     assert order == ["a", "b", "c", "slow"] and time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_flop_count_of_grouped_convolutions_is_per_group(stride):
+    """profile_ppo's backward formula: torch's own on ordinary convolutions; a per-sample (grouped)
+    convolution costs what its B ordinary ones cost, forward and backward (torch's formula ignores groups)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import profile_ppo
+
+    def flops(batch, groups, mapping):
+        x = torch.randn(batch, 32 * groups, 20, 20, requires_grad=True)
+        w = torch.randn(64 * groups, 32, 4, 4, requires_grad=True)
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            F.conv2d(x, w, None, stride, groups=groups).sum().backward()
+        return counter.get_total_flops()
+
+    ours = {torch.ops.aten.convolution_backward: profile_ppo.conv_backward_flop}
+    assert flops(8, 1, ours) == flops(8, 1, {})
+    assert flops(1, 8, ours) == flops(8, 1, {})
+    assert flops(1, 8, {}) > 2 * flops(8, 1, {})  # what the custom formula is for

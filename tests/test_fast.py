@@ -198,3 +198,52 @@ def test_distribution_checks_come_back_after_an_error(image_env):
     with pytest.raises(RuntimeError):
         fast.policy._get_action_dist_from_latent(torch.zeros(2, 7))  # wrong width for the action head
     assert Distribution._validate_args == default
+
+
+_FAULTS_PROBE = """
+import resource, sys, torch
+from zoo_rl.fast import reuse_freed_memory
+applied = reuse_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2):  # 40 MB, freed at once: above glibc's largest default mmap threshold (32 MB)
+    torch.empty(40 << 18).fill_(1.0)  # (the heap reaches its steady size within two)
+before = faults()
+for _ in range(3):
+    torch.empty(40 << 18).fill_(1.0)
+print(applied, (faults() - before) // 3)
+"""
+
+
+def _faults_per_40mb_tensor(malloc_env: str) -> tuple[bool, int]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "ZOO_RL_MALLOC": malloc_env}
+    out = subprocess.run([sys.executable, "-c", _FAULTS_PROBE], capture_output=True, text=True, check=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    return out[0] == "True", int(out[1])
+
+
+def test_reuse_freed_memory_stops_page_faults_of_large_tensors():
+    """A freed 40 MB tensor's memory serves the next one: no fresh pages (10240 of 4 kB) to fault in.
+    ZOO_RL_MALLOC=0 leaves glibc's defaults (the comparison), under which every such tensor faults again."""
+    import os
+
+    if not os.confstr("CS_GNU_LIBC_VERSION"):
+        pytest.skip("glibc only")  # the function is a no-op elsewhere, tested below
+    applied, faults = _faults_per_40mb_tensor("1")
+    plain_applied, plain_faults = _faults_per_40mb_tensor("0")
+    assert applied and not plain_applied
+    assert plain_faults > 5000  # about 10240 pages each
+    assert faults < 100
+
+
+def test_reuse_freed_memory_is_a_no_op_without_glibc(monkeypatch):
+    import zoo_rl.fast as fast
+
+    monkeypatch.setattr(fast, "_glibc_mallopt", lambda: None)
+    assert fast.reuse_freed_memory() is False
+    assert fast.reuse_freed_memory(enable=False) is False

@@ -80,6 +80,54 @@ def machine_line(model: Any = None) -> str:
     return line if model is None else f"{line}, extractor {extractor_precision(model)}"
 
 
+#: glibc ``mallopt`` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+#: Environment variable that turns :func:`reuse_freed_memory` off (``0``), for a plain-allocator comparison.
+MALLOC_ENV = "ZOO_RL_MALLOC"
+
+
+def _glibc_mallopt() -> Any:
+    """glibc's ``mallopt`` in this process, or ``None`` on another C library (musl, macOS, Windows)."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        import ctypes
+
+        return ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def reuse_freed_memory(enable: bool | None = None) -> bool:
+    """Let glibc's malloc hand freed tensor memory back to the next tensor instead of to the kernel.
+
+    By default glibc serves every allocation above its mmap threshold (at most 32 MB) with fresh pages
+    from the kernel and returns them on ``free``; each new page then costs a page fault when first
+    written. A Zoo-Tuning update allocates and frees tens of MB per minibatch (the gradient of the
+    3136->512 bank alone is K x 6.4 MB; per-sample gates build B kernels per convolution), so it kept
+    paying for page faults (one per 4 kB page: ``tests/test_fast.py`` counts them; a probe on an AVX2
+    EPYC filled a fresh 38 MB tensor in 25 ms, a reused one in 4 ms). This raises the mmap threshold to
+    1 GiB and stops the heap from being trimmed, so that freed blocks are reused (values are untouched;
+    the process keeps its peak memory instead of shrinking after it). Process-wide, glibc only:
+    elsewhere it does nothing. ``python benchmarks/bench_throughput.py --variants project,zoo-lite,zoo-sample
+    --plain-malloc`` measures it against glibc's defaults.
+
+    :param enable: ``None``: on unless the environment sets ``ZOO_RL_MALLOC=0``.
+    :return: whether the settings were applied.
+    """
+    if enable is None:
+        enable = os.environ.get(MALLOC_ENV, "1") != "0"
+    if not enable:
+        return False
+    mallopt = _glibc_mallopt()
+    if mallopt is None:
+        return False
+    ok = True
+    for option, value in ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (1 << 31) - 1), (_M_TOP_PAD, 64 << 20)):
+        ok = bool(mallopt(option, value)) and ok
+    return ok
+
+
 @contextlib.contextmanager
 def _distribution_checks_off() -> Iterator[None]:
     """torch.distributions' argument checks off while distributions are built here (restored after)."""
