@@ -224,13 +224,13 @@ def main() -> None:
     print(f"\n{args.game}, PPO (RL Zoo Atari settings), {args.steps} steps x {args.repeats} repetitions, "
           f"K={args.sources}, torch threads={torch.get_num_threads()}")
     print(machine_line() + " (the project pipeline's extractor runs bf16 only where it is native)")
-    print(f"{'variant':<24} {'steps/s':>8} {'vs sb3':>7} {'vs project':>10} {'vs one run':>10} {'peak MB':>8}")
+    print(f"{'variant':<34} {'steps/s':>8} {'vs sb3':>7} {'vs project':>10} {'vs one run':>10} {'peak MB':>8}")
     for v in runs:
         vs_sb3 = fps[v] / fps["sb3"] if "sb3" in fps else float("nan")
         vs_project = fps[v] / fps["project"] if "project" in fps else float("nan")
         vs_single = fps[v] / fps[v.split(" x")[0]]
         peak = max(r["peak_mb"] for r in runs[v])
-        print(f"{v:<24} {fps[v]:>8.0f} {vs_sb3:>7.2f} {vs_project:>10.2f} {vs_single:>10.2f} {peak:>8.0f}")
+        print(f"{v:<34} {fps[v]:>8.0f} {vs_sb3:>7.2f} {vs_project:>10.2f} {vs_single:>10.2f} {peak:>8.0f}")
     for v in runs:
         if PLAIN_MALLOC in v:
             print(f"reuse_freed_memory, {v.replace(PLAIN_MALLOC, '')}: "
