@@ -5,7 +5,8 @@ channels-last rollout buffer, RL Zoo Atari PPO settings) or SB3's plain ``CnnPol
 ``--backend gym`` for SB3's own environment pipeline), warms up one iteration, then times
 ``collect_rollouts`` and ``train`` over ``--iterations`` iterations (1024 agent steps each), counts the
 floating-point operations of one more iteration (torch's FLOP counter: matmuls and convolutions, forward and
-backward) to report the rates achieved in the timed ones, and finally replays two epochs of minibatches by hand, timing the forward pass (``evaluate_actions`` and a PPO-shaped
+backward) to report the rates achieved in the timed ones next to the machine's best matmul, and finally
+replays two epochs of minibatches by hand, timing the forward pass (``evaluate_actions`` and a PPO-shaped
 loss: policy-gradient, value and entropy terms without the ratio clipping, whose cost is negligible), the
 backward pass, gradient clipping and the optimizer step separately.
 
@@ -123,9 +124,11 @@ def main() -> None:
     # convolutions, forward and backward; elementwise work is not counted), over the times measured above.
     flops: dict[str, int] = {}
 
+    mapping = {torch.ops.aten.convolution_backward: conv_backward_flop}
+
     def counted(name, fn):
         def wrapper(*a, **k):
-            with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flop}) as counter:
+            with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
                 out = fn(*a, **k)
             flops[name] = counter.get_total_flops()
             return out
