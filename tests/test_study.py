@@ -340,7 +340,9 @@ def test_results_say_which_precision_and_cpu_each_run_trained_on(tmp_path, monke
     assert config.precision == "bf16"
     results, _ = run_study(config, progress=False)
     assert list(results["extractor_precision"]) == ["fp32"] and list(results["cpu_capability"]) == ["AVX2"]
-    assert json.loads((out / "scratch" / "seed0" / "config.json").read_text())["machine"]["cpu_capability"] == "AVX2"
+    run_config = json.loads((out / "scratch" / "seed0" / "config.json").read_text())
+    assert run_config["machine"]["cpu_capability"] == "AVX2"
+    assert run_config["malloc_reuse"] is fast_module.reuse_freed_memory()  # True on glibc unless ZOO_RL_MALLOC=0
     result_path = out / "scratch" / "seed0" / "result.json"
     row = json.loads(result_path.read_text())
     del row["extractor_precision"], row["cpu_capability"]  # a run from before the record: unknown, not guessed

@@ -38,7 +38,8 @@ from zoo_rl.baselines import EnsembleExtractor, load_extractor_weights
 from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor, cached_zoo
-from zoo_rl.fast import FastCnnPolicy, algo_kwargs, extractor_precision, machine_info
+from zoo_rl.fast import (FastCnnPolicy, algo_kwargs, extractor_precision, machine_info,
+                          reuse_freed_memory)
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.metrics import area_under_curve, difference_interval, human_normalised, iqm_with_interval, steps_to_threshold
 from zoo_rl.sources import Source, atomic_write_bytes
@@ -438,7 +439,9 @@ def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
                                          "env_backend": backend, "hyperparams": params,
                                          "extractor_kwargs": extractor_kwargs(job.method, study.normalisation),
                                          "command": command_line(), "versions": env_versions(),
-                                         "machine": machine_info()})
+                                         "machine": machine_info(),
+                                         # steps/s depend on it (zoo-sample 1.18x): train_run sets it again
+                                         "malloc_reuse": reuse_freed_memory()})
     spec = RunSpec(run_dir=run_dir, algo=study.algo, total_steps=study.steps, hyperparams=params,
                    seed=job.seed, checkpoint_every=study.eval_every, eval_every=study.eval_every,
                    eval_episodes=study.eval_episodes)
