@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PPO_ATARI, random_zoo  # noqa: E402
 
-from zoo_rl.fast import MALLOC_ENV  # noqa: E402
+from zoo_rl.fast import MALLOC_ENV, reuse_freed_memory  # noqa: E402
 
 VARIANTS = ("sb3", "project", "project-gym", "project-w2", "zoo-lite", "zoo-batch", "zoo-uniform", "zoo-sample", "ensemble")
 
@@ -106,8 +106,6 @@ def child(variant: str, game: str, steps: int, zoo: list[str], threads: int = 0,
     if threads:
         torch.set_num_threads(threads)
     if variant != "sb3":  # the project's training runs reuse freed memory (ZOO_RL_MALLOC=0: glibc's default)
-        from zoo_rl.fast import reuse_freed_memory
-
         reuse_freed_memory()
     model = build(variant, game, zoo)
     model.learn(1024)  # warm-up rollout and update

@@ -201,21 +201,22 @@ def test_distribution_checks_come_back_after_an_error(image_env):
 
 
 _FAULTS_PROBE = """
-import resource, sys, torch
+import resource, torch
 from zoo_rl.fast import reuse_freed_memory
 applied = reuse_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(2):  # 40 MB, freed at once: above glibc's largest default mmap threshold (32 MB)
-    torch.empty(40 << 18).fill_(1.0)  # (the heap reaches its steady size within two)
-before = faults()
-for _ in range(3):
+faulting = 0
+for _ in range(20):  # 40 MB each, freed at once: above glibc's largest default mmap threshold (32 MB)
+    before = faults()
     torch.empty(40 << 18).fill_(1.0)
-print(applied, (faults() - before) // 3)
+    faulting += faults() - before > 5000  # a fresh tensor faults in about 10240 pages of 4 kB
+print(applied, faulting)
 """
 
 
-def _faults_per_40mb_tensor(malloc_env: str) -> tuple[bool, int]:
+def _faulting_40mb_tensors(malloc_env: str) -> tuple[bool, int]:
+    """(settings applied, how many of 20 successive 40 MB tensors were fresh pages) in a new process."""
     import os
     import subprocess
     import sys
@@ -228,22 +229,29 @@ def _faults_per_40mb_tensor(malloc_env: str) -> tuple[bool, int]:
 
 
 def test_reuse_freed_memory_stops_page_faults_of_large_tensors():
-    """A freed 40 MB tensor's memory serves the next one: no fresh pages (10240 of 4 kB) to fault in.
-    ZOO_RL_MALLOC=0 leaves glibc's defaults (the comparison), under which every such tensor faults again."""
-    import os
+    """Freed 40 MB tensors serve the next ones: once the heap has grown (2-4 tensors here), no fresh pages to
+    fault in. ZOO_RL_MALLOC=0 leaves glibc's defaults (the comparison), under which every such tensor faults."""
+    import zoo_rl.fast as fast
 
-    if not os.confstr("CS_GNU_LIBC_VERSION"):
+    if fast._glibc_mallopt() is None:  # os.confstr raises off Linux: the function's own check
         pytest.skip("glibc only")  # the function is a no-op elsewhere, tested below
-    applied, faults = _faults_per_40mb_tensor("1")
-    plain_applied, plain_faults = _faults_per_40mb_tensor("0")
+    applied, faulting = _faulting_40mb_tensors("1")
+    plain_applied, plain_faulting = _faulting_40mb_tensors("0")
     assert applied and not plain_applied
-    assert plain_faults > 5000  # about 10240 pages each
-    assert faults < 100
+    assert plain_faulting == 20
+    assert faulting <= 10  # 2-5 seen: the heap grows, then serves every one
 
 
-def test_reuse_freed_memory_is_a_no_op_without_glibc(monkeypatch):
+def test_reuse_freed_memory_off_without_glibc_or_when_asked(monkeypatch):
     import zoo_rl.fast as fast
 
     monkeypatch.setattr(fast, "_glibc_mallopt", lambda: None)
-    assert fast.reuse_freed_memory() is False
-    assert fast.reuse_freed_memory(enable=False) is False
+    assert fast.reuse_freed_memory(enable=True) is False  # enable=True: past the ZOO_RL_MALLOC check
+
+    calls = []
+    monkeypatch.setattr(fast, "_glibc_mallopt", lambda: lambda option, value: calls.append(option) or 1)
+    assert fast.reuse_freed_memory(enable=False) is False and calls == []
+    monkeypatch.setenv("ZOO_RL_MALLOC", "0")
+    assert fast.reuse_freed_memory() is False and calls == []
+    monkeypatch.setenv("ZOO_RL_MALLOC", "1")
+    assert fast.reuse_freed_memory() is True and sorted(calls) == [-3, -2, -1]

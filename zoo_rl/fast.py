@@ -105,8 +105,8 @@ def reuse_freed_memory(enable: bool | None = None) -> bool:
     from the kernel and returns them on ``free``; each new page then costs a page fault when first
     written. A Zoo-Tuning update allocates and frees tens of MB per minibatch (the gradient of the
     3136->512 bank alone is K x 6.4 MB; per-sample gates build B kernels per convolution), so it kept
-    paying for page faults (one per 4 kB page: ``tests/test_fast.py`` counts them; a probe on an AVX2
-    EPYC filled a fresh 38 MB tensor in 25 ms, a reused one in 4 ms). This raises the mmap threshold to
+    paying for page faults (one per 4 kB page, about 10240 for every fresh 40 MB tensor:
+    ``tests/test_fast.py`` counts them). This raises the mmap threshold to
     1 GiB and stops the heap from being trimmed, so that freed blocks are reused (values are untouched;
     the process keeps its peak memory instead of shrinking after it). Process-wide, glibc only:
     elsewhere it does nothing. ``python benchmarks/bench_throughput.py --variants project,zoo-lite,zoo-sample
