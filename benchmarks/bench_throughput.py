@@ -81,6 +81,7 @@ def build(variant: str, game: str, zoo: list[str]):
     from envs import make_atari
     from zoo_rl.baselines import EnsembleExtractor
     from zoo_rl.extractor import ZooExtractor
+    from zoo_rl.optim import ZooAdam
     from zoo_rl.fast import FastCnnPolicy, algo_kwargs
 
     backend = "gym" if variant in ("project-gym", "project-w2") else "ale"
@@ -90,7 +91,7 @@ def build(variant: str, game: str, zoo: list[str]):
         from zoo_rl.study import zoo_options
 
         gate = variant[4:].partition(":")[0]
-        policy_kwargs.update(features_extractor_class=ZooExtractor,
+        policy_kwargs.update(features_extractor_class=ZooExtractor, optimizer_class=ZooAdam,
                              features_extractor_kwargs=dict(zoo=zoo, gate=gate, **zoo_options(variant)))
     elif variant == "ensemble":
         policy_kwargs.update(features_extractor_class=EnsembleExtractor, features_extractor_kwargs=dict(zoo=zoo))

@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="gate normalisation of zoo and zoo-lite (unless the method names one, e.g. zoo-lite:sigmoid); "
                         f"default: the library's ({DEFAULT_NORMALISATION}). A study folder continues only with the "
                         "normalisation its runs were trained with")
+    p.add_argument("--rank-steps", type=int, default=10_000,
+                   help="agent steps per source of the source ranking written to ranking.csv before training")
     p.add_argument("--aggregate", nargs="+", type=Path, default=None, metavar="STUDY_DIR",
                    help="instead of training: one table across finished studies, written to --out")
     args = p.parse_args(argv)
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.steps, lr=args.lr, out=args.out, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
         threshold=args.threshold, precision=args.precision, workers=args.workers, launcher=args.launcher,
         ray_address=args.ray_address, n_envs=args.n_envs, env_backend=args.env_backend,
-        normalisation=args.gate_normalisation,
+        normalisation=args.gate_normalisation, rank_steps=args.rank_steps,
     )
     try:
         if args.dry_run:

@@ -12,7 +12,7 @@ import bench_throughput  # noqa: E402
 
 
 @pytest.mark.parametrize("variant", ["sb3", "project", "zoo-lite", "zoo-sample", "ensemble",
-                                     "zoo-lite:align-conv", "zoo-lite:noalign+gate-x30", "zoo-uniform:align-conv"])
+                                     "zoo-lite:align-conv", "zoo-lite:noalign+gate-lr30", "zoo-uniform:align-conv"])
 def test_known_variants(variant):
     assert bench_throughput.known_variant(variant)
 

@@ -8,7 +8,7 @@ from stable_baselines3.common.torch_layers import NatureCNN
 
 from conftest import OBS_SPACE_CHW, obs_batch, random_nature_state
 from zoo_rl.extractor import ZooExtractor
-from zoo_rl.layers import GATE_MODES, SourceGate, ZooLayer
+from zoo_rl.layers import GATE_MODES, SourceGate, ZooLayer, ranked_gates
 from zoo_rl.sources import LAYERS, load_source
 
 
@@ -73,25 +73,6 @@ def test_every_gate_starts_equal():
     gate = SourceGate(16, 4, "sigmoid-sum")
     values = gate(torch.randn(5, 16, 3, 3))
     torch.testing.assert_close(values, torch.full((5, 4), 0.25))
-
-
-def test_gate_scale_is_the_gates_learning_rate_under_adam():
-    """Scores times N: the same start (equal gates), and one Adam step moves the scores N times as far
-    (Adam's step does not depend on the gradient's size), so the gates learn N times faster."""
-    x = torch.randn(8, 16, 3, 3)
-    moved = {}
-    for scale in (1.0, 10.0):
-        torch.manual_seed(0)
-        gate = SourceGate(16, 4, "softmax", scale=scale)
-        torch.testing.assert_close(gate(x), torch.full((8, 4), 0.25))
-        before = gate.scores(x).detach()
-        opt = torch.optim.Adam(gate.parameters(), lr=1e-3)
-        (gate(x)[:, 0]).sum().neg().backward()  # favour source 0
-        opt.step()
-        moved[scale] = (gate.scores(x).detach() - before)[:, 0].mean().item()
-    assert moved[1.0] > 0 and moved[10.0] == pytest.approx(10 * moved[1.0], rel=0.05)
-    with pytest.raises(ValueError, match="gate scale"):
-        SourceGate(16, 4, scale=0)
 
 
 def lite_layer(seed=0, momentum=0.1):
@@ -304,3 +285,37 @@ def test_in_place_relu_gives_the_same_features_and_gradients(zoo_paths, mode, al
     ext.eval()
     with torch.no_grad():
         torch.testing.assert_close(ext(x), reference(ext, x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("normalisation", ["sigmoid", "softmax", "sigmoid-sum"])
+def test_init_gates_are_the_start_gates_in_every_mode_and_in_the_merge(normalisation):
+    torch.manual_seed(0)
+    weights, biases = torch.randn(4, 6, 3, 3, 3), torch.randn(4, 6)
+    start = ranked_gates(4, [2, 0, 1, 3], top=1, weight=0.97)
+    assert start == pytest.approx([0.01, 0.01, 0.97, 0.01])
+    x = torch.randn(5, 3, 8, 8)
+    for mode in ("sample", "batch", "lite"):
+        layer = ZooLayer(weights, biases, mode=mode, normalisation=normalisation, init_gates=start)
+        torch.testing.assert_close(layer.gates(x).reshape(-1, 4), torch.tensor([start] * (5 if mode == "sample" else 1)))
+    # Before any batch, the lite layer's merged network is already the start's (export_lite at step 0).
+    lite = ZooLayer(weights, biases, mode="lite", normalisation=normalisation, init_gates=start)
+    weight, _ = lite.merged()
+    torch.testing.assert_close(weight, torch.einsum("k,koihw->oihw", torch.tensor(start), weights))
+
+
+def test_ranked_gates_top_k_and_bad_start_values():
+    assert ranked_gates(5, [3, 1, 0, 2, 4], top=2, weight=0.9) == pytest.approx([0.1 / 3, 0.45, 0.1 / 3, 0.45, 0.1 / 3])
+    assert ranked_gates(3, [1, 0, 2], top=3) == pytest.approx([1 / 3] * 3)
+    with pytest.raises(ValueError, match="top"):
+        ranked_gates(3, [0, 1, 2], top=4)
+    with pytest.raises(ValueError, match="weight"):
+        ranked_gates(3, [0, 1, 2], weight=1.0)
+    weights, biases = torch.randn(3, 4, 5), torch.randn(3, 4)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        ZooLayer(weights, biases, init_gates=[1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="sum to 1"):
+        ZooLayer(weights, biases, normalisation="softmax", init_gates=[0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="one value per source"):
+        ZooLayer(weights, biases, init_gates=[0.5, 0.5])
+    with pytest.raises(ValueError, match="uniform"):
+        ZooLayer(weights, biases, mode="uniform", init_gates=[0.2, 0.3, 0.5])

@@ -19,7 +19,7 @@ from zoo_rl.metrics import area_under_curve, difference_interval, human_normalis
 from zoo_rl.sources import write_compact
 from zoo_rl.study import RESULT_COLUMNS, StudyConfig, collect_results, cross_target, plan, run_study, summarise
 
-TINY = dict(steps=512, eval_every=256, eval_episodes=1, n_envs=2, seeds=1)
+TINY = dict(steps=512, eval_every=256, eval_episodes=1, n_envs=2, seeds=1, rank_steps=16)
 
 
 def test_metrics_by_hand():
@@ -143,7 +143,7 @@ def test_cross_target_names_the_normalisation_each_run_trained_with(tmp_path):
     assert np.isfinite(out.loc["zoo-lite:sigmoid", "hns_iqm"])  # present on both targets
     assert math.isnan(out.loc["zoo-lite:softmax", "return_Breakout"])
     assert canonical_method("zoo-lite:sigmoid+noalign", "sigmoid") == "zoo-lite:noalign+sigmoid"
-    assert canonical_method("zoo:gate-x30", "softmax") == "zoo:gate-x30+softmax"
+    assert canonical_method("zoo:gate-lr30", "softmax") == "zoo:gate-lr30+softmax"
     assert canonical_method("uniform", None) == "uniform" and canonical_method("scratch", "sigmoid") == "scratch"
 
 
@@ -364,9 +364,14 @@ def test_zoo_method_options_reach_the_extractor(zoo_paths, tmp_path):
     layer = lite.layers["cnn_0"]
     assert layer.mode == "lite" and layer.align is None and layer.gate.normalisation == "sigmoid"
     assert sample.layers["cnn_0"].align is not None and sample.layers["linear_0"].align is None
-    assert study_module.zoo_options("zoo-lite:gate-x30+noalign") == {"gate_scale": 30.0, "align": False}
-    with pytest.raises(ValueError, match="gate-x<N>"):
-        study_module.zoo_options("zoo-lite:gate-x0")
+    assert study_module.zoo_options("zoo-lite:gate-lr30+noalign+ranked") == {"gate_lr": 30.0, "align": False}
+    assert study_module.zoo_options("zoo:align-lr0.5+bank-lr2") == {"align_lr": 0.5, "bank_lr": 2.0}
+    assert study_module.ranked_top("zoo-lite:gate-lr30+top2") == 2 and study_module.ranked_top("zoo-lite:ranked") == 1
+    assert study_module.ranked_top("zoo-lite:gate-lr30") is None
+    with pytest.raises(ValueError, match="gate-lr<N>"):
+        study_module.zoo_options("zoo-lite:gate-lr0")
+    with pytest.raises(ValueError, match="became gate-lr<N>"):
+        study_module.zoo_options("zoo-lite:gate-x30")
 
 
 def test_a_gated_run_continues_only_with_its_normalisation(zoo_paths, tmp_path):
@@ -519,3 +524,28 @@ def test_tables_say_where_the_final_returns_come_from():
     note = publish.final_return_note(mixed)
     assert note.startswith("Final return: 20 new games per run") and "for 1 of 2 runs" in note
     assert "for every run" in publish.final_return_note(plain.assign(final_episodes=[20.0, 20.0]))
+
+
+def test_a_ranked_method_starts_from_the_studys_top_ranked_source(zoo_paths, tmp_path):
+    out = tmp_path / "study"
+    jobs = plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["zoo-lite:ranked+gate-lr30", "zoo:top2"], out=out,
+                            **TINY))
+    out.mkdir()
+    names = [Path(z).name for z in zoo_paths]
+    pd.DataFrame({"rank": [1, 2, 3], "source": [names[2], names[0], names[1]]}).to_csv(out / "ranking.csv",
+                                                                                        index=False)
+    kwargs = study_module.run_extractor_kwargs(jobs[0])
+    assert kwargs["init_gates"] == pytest.approx([0.005, 0.005, 0.99]) and kwargs["gate_lr"] == 30.0
+    assert study_module.run_extractor_kwargs(jobs[1])["init_gates"] == pytest.approx([0.495, 0.01, 0.495])
+    env = study_module.make_env(jobs[0].task, 1, seed=0)
+    try:
+        model = study_module.build_model(jobs[0], env)
+    finally:
+        env.close()
+    assert model.policy.optimizer.param_groups[0]["lr_multiplier"] in (1.0, 30.0)
+    layer = model.policy.features_extractor.layers["linear_0"]
+    torch.testing.assert_close(layer.running_gates, torch.tensor([0.005, 0.005, 0.99]))
+    with pytest.raises(ValueError, match="uniform gates are fixed"):
+        plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["uniform:ranked"], out=out, **TINY))
+    with pytest.raises(ValueError, match="top 4 sources"):
+        plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["zoo-lite:top4"], out=out, **TINY))

@@ -3,7 +3,8 @@
 Public API: :class:`ZooExtractor` (plug into any SB3 algorithm through ``policy_kwargs``),
 :func:`export_lite` (a lite model as one plain NatureCNN), :func:`load_zoo` /
 :func:`load_source` (read SB3 zips, compact zoo folders, CleanRL checkpoints, hub ids),
-:class:`GateLogger` (gates to the SB3 logger), and the layers themselves.
+:class:`GateLogger` (gates to the SB3 logger), :func:`rank_sources` (which source will transfer, before
+training), :class:`ZooAdam` (learning rates per parameter group, e.g. faster gates), and the layers themselves.
 """
 
 from zoo_rl.aggregate import zoo_conv2d, zoo_linear
@@ -11,7 +12,9 @@ from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor
 from zoo_rl.fast import FastCnnPolicy
-from zoo_rl.layers import GATE_MODES, NORMALISATIONS, SourceGate, ZooLayer
+from zoo_rl.layers import GATE_MODES, NORMALISATIONS, SourceGate, ZooLayer, ranked_gates
+from zoo_rl.optim import ZooAdam, zoo_optimizer
+from zoo_rl.ranking import rank_sources
 from zoo_rl.sources import Source, SourceUnavailable, load_source, load_zoo
 
 __all__ = [
@@ -23,10 +26,14 @@ __all__ = [
     "SourceGate",
     "SourceUnavailable",
     "ZooExtractor",
+    "ZooAdam",
     "ZooLayer",
     "export_lite",
     "load_source",
     "load_zoo",
+    "rank_sources",
+    "ranked_gates",
     "zoo_conv2d",
     "zoo_linear",
+    "zoo_optimizer",
 ]

@@ -33,6 +33,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
+from zoo_rl.optim import honoured, lr_multiplier
 from zoo_rl.layers import DEFAULT_NORMALISATION, GATE_MODES, LITE_MOMENTUM, NORMALISATIONS, GateMode, Normalisation, ZooLayer, check_choice
 from zoo_rl.sources import LAYERS, Source, SourceUnavailable, load_zoo
 
@@ -79,10 +80,16 @@ class ZooExtractor(BaseFeaturesExtractor):
         convolutions only (``"conv"``: the paper's code aligns only kernels larger than 1x1; this
         saves the K-fold cost of aligning the 3136->512 layer), or nowhere (``False``).
     :param lite_momentum: momentum of the lite moving average.
-    :param gate_scale: multiplies every gate's scores: under Adam, the gates' learning rate
-        relative to the rest (1: the paper's gates; with Adam at 1e-4 they barely leave uniform
-        in 100k PPO steps on Pong: within 0.004 of 1/K in the first seed of ``studies.sh pong``).
     :param features_dim: must equal the sources' feature size (512 for NatureCNN).
+    :param init_gates: ``(K,)`` gate values of every layer at the start, in ``zoo`` order (default:
+        equal, the paper's start); e.g. :func:`zoo_rl.layers.ranked_gates` to start from one source.
+    :param gate_lr: learning-rate multiplier of the gate networks (1: the paper's single rate).
+    :param align_lr: learning-rate multiplier of the alignments.
+    :param bank_lr: learning-rate multiplier of the source banks.
+
+    Multipliers other than 1 need an optimizer that honours them: ``optimizer_class=ZooAdam``
+    (or another of :mod:`zoo_rl.optim`) in ``policy_kwargs``; training with a plain optimizer
+    raises an error at the first training forward pass instead of silently ignoring them.
     """
 
     def __init__(
@@ -94,7 +101,10 @@ class ZooExtractor(BaseFeaturesExtractor):
         align: bool | str = True,
         lite_momentum: float = LITE_MOMENTUM,
         features_dim: int = NATURE_FEATURES,
-        gate_scale: float = 1.0,
+        init_gates: Sequence[float] | None = None,
+        gate_lr: float = 1.0,
+        align_lr: float = 1.0,
+        bank_lr: float = 1.0,
     ) -> None:
         if not isinstance(observation_space, gym.spaces.Box) or not is_image_space(observation_space, check_channels=False):
             raise ValueError(
@@ -129,7 +139,11 @@ class ZooExtractor(BaseFeaturesExtractor):
             return (torch.stack([s.state[f"{layer}.weight"] for s in sources]),
                     torch.stack([s.state[f"{layer}.bias"] for s in sources]))
 
-        common = dict(mode=gate, normalisation=normalisation, lite_momentum=lite_momentum, gate_scale=gate_scale)
+        if init_gates is not None and len(init_gates) != k:
+            raise ValueError(f"init_gates has {len(init_gates)} values for a zoo of {k} sources: give one per source, "
+                             "in zoo order.")
+        common = dict(mode=gate, normalisation=normalisation, lite_momentum=lite_momentum, init_gates=init_gates,
+                      gate_lr=gate_lr, align_lr=align_lr, bank_lr=bank_lr)
         self.layers = nn.ModuleDict()
         for name, (_, _, stride) in zip(LAYERS[:3], NATURE_CONVS):
             self.layers[name.replace(".", "_")] = ZooLayer(*bank(name), stride=stride, align=bool(align), **common)
@@ -137,6 +151,7 @@ class ZooExtractor(BaseFeaturesExtractor):
         self.layers["linear_0"] = ZooLayer(*bank("linear.0"), gate_channels=NATURE_CONVS[-1][0],
                                            align=align is True, **common)
         self.register_buffer("zoo_loaded", torch.tensor(0.0 if sources is None else 1.0))
+        self._multipliers_checked = all(lr_multiplier(p) == 1.0 for p in self.parameters())
 
     @property
     def n_sources(self) -> int:
@@ -147,11 +162,22 @@ class ZooExtractor(BaseFeaturesExtractor):
             if self.zoo_loaded.item() == 0:
                 raise SourceUnavailable(self._missing)
             self._missing = None  # weights were loaded into the bank
+        if not self._multipliers_checked and self.training and torch.is_grad_enabled():
+            self._check_optimizer()
         x = observations
         for layer in self.layers.values():
             # In place: every path of ZooLayer returns a fresh tensor that nothing else reads.
             x = torch.relu_(layer(x))
         return x
+
+    def _check_optimizer(self) -> None:
+        ignored = [n for n, p in self.named_parameters() if lr_multiplier(p) != 1.0 and not honoured(p)]
+        if ignored:
+            raise ValueError(
+                f"ZooExtractor has learning-rate multipliers (gate_lr, align_lr or bank_lr) but no optimizer honours "
+                f"them ({ignored[0]}, ...): pass optimizer_class=zoo_rl.ZooAdam (or zoo_rl.optim.zoo_optimizer(<your "
+                "optimizer>)) in policy_kwargs, or leave the multipliers at 1.")
+        self._multipliers_checked = True
 
     def gate_values(self) -> dict[str, torch.Tensor]:
         """Per layer, the ``(K,)`` gates last used (batch mean), or the moving average in lite mode."""

@@ -173,7 +173,7 @@ class FastCnnPolicy(ActorCriticCnnPolicy):
         self.bf16 = cpu_supports_bf16() if bf16 is None else bool(bf16)
         self.channels_last = bool(channels_last)
         optimizer_class = kwargs.get("optimizer_class", torch.optim.Adam)
-        if optimizer_class in (torch.optim.Adam, torch.optim.AdamW):
+        if issubclass(optimizer_class, (torch.optim.Adam, torch.optim.AdamW)):  # ZooAdam too
             optimizer_kwargs = dict(kwargs.get("optimizer_kwargs") or {})
             optimizer_kwargs.setdefault("fused", True)
             kwargs["optimizer_kwargs"] = optimizer_kwargs

@@ -48,19 +48,29 @@ Gate normalisation (``normalisation``):
 - ``sigmoid-sum``: independent sigmoids divided by their sum (the paper's gate, normalised; the
   same average as softmax at the start).
 
-The gate's last layer starts at zero, so every mode starts from equal gates.
+The gate's last layer starts at zero weights, so the gates start independent of the input; its bias
+starts at zero too (equal gates, the paper's start) unless ``init_gates`` asks for other start
+values, e.g. most of the weight on one source (:func:`ranked_gates`).
+
+Learning rates: the gate network, the alignments and the bank are tagged with learning-rate
+multipliers (``gate_lr``, ``align_lr``, ``bank_lr``), honoured by the optimizers of
+:mod:`zoo_rl.optim`. Under Adam a parameter moves by about the learning rate per update whatever
+its gradient, so at Adam 1e-4 a gate score moves by at most ~0.16 over 1,560 PPO updates: the
+gates need their own, larger rate to choose within such a budget while the bank keeps the
+fine-tuning rate.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zoo_rl.aggregate import align_biases, merge, mix, zoo_conv2d, zoo_linear
+from zoo_rl.optim import set_lr_multiplier
 
 GateMode = Literal["sample", "batch", "lite", "uniform"]
 Normalisation = Literal["softmax", "sigmoid-sum", "sigmoid"]
@@ -84,40 +94,86 @@ class SourceGate(nn.Module):
     :param in_channels: channels I of the layer input (its spatial axes are averaged away).
     :param n_sources: K.
     :param normalisation: ``softmax``, ``sigmoid-sum`` or ``sigmoid``.
-    :param scale: multiplies the scores. Under Adam, whose steps do not depend on a gradient's
-        size, this is the gate's learning rate relative to the rest of the network (a per-module
-        rate that survives SB3 resetting every parameter group's rate at each update). 1: the
-        paper's gate.
+    :param init_gates: ``(K,)`` gate values at the start (default: equal scores, i.e. 1/K under
+        softmax and sigmoid-sum, 0.5 under sigmoid); see :func:`initial_scores`.
     """
 
     def __init__(self, in_channels: int, n_sources: int, normalisation: Normalisation = DEFAULT_NORMALISATION,
-                 scale: float = 1.0) -> None:
+                 init_gates: Sequence[float] | torch.Tensor | None = None) -> None:
         super().__init__()
         self.normalisation = check_choice(normalisation, NORMALISATIONS, "gate normalisation")
-        if not scale > 0:
-            raise ValueError(f"gate scale must be positive, got {scale}.")
-        self.scale = float(scale)
         hidden = in_channels // 4 + 1
         bound = 1.0 / math.sqrt(in_channels)  # nn.Linear's default init for the first layer
         self.weight1 = nn.Parameter(torch.empty(hidden, in_channels).uniform_(-bound, bound))
         self.bias1 = nn.Parameter(torch.empty(hidden).uniform_(-bound, bound))
-        self.weight2 = nn.Parameter(torch.zeros(n_sources, hidden))  # zero: equal gates at start
-        self.bias2 = nn.Parameter(torch.zeros(n_sources))
+        self.weight2 = nn.Parameter(torch.zeros(n_sources, hidden))  # zero: gates independent of the input
+        start = torch.zeros(n_sources) if init_gates is None else initial_scores(init_gates, self.normalisation)
+        if start.shape != (n_sources,):
+            raise ValueError(f"init_gates must have one value per source ({n_sources}), got {tuple(start.shape)}.")
+        self.bias2 = nn.Parameter(start)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Raw scores ``(B, K)``; ``x`` is ``(B, I)`` or ``(B, I, *spatial)``."""
         pooled = x.flatten(2).mean(-1) if x.dim() > 2 else x
-        scores = F.linear(F.relu(F.linear(pooled, self.weight1, self.bias1)), self.weight2, self.bias2)
-        return scores * self.scale if self.scale != 1.0 else scores
+        return F.linear(F.relu(F.linear(pooled, self.weight1, self.bias1)), self.weight2, self.bias2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = self.scores(x).float()  # normalise in float32, also under bf16 autocast
-        if self.normalisation == "softmax":
-            return torch.softmax(scores, dim=-1)
-        gates = torch.sigmoid(scores)
-        if self.normalisation == "sigmoid-sum":
-            gates = gates / gates.sum(dim=-1, keepdim=True)
-        return gates
+        return normalise(self.scores(x).float(), self.normalisation)  # float32, also under bf16 autocast
+
+
+def normalise(scores: torch.Tensor, normalisation: Normalisation) -> torch.Tensor:
+    """Gate values from scores ``(..., K)`` under ``normalisation``."""
+    if normalisation == "softmax":
+        return torch.softmax(scores, dim=-1)
+    gates = torch.sigmoid(scores)
+    if normalisation == "sigmoid-sum":
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+    return gates
+
+
+def initial_scores(gates: Sequence[float] | torch.Tensor, normalisation: Normalisation) -> torch.Tensor:
+    """Scores ``(K,)`` whose gate values under ``normalisation`` are ``gates``.
+
+    softmax and sigmoid-sum gates sum to 1, so ``gates`` must too; sigmoid gates are independent,
+    each in (0, 1). For sigmoid-sum the sigmoids are set to ``gates / (2 max(gates))`` (the largest
+    at 0.5, in the sigmoid's steep part).
+
+    :raises ValueError: values outside (0, 1), or not summing to 1 where the normalisation needs it.
+    """
+    g = torch.as_tensor(gates, dtype=torch.float64).flatten()
+    if not bool(((g > 0) & (g < 1)).all()) and not (g.numel() == 1 and normalisation != "sigmoid"):
+        raise ValueError(f"init_gates must lie strictly between 0 and 1 (a gate of exactly 0 or 1 cannot move), "
+                         f"got {g.tolist()}.")
+    if normalisation != "sigmoid" and abs(float(g.sum()) - 1.0) > 1e-6:
+        raise ValueError(f"{normalisation} gates sum to 1, but init_gates sum to {float(g.sum()):.6g}: rescale "
+                         "them, or use normalisation='sigmoid' for independent gates.")
+    if normalisation == "softmax":
+        scores = g.log()
+        scores = scores - scores.mean()
+    elif normalisation == "sigmoid-sum":
+        scores = torch.logit(g / (2 * g.max()))
+    else:
+        scores = torch.logit(g)
+    return scores.float()
+
+
+def ranked_gates(n_sources: int, order: Sequence[int], top: int = 1, weight: float = 0.99) -> list[float]:
+    """Start gates that put ``weight`` on the ``top`` best-ranked sources (shared equally) and the rest
+    equally on the others: with ``top=1`` the merged network starts within ``1 - weight`` of the
+    best-ranked source, and every other source stays open to the gates.
+
+    :param order: source indices, best first (at least ``top`` of them).
+    :raises ValueError: ``top`` out of range, or ``weight`` not in (0, 1).
+    """
+    if not 1 <= top <= n_sources or len(order) < top:
+        raise ValueError(f"top must be between 1 and the number of ranked sources, got {top}.")
+    if top == n_sources:
+        return [1.0 / n_sources] * n_sources
+    if not 0.0 < weight < 1.0:
+        raise ValueError(f"weight must be in (0, 1), got {weight}.")
+    chosen = set(int(i) for i in order[:top])
+    rest = (1.0 - weight) / (n_sources - top)
+    return [weight / top if k in chosen else rest for k in range(n_sources)]
 
 
 class ZooLayer(nn.Module):
@@ -132,8 +188,10 @@ class ZooLayer(nn.Module):
     :param gate_channels: channels the gate pools over; for a linear layer fed with an
         unflattened ``(B, C, H, W)`` map this is C (default: the layer's input channels).
     :param lite_momentum: momentum m of the lite moving average.
-    :param gate_scale: score multiplier of the gate, i.e. its relative learning rate under Adam
-        (see :class:`SourceGate`).
+    :param init_gates: ``(K,)`` gate values at the start (default: equal), see :class:`SourceGate`.
+    :param gate_lr: learning-rate multiplier of the gate network (see :mod:`zoo_rl.optim`).
+    :param align_lr: learning-rate multiplier of the alignments.
+    :param bank_lr: learning-rate multiplier of the bank (weights and biases).
     """
 
     def __init__(
@@ -146,7 +204,10 @@ class ZooLayer(nn.Module):
         stride: int = 1,
         gate_channels: int | None = None,
         lite_momentum: float = LITE_MOMENTUM,
-        gate_scale: float = 1.0,
+        init_gates: Sequence[float] | torch.Tensor | None = None,
+        gate_lr: float = 1.0,
+        align_lr: float = 1.0,
+        bank_lr: float = 1.0,
     ) -> None:
         super().__init__()
         if weights.dim() not in (3, 5):
@@ -163,10 +224,19 @@ class ZooLayer(nn.Module):
         self.weight = nn.Parameter(weights.detach().clone().float())
         self.bias = nn.Parameter(biases.detach().clone().float())
         self.align = nn.Parameter(torch.eye(o).repeat(k, 1, 1)) if align else None
-        self.gate = None if mode == "uniform" else SourceGate(gate_channels or i, k, normalisation, gate_scale)
+        if mode == "uniform" and init_gates is not None:
+            raise ValueError("A uniform layer has fixed gates 1/K: init_gates needs a gated mode (lite, batch, sample).")
+        self.gate = None if mode == "uniform" else SourceGate(gate_channels or i, k, normalisation, init_gates)
+        set_lr_multiplier([self.weight, self.bias], bank_lr)
+        if self.align is not None:
+            set_lr_multiplier([self.align], align_lr)
+        if self.gate is not None:
+            set_lr_multiplier(self.gate.parameters(), gate_lr)
         self.register_buffer("uniform_gates", torch.full((k,), 1.0 / k), persistent=False)
         # Names start with "running_": SB3's DQN copies such buffers to its target network.
-        self.register_buffer("running_gates", torch.full((k,), 1.0 / k))
+        # The gates at the start, before any batch (export_lite of an untrained model uses them).
+        start = self.uniform_gates.clone() if self.gate is None else normalise(self.gate.bias2.detach(), normalisation)
+        self.register_buffer("running_gates", start)
         self.register_buffer("running_updates", torch.zeros(()))
         self.last_gates: torch.Tensor | None = None  # batch mean of the gates last used, for logging
         self._merged_cache: tuple | None = None  # (parameter versions, weight, bias) for inference

@@ -40,7 +40,9 @@ from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor, cached_zoo
 from zoo_rl.fast import (FastCnnPolicy, algo_kwargs, extractor_precision, machine_info,
                           reuse_freed_memory)
-from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
+from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS, ranked_gates
+from zoo_rl.optim import zoo_optimizer
+from zoo_rl.ranking import RANK_STEPS, rank_sources, ranking_order
 from zoo_rl.metrics import area_under_curve, difference_interval, human_normalised, iqm_with_interval, steps_to_threshold
 from zoo_rl.sources import Source, atomic_write_bytes
 from zoo_rl.training import (
@@ -64,9 +66,11 @@ METHODS: dict[str, str] = {
     "ensemble": "the K frozen source extractors side by side with a learned head",
 }
 ZOO_GATES = {"uniform": "uniform", "zoo": "sample", "zoo-lite": "lite"}
-#: Ablation options of the zoo methods, ``<method>:<option>[+<option>]``, e.g. ``zoo-lite:sigmoid``
-#: (the paper's gate normalisation) or ``zoo-lite:noalign`` (no channel alignment); also
-#: ``gate-x<N>``: gate scores times N, i.e. the gates learn N times faster under Adam.
+#: Options of the zoo methods, ``<method>:<option>[+<option>]``, e.g. ``zoo-lite:sigmoid`` (the paper's
+#: gate normalisation) or ``zoo-lite:noalign`` (no channel alignment). Also, with a number N:
+#: ``gate-lr<N>``, ``align-lr<N>``, ``bank-lr<N>``: that group's learning rate is N times the study's
+#: (:mod:`zoo_rl.optim`); and ``ranked`` / ``top<k>``: the gates start with 0.99 of the weight on the
+#: best-ranked source (shared by the top k), from the study's ``ranking.csv`` (:mod:`zoo_rl.ranking`).
 ZOO_OPTIONS: dict[str, dict[str, Any]] = {
     "softmax": dict(normalisation="softmax"),
     "sigmoid": dict(normalisation="sigmoid"),
@@ -74,7 +78,12 @@ ZOO_OPTIONS: dict[str, dict[str, Any]] = {
     "noalign": dict(align=False),
     "align-conv": dict(align="conv"),
 }
+_LR_OPTION = re.compile(r"(gate|align|bank)-lr(\d+(?:\.\d+)?(?:e-?\d+)?)")
+_TOP_OPTION = re.compile(r"ranked|top(\d+)")
+#: Share of the start gates on the top-ranked source(s) of the ``ranked`` / ``top<k>`` options.
+RANKED_WEIGHT = 0.99
 RESULT = "result.json"
+RANKING = "ranking.csv"
 RESULT_COLUMNS = ["target", "method", "seed", "steps", "final_return", "final_return_std", "final_episodes",
                   "last_evaluation_return", "initial_return", "auc", "threshold", "steps_to_threshold",
                   "human_normalised", "wall_seconds", "timesteps_per_second", "parallel_runs", "extractor_precision",
@@ -109,6 +118,8 @@ class StudyConfig:
     :param env_backend: training environments of Atari targets: ``auto`` (ale-py's vector
         environment where it applies), ``ale`` or ``gym`` (the RL Baselines3 Zoo wrappers).
         Evaluations always use ``gym``. A run resumes only with the backend it started with.
+    :param rank_steps: agent steps per source of the ranking written to ``ranking.csv`` before training
+        (:func:`zoo_rl.ranking.rank_sources`; the ``ranked`` / ``top<k>`` methods start from it).
     :param normalisation: gate normalisation of the gated methods (``zoo``, ``zoo-lite``) whose name
         gives none (``zoo-lite:sigmoid`` does); ``None``: the library default,
         :data:`zoo_rl.layers.DEFAULT_NORMALISATION`. Each run records its own; a study folder
@@ -135,6 +146,7 @@ class StudyConfig:
     n_envs: int | None = None
     env_backend: str = "auto"
     normalisation: str | None = None
+    rank_steps: int = RANK_STEPS
 
 
 @dataclass
@@ -218,23 +230,40 @@ def expand_zoo(entries: list[str], task: Task) -> list[str]:
 
 
 def zoo_options(method: str) -> dict[str, Any]:
-    """ZooExtractor keyword arguments of a zoo method's options: ``zoo-lite:sigmoid+noalign`` ->
-    ``{"normalisation": "sigmoid", "align": False}``.
+    """ZooExtractor keyword arguments of a zoo method's options: ``zoo-lite:sigmoid+noalign+gate-lr30`` ->
+    ``{"normalisation": "sigmoid", "align": False, "gate_lr": 30.0}``. A ranked start is not among them
+    (it needs the study's ranking): see :func:`ranked_top`.
 
     :raises ValueError: an unknown option (the valid ones are listed).
     """
     _, _, arg = method.partition(":")
     kwargs: dict[str, Any] = {}
     for option in filter(None, arg.split("+")):
-        scale = re.fullmatch(r"gate-x(\d+(?:\.\d+)?)", option)
-        if scale and float(scale[1]) > 0:
-            kwargs["gate_scale"] = float(scale[1])
+        rate = _LR_OPTION.fullmatch(option)
+        if rate and float(rate[2]) > 0:
+            kwargs[f"{rate[1]}_lr"] = float(rate[2])
+            continue
+        top = _TOP_OPTION.fullmatch(option)
+        if top and (top[1] is None or int(top[1]) >= 1):
             continue
         if option not in ZOO_OPTIONS:
-            raise ValueError(f"Unknown option {option!r} in method {method!r}; options of zoo, zoo-lite and uniform "
-                             f"(joined with '+'): {', '.join(ZOO_OPTIONS)}, gate-x<N> (gate learning rate x N).")
+            hint = " (gate-x<N> became gate-lr<N>: a real learning rate per parameter group)" if option.startswith(
+                "gate-x") else ""
+            raise ValueError(f"Unknown option {option!r} in method {method!r}{hint}; options of zoo, zoo-lite and "
+                             f"uniform (joined with '+'): {', '.join(ZOO_OPTIONS)}, gate-lr<N>, align-lr<N>, "
+                             "bank-lr<N> (that group's learning rate x N), ranked or top<k> (start from the "
+                             "best-ranked source(s)).")
         kwargs.update(ZOO_OPTIONS[option])
     return kwargs
+
+
+def ranked_top(method: str) -> int | None:
+    """How many best-ranked sources a method starts from (``ranked``: 1, ``top<k>``: k), else None."""
+    for option in method.partition(":")[2].split("+"):
+        top = _TOP_OPTION.fullmatch(option)
+        if top:
+            return int(top[1] or 1)
+    return None
 
 
 #: Runs whose config.json records no ``extractor_kwargs`` were trained before it was recorded,
@@ -306,6 +335,11 @@ def expand_methods(methods: list[str], sources: list[Source]) -> list[str]:
                              + "; ".join(f"{k} ({v})" for k, v in METHODS.items()))
         if base in ZOO_GATES and arg:
             zoo_options(method)  # raises on an unknown option
+            top = ranked_top(method)
+            if top is not None and base == "uniform":
+                raise ValueError(f"{method}: uniform gates are fixed at 1/K; a ranked start needs zoo or zoo-lite.")
+            if top is not None and sources and top > len(sources):
+                raise ValueError(f"{method} starts from the top {top} sources, but the zoo has {len(sources)}.")
             out.append(method)
         elif base == "finetune" and arg:
             if arg not in names:
@@ -376,6 +410,30 @@ def _hyperparams(job: RunJob) -> tuple[dict[str, Any], int]:
     return params, n_envs
 
 
+def run_extractor_kwargs(job: RunJob) -> dict[str, Any]:
+    """:func:`extractor_kwargs` of the job's method, with a ranked start resolved into ``init_gates``
+    (from the study's ``ranking.csv``, computed first if missing)."""
+    kwargs = extractor_kwargs(job.method, job.study.normalisation)
+    top = ranked_top(job.method)
+    if top is not None:
+        order = ranking_order(study_ranking(job.study, job.task, job.zoo), [s.name for s in cached_zoo(job.zoo)])
+        kwargs["init_gates"] = ranked_gates(len(job.zoo), order, top=top, weight=RANKED_WEIGHT)
+    return kwargs
+
+
+def study_ranking(study: StudyConfig, task: Task, zoo: list[str]) -> pd.DataFrame:
+    """The study's source ranking, ``<out>/ranking.csv``: read if present, else computed and written
+    (:func:`zoo_rl.ranking.rank_sources`, ``study.rank_steps`` per source, otherwise its defaults)."""
+    path = Path(study.out) / RANKING
+    if path.is_file():
+        table = pd.read_csv(path)
+        if sorted(table["source"]) == sorted(s.name for s in cached_zoo(zoo)):
+            return table
+    table = rank_sources(task, zoo, steps=study.rank_steps)
+    write_csv_atomic(table, path)
+    return table
+
+
 def build_model(job: RunJob, env) -> Any:
     """The SB3 model for ``job.method`` on ``env`` (fresh, before any checkpoint is applied)."""
     study = job.study
@@ -388,8 +446,9 @@ def build_model(job: RunJob, env) -> Any:
         policy_kwargs["optimizer_class"] = torch.optim.Adam  # A2C defaults to RMSprop
     base, _, arg = job.method.partition(":")
     if base in ZOO_GATES:
-        policy_kwargs.update(features_extractor_class=ZooExtractor, features_extractor_kwargs=dict(
-            zoo=job.zoo, **extractor_kwargs(job.method, study.normalisation)))
+        policy_kwargs.update(features_extractor_class=ZooExtractor,
+                             features_extractor_kwargs=dict(zoo=job.zoo, **run_extractor_kwargs(job)))
+        policy_kwargs["optimizer_class"] = zoo_optimizer(policy_kwargs.get("optimizer_class", torch.optim.Adam))
     elif base == "ensemble":
         policy_kwargs.update(features_extractor_class=EnsembleExtractor, features_extractor_kwargs=dict(zoo=job.zoo))
     params = {k: parse_value(v) for k, v in params.items()}
@@ -437,7 +496,7 @@ def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
     write_json(run_dir / "config.json", {"study": asdict(study), "method": job.method, "seed": job.seed,
                                          "task": asdict(job.task), "zoo": job.zoo, "n_envs": n_envs,
                                          "env_backend": backend, "hyperparams": params,
-                                         "extractor_kwargs": extractor_kwargs(job.method, study.normalisation),
+                                         "extractor_kwargs": run_extractor_kwargs(job),
                                          "command": command_line(), "versions": env_versions(),
                                          "machine": machine_info(),
                                          # steps/s depend on it (zoo-sample 1.18x): train_run sets it again
@@ -701,6 +760,8 @@ def run_study(study: StudyConfig, progress: bool = True,
     jobs = plan(study)
     out = Path(study.out)
     write_study_json(study, len(jobs))
+    if jobs[0].zoo:  # before any run: the ranked methods start from it
+        study_ranking(study, jobs[0].task, jobs[0].zoo)
     pending = [j for j in jobs if not (j.run_dir / RESULT).is_file()]
     bar = None
     if progress:

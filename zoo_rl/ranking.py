@@ -1,0 +1,278 @@
+"""Rank the sources of a zoo for a target task before any transfer run.
+
+:func:`rank_sources` scores every source from at most ``steps`` agent steps on the target
+(default 10k), plus one shared run of the same length by a uniformly random policy:
+
+- **zero-shot play** (the primary evidence). The source's own policy (its extractor and action
+  head, actions sampled as in training) plays the target. A source action is mapped to the target
+  action with the same meaning (ALE's ``get_action_meanings``, Lab2D's action names); a combined
+  Atari action the target lacks falls back to its largest part the target has (``UPRIGHTFIRE`` ->
+  ``RIGHTFIRE`` in Pong, ``RIGHT`` in Breakout: a movement before ``FIRE``), else ``NOOP``. The score is the training reward (clipped to its
+  sign, as the agent will learn it) per agent step, which is defined whether or not an episode
+  ends inside the budget; its standard error comes from the independent environments. A source
+  *transfers zero-shot* when its rate is above the random policy's by two standard errors.
+- **value probe** (where zero-shot play says nothing). On the random policy's frames, a ridge
+  regression from the source's 512 features to the discounted return-to-go (clipped rewards,
+  gamma 0.99), fitted on half of the environments and scored (R²) on the other half, both ways.
+  It measures whether the source's features already encode what predicts reward on the target.
+
+Ranking: the sources that transfer zero-shot come first, by reward rate; the others follow by
+probe R². What it cannot see: how fast a source's features *adapt* under fine-tuning (a source
+whose play is useless may still fine-tune well), effects that need more than ``steps`` steps to
+show (rare rewards), and sources without an action head (a bare extractor, a CleanRL file) or
+whose actions share no meaning with the target's (another family): those are ranked by the
+probe alone. Validation against the fine-tunes of the published studies: ``docs/results.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from stable_baselines3.common.vec_env import VecEnv
+
+from envs.tasks import Task, make_env, resolve
+from zoo_rl.sources import LAYERS, Source, load_source, read_compact, read_sb3_zip
+
+#: Agent steps per source, and for the shared random-policy run.
+RANK_STEPS = 10_000
+#: Parallel environments of each run: the standard errors come from their independence.
+RANK_ENVS = 8
+#: Discount of the probe's return-to-go.
+PROBE_GAMMA = 0.99
+#: Ridge penalty of the probe, on standardised features.
+PROBE_RIDGE = 100.0
+#: Zero-shot play counts as evidence above this many standard errors over random play.
+Z_THRESHOLD = 2.0
+RANKING_COLUMNS = ["rank", "source", "basis", "zero_shot_rate", "zero_shot_se", "zero_shot_z", "zero_shot_return",
+                   "zero_shot_episodes", "probe_r2", "shared_actions", "random_rate", "agent_steps", "seconds"]
+_ATARI_PARTS = re.compile(r"UP|DOWN|LEFT|RIGHT|FIRE")
+
+
+@dataclass
+class Rollout:
+    """What a policy did in ``steps`` agent steps on ``n_envs`` environments."""
+
+    rewards: np.ndarray  # (steps_per_env, n_envs) clipped training rewards
+    dones: np.ndarray  # (steps_per_env, n_envs)
+    observations: np.ndarray | None  # (steps_per_env, n_envs, C, H, W) uint8, when kept
+    episode_returns: list[float]  # unclipped returns of the episodes that ended
+
+    def rate(self) -> tuple[float, float]:
+        """Mean reward per step and its standard error over the environments."""
+        per_env = self.rewards.mean(axis=0)
+        se = per_env.std(ddof=1) / np.sqrt(len(per_env)) if len(per_env) > 1 else 0.0
+        return float(per_env.mean()), float(se)
+
+
+def action_meanings(venv: VecEnv) -> list[str]:
+    """Names of the actions of ``venv``'s environments (ALE's, or Lab2D's ``component=value``)."""
+    env = venv.get_attr("unwrapped", [0])[0]
+    if hasattr(env, "get_action_meanings"):
+        return list(env.get_action_meanings())
+    actions = getattr(env, "_actions", None)
+    if actions is None:
+        raise ValueError(f"{type(env).__name__} does not name its actions.")
+    return ["+".join(f"{k}={v}" for k, v in sorted(a.items()) if v) or "NOOP" for a in actions]
+
+
+def action_map(source: Sequence[str], target: Sequence[str]) -> tuple[np.ndarray, int]:
+    """For each source action, the target action of the same meaning (or its largest Atari part the
+    target has, else the target's ``NOOP``, else action 0); and how many non-NOOP meanings map exactly."""
+    index = {m: i for i, m in enumerate(target)}
+    noop = index.get("NOOP", 0)
+    parts = {m: frozenset(_ATARI_PARTS.findall(m)) for m in target}
+    mapping, shared = [], 0
+    for meaning in source:
+        if meaning in index:
+            mapping.append(index[meaning])
+            shared += meaning != "NOOP"
+            continue
+        mine = frozenset(_ATARI_PARTS.findall(meaning))
+        # the largest part; among equals a movement before FIRE, then the first
+        subsets = [(len(p), len(p - {"FIRE"}), -i) for i, p in enumerate(parts.values()) if p and p <= mine]
+        mapping.append(-max(subsets)[2] if subsets else noop)
+    return np.asarray(mapping, dtype=np.int64), shared
+
+
+def source_head(spec: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The action head ``(weight (A, 512), bias (A,))`` of a compact source or an SB3 zip, else None."""
+    path = Path(spec)
+    if path.is_dir():
+        state, _ = read_compact(path)
+        keys = ("head.action_net.weight", "head.action_net.bias")
+    elif path.suffix == ".zip" and path.is_file():
+        state = read_sb3_zip(path)[1]
+        keys = ("action_net.weight", "action_net.bias")
+    else:
+        return None
+    return (state[keys[0]].float(), state[keys[1]].float()) if all(k in state for k in keys) else None
+
+
+def source_task(source: Source) -> Task | None:
+    """The task a source was trained on, from its metadata (None when it does not say)."""
+    game = source.meta.get("game")
+    if not game:
+        return None
+    try:
+        return resolve(game, source.meta.get("mode"), source.meta.get("difficulty"))
+    except ValueError:
+        return None
+
+
+@torch.no_grad()
+def features(source: Source, observations: np.ndarray) -> torch.Tensor:
+    """NatureCNN features ``(N, 512)`` of ``observations`` ``(N, C, H, W)`` uint8 under ``source``."""
+    x = torch.as_tensor(observations).float().div_(255.0)
+    for layer, stride in zip(LAYERS[:3], (4, 2, 1)):
+        x = F.relu(F.conv2d(x, source.state[f"{layer}.weight"], source.state[f"{layer}.bias"], stride))
+    return F.relu(F.linear(x.flatten(1), source.state["linear.0.weight"], source.state["linear.0.bias"]))
+
+
+def play(venv: VecEnv, steps: int, act, keep_observations: bool = False) -> Rollout:
+    """Run ``act(observations (n, C, H, W) uint8) -> actions (n,)`` for ``steps`` agent steps in total."""
+    n = venv.num_envs
+    per_env = max(1, steps // n)
+    obs = venv.reset()
+    rewards = np.zeros((per_env, n), dtype=np.float32)
+    dones = np.zeros((per_env, n), dtype=bool)
+    kept = np.zeros((per_env, n, obs.shape[-1], *obs.shape[1:3]), dtype=np.uint8) if keep_observations else None
+    returns: list[float] = []
+    for t in range(per_env):
+        chw = np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
+        if kept is not None:
+            kept[t] = chw
+        obs, reward, done, infos = venv.step(act(chw))
+        rewards[t], dones[t] = np.sign(reward), done
+        returns += [float(i["episode"]["r"]) for i in infos if "episode" in i]
+    return Rollout(rewards, dones, kept, returns)
+
+
+def returns_to_go(rewards: np.ndarray, dones: np.ndarray, gamma: float = PROBE_GAMMA) -> np.ndarray:
+    """Discounted return-to-go ``(T, n)``, cut at episode ends (``dones[t]``: the episode ended after step t)."""
+    out = np.zeros_like(rewards, dtype=np.float64)
+    running = np.zeros(rewards.shape[1])
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running * (~dones[t])
+        out[t] = running
+    return out
+
+
+def probe_r2(feats: np.ndarray, targets: np.ndarray, ridge: float = PROBE_RIDGE) -> float:
+    """Held-out R² of a ridge regression ``feats (T, n, D) -> targets (T, n)``: fitted on one half of the
+    environments and scored on the other, both ways, averaged. Features are standardised on the fit half."""
+    n = feats.shape[1]
+    halves = (np.arange(n) < n // 2, np.arange(n) >= n // 2)
+    scores = []
+    for fit, test in (halves, halves[::-1]):
+        x, y = feats[:, fit].reshape(-1, feats.shape[-1]), targets[:, fit].reshape(-1)
+        xt, yt = feats[:, test].reshape(-1, feats.shape[-1]), targets[:, test].reshape(-1)
+        mean, std = x.mean(0), x.std(0) + 1e-6
+        x, xt = (x - mean) / std, (xt - mean) / std
+        y_mean = y.mean()
+        w = np.linalg.solve(x.T @ x + ridge * np.eye(x.shape[1]), x.T @ (y - y_mean))
+        residual = ((yt - (xt @ w + y_mean)) ** 2).sum()
+        total = ((yt - yt.mean()) ** 2).sum()
+        scores.append(1.0 - residual / total if total > 0 else 0.0)
+    return float(np.mean(scores))
+
+
+def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: int = RANK_STEPS,
+                 n_envs: int = RANK_ENVS, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+    """Score and rank the sources in ``zoo`` for ``target`` (see the module docstring).
+
+    :param target: a task or a task name (``Pong``, ``Breakout-m4``, ``lab2d:commons_harvest``).
+    :param zoo: sources as :func:`zoo_rl.load_source` reads them.
+    :param steps: agent steps per source (and for the random policy).
+    :return: one row per source, best first: columns :data:`RANKING_COLUMNS`.
+    :raises ValueError: an empty zoo, or ``steps`` smaller than ``n_envs`` x 2.
+    """
+    task = resolve(target) if isinstance(target, str) else target
+    if len(zoo) == 0:
+        raise ValueError("rank_sources needs at least one source.")
+    if steps < 2 * n_envs or n_envs < 2:
+        raise ValueError(f"steps ({steps}) must be at least 2 x n_envs and n_envs ({n_envs}) at least 2: the "
+                         "standard errors and the probe's held-out half come from the separate environments.")
+    rng = np.random.default_rng(seed)
+
+    def fresh_env() -> VecEnv:
+        return make_env(task, n_envs, seed=seed, backend="gym")
+
+    venv = fresh_env()
+    try:
+        meanings = action_meanings(venv)
+        start = time.perf_counter()
+        random = play(venv, steps, lambda obs: rng.integers(len(meanings), size=len(obs)), keep_observations=True)
+        random_seconds = time.perf_counter() - start
+    finally:
+        venv.close()
+    random_rate, random_se = random.rate()
+    targets = returns_to_go(random.rewards, random.dones)
+    frames = random.observations.reshape(-1, *random.observations.shape[2:])
+    rows = []
+    for spec in zoo:
+        started = time.perf_counter()
+        source = load_source(spec)
+        feats = features(source, frames).numpy().reshape(*random.rewards.shape, -1)
+        row = dict(source=source.name, probe_r2=probe_r2(feats, targets), random_rate=random_rate,
+                   shared_actions=0, zero_shot_rate=np.nan, zero_shot_se=np.nan, zero_shot_z=np.nan,
+                   zero_shot_return=np.nan, zero_shot_episodes=0, agent_steps=0)
+        head, own = source_head(spec), source_task(source)
+        if head is not None and own is not None and own.family == task.family:
+            own_env = make_env(own, 1, seed=seed, backend="gym")
+            try:
+                mapping, shared = action_map(action_meanings(own_env), meanings)
+            finally:
+                own_env.close()
+            if shared and len(mapping) == head[0].shape[0]:
+                weight, bias = head
+                generator = torch.Generator().manual_seed(seed)
+
+                def act(obs: np.ndarray) -> np.ndarray:
+                    logits = F.linear(features(source, obs), weight, bias)
+                    return mapping[torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0].numpy()]
+
+                venv = fresh_env()
+                try:
+                    rollout = play(venv, steps, act)
+                finally:
+                    venv.close()
+                rate, se = rollout.rate()
+                row.update(shared_actions=shared, zero_shot_rate=rate, zero_shot_se=se,
+                           zero_shot_z=(rate - random_rate) / max(np.hypot(se, random_se), 1e-9),
+                           zero_shot_return=float(np.mean(rollout.episode_returns)) if rollout.episode_returns
+                           else np.nan, zero_shot_episodes=len(rollout.episode_returns),
+                           agent_steps=int(rollout.rewards.size))
+        row["seconds"] = round(time.perf_counter() - started, 1)
+        rows.append(row)
+        if progress:
+            print(f"  {source.name}: zero-shot z {row['zero_shot_z']:.1f}, probe R² {row['probe_r2']:.3f} "
+                  f"({row['seconds']:.0f} s)", flush=True)
+    table = pd.DataFrame(rows)
+    table["basis"] = np.where(table["zero_shot_z"] >= Z_THRESHOLD, "zero-shot", "probe")
+    zero_shot = table[table["basis"] == "zero-shot"].sort_values("zero_shot_rate", ascending=False)
+    rest = table[table["basis"] == "probe"].sort_values("probe_r2", ascending=False)
+    table = pd.concat([zero_shot, rest]).reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    table.attrs["random_seconds"] = random_seconds
+    return table[RANKING_COLUMNS]
+
+
+def ranking_order(ranking: pd.DataFrame, names: Sequence[str]) -> list[int]:
+    """Indices into ``names`` (the zoo's source names, in zoo order), best-ranked first.
+
+    :raises ValueError: the ranking does not rank exactly these sources.
+    """
+    ranked = list(ranking.sort_values("rank")["source"])
+    if sorted(ranked) != sorted(names):
+        raise ValueError(f"The ranking ranks {sorted(ranked)}, not this zoo's sources {sorted(names)}: delete the "
+                         "study's ranking.csv to recompute it.")
+    return [list(names).index(n) for n in ranked]
