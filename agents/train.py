@@ -72,12 +72,12 @@ def is_done(zoo_dir: Path, spec: SourceSpec) -> bool:
 
 
 #: Files of a run needed to resume it elsewhere (the checkpoint holds weights and optimizer).
-RESUME_FILES = ("checkpoint.zip", "evaluations.npz", "config.json", "status.json", "monitor")
+RESUME_FILES = ("checkpoint.zip", "evaluations.npz", "config.json", "status.json")
 
 
 def copy_run(src: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in RESUME_FILES:
+    for name in (*RESUME_FILES, *sorted(p.name for p in src.glob("*.monitor.csv"))):
         if (src / name).is_dir():
             shutil.copytree(src / name, dest / name, dirs_exist_ok=True)
         elif name.endswith(".zip") and (src / name).is_file():

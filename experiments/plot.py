@@ -4,8 +4,8 @@
     python experiments/plot.py runs/transfer/Pong-ppo --out results/pong
 
 Figures: learning curves (mean over seeds with a 95% bootstrap band, x in agent steps), the
-gates over training per layer and source, and a bar chart of the IQM final return with its
-95% stratified-bootstrap interval.
+gates over training per layer and source, and the summary: each method's IQM final return with
+its 95% stratified-bootstrap interval, beside its difference to scratch with its interval.
 """
 
 from __future__ import annotations
@@ -81,12 +81,38 @@ def plot_gates(gates: pd.DataFrame, path_stem: Path) -> list[Path]:
     return written
 
 
-def plot_summary(summary: pd.DataFrame, ax) -> None:
-    table = summary.sort_values("iqm")
-    err = np.vstack([table["iqm"] - table["iqm_low"], table["iqm_high"] - table["iqm"]])
-    ax.barh(table["method"], table["iqm"], xerr=err, color="tab:blue", alpha=0.7, capsize=3)
-    ax.set_xlabel("IQM final return (95% stratified-bootstrap CI)")
-    ax.grid(axis="x", alpha=0.3)
+def plot_summary(summary: pd.DataFrame, axes) -> None:
+    """Left: each method's IQM final return as a point with its 95% interval (no bars from 0, so that
+    negative and mixed-sign returns stay readable), scratch's as a line. Right: the difference of the
+    mean to scratch with its 95% bootstrap interval, 0 as a line; where the study has no scratch runs
+    the panel says so."""
+    table = summary.sort_values("iqm").reset_index(drop=True)
+    y = np.arange(len(table))
+    styles = method_styles(sorted(table["method"]))
+    colours = [styles[m]["color"] for m in table["method"]]
+    left, right = axes
+    err = np.vstack([table["iqm"] - table["iqm_low"], table["iqm_high"] - table["iqm"]]).clip(min=0)
+    for i in y:
+        left.errorbar(table["iqm"][i], i, xerr=err[:, i:i + 1], fmt="o", color=colours[i], capsize=3)
+    if "scratch" in set(table["method"]):
+        left.axvline(table.loc[table["method"] == "scratch", "iqm"].item(), color="grey", linestyle=":", lw=1)
+    left.set_yticks(y, table["method"])
+    left.set_xlabel("IQM final return [95% CI]")
+    left.grid(axis="x", alpha=0.3)
+    if "vs_scratch" in table and table["vs_scratch"].notna().any():
+        diff = table["vs_scratch"]
+        err = np.vstack([diff - table["vs_scratch_low"], table["vs_scratch_high"] - diff]).clip(min=0)
+        for i in y:
+            if np.isfinite(diff[i]) and table["method"][i] != "scratch":
+                right.errorbar(diff[i], i, xerr=np.nan_to_num(err[:, i:i + 1]), fmt="o", color=colours[i], capsize=3)
+        right.axvline(0, color="grey", lw=1)
+        right.set_xlabel("mean - scratch's [95% CI]")
+        right.grid(axis="x", alpha=0.3)
+    else:
+        right.text(0.5, 0.5, "no scratch runs:\ndifferences not drawn", ha="center", va="center",
+                   transform=right.transAxes)
+        right.set_xticks([])
+    right.tick_params(labelleft=False)
 
 
 def save(fig, stem: Path) -> list[Path]:
@@ -116,11 +142,15 @@ def make_plots(study_dir: Path, out: Path | None = None) -> list[Path]:
         plot_curves(curves, ax)
         ax.set_title(f"Transfer to {target}")
         written += save(fig, out / "learning_curves")
-    summary = pd.read_csv(study_dir / "summary.csv")
-    if not summary.empty:
-        fig, ax = plt.subplots(figsize=(6, 0.35 * len(summary) + 1.2))
-        plot_summary(summary, ax)
-        ax.set_title(f"Final return, {target}")
+    else:
+        print(f"learning curves not drawn: {study_dir / 'curves.csv'} has no evaluation yet", file=sys.stderr)
+    summary = pd.read_csv(study_dir / "summary.csv") if (study_dir / "summary.csv").stat().st_size > 1 else pd.DataFrame()
+    if summary.empty:
+        print(f"summary figure not drawn: {study_dir / 'summary.csv'} has no finished run yet", file=sys.stderr)
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 0.35 * len(summary) + 1.4), sharey=True)
+        plot_summary(summary, axes)
+        fig.suptitle(f"Final return, {target}")
         written += save(fig, out / "summary")
     if (study_dir / "gates.csv").is_file():
         gates = pd.read_csv(study_dir / "gates.csv")

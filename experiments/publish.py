@@ -109,10 +109,10 @@ def final_return_note(results: pd.DataFrame) -> str:
     counts = ", ".join(str(int(n)) for n in sorted(episodes.unique()))
     which = ("for every run" if len(episodes) == len(results)
              else f"for {len(episodes)} of {len(results)} runs, the last evaluation for the others")
-    note = f"Final return: {counts} new games per run with the run's final model (`python experiments/reevaluate.py`) {which}. "
-    return note + ("Evaluations during training (curves, AUC, step 0) are the run's own: in runs trained before "
-                   "`envs.atari.restart_games`, each evaluation after the first continued the games the previous one "
-                   "left unfinished. The last of them is column `last_evaluation_return` of results.csv.")
+    note = (f"Final return: {counts} new games per run with the run's final model (played at the end of the run, "
+            f"or by `python experiments/reevaluate.py` for runs that finished without them) {which}. ")
+    return note + ("Evaluations during training (curves, AUC, step 0) are the run's own; the last of them is column "
+                   "`last_evaluation_return` of results.csv.")
 
 
 def gates_markdown(gates: pd.DataFrame) -> str:

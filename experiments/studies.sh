@@ -9,7 +9,8 @@
 #
 #   bash experiments/studies.sh            # everything, in order (about 19 CPU-hours on 2 cores)
 #   bash experiments/studies.sh pong       # one stage: pong | lab2d | parity | loo | cross | pong-long |
-#                                          pong-long-lr | loo-ablation | pong-ablation | pong-long-align
+#                                          pong-long-lr | loo-ablation | pong-ablation | pong-long-align |
+#                                          choose-gates | choose | choose-loo | ranking
 #
 # The pong-100k and lab2d studies started under softmax gates (then the default) and pin it, so that
 # their "zoo" and "zoo-lite" keep one meaning whatever the library default becomes.
@@ -124,4 +125,39 @@ if [[ $stage == all || $stage == pong-long-align ]]; then
     python experiments/compare.py --run results/pong-500k zoo-lite \
         --run results/pong-500k-align-conv zoo-lite:align-conv --run results/pong-500k finetune:pong-m1 \
         --run results/pong-500k scratch --out results/pong-500k-align-compare --plot > /dev/null
+fi
+if [[ $stage == all || $stage == choose-gates ]]; then
+    # 3a. The gates' learning rate (zoo_rl.optim): zoo-lite with the paper's sigmoid gates started equal, the gates at
+    #     30, 100 and 300 times the study's Adam 1e-4, one seed on Pong (gym backend, as pong-100k), to choose
+    #     the multiplier of the choose stages: the largest at which no layer's gates saturate (300 drives one
+    #     layer's to 0/1) and the related source rises above the others in at least one layer.
+    WORKERS=1 run pong-choose-100k --target Pong --env-backend gym --seeds 1 \
+        --methods zoo-lite:gate-lr100,zoo-lite:gate-lr300,zoo-lite:gate-lr30
+fi
+if [[ $stage == all || $stage == choose ]]; then
+    # 3b. Targets with one related source in the zoo, 3 seeds, 100k steps: the gates learning at 100x (equal
+    #     start: do they choose on their own?) and the ranked start (the merged network starts as the
+    #     top-ranked source of ranking.csv, gates at 100x). Pong beside the published pong-100k (same backend);
+    #     Breakout mode 4 (its related source: breakout, trained on mode 0) with every method it needs.
+    run pong-choose-100k --target Pong --env-backend gym --seeds 3 \
+        --methods zoo-lite:gate-lr100,zoo-lite:ranked+gate-lr100
+    python experiments/compare.py --run results/pong-choose-100k zoo-lite:ranked+gate-lr100 \
+        --run results/pong-choose-100k zoo-lite:gate-lr100 --run results/pong-100k finetune:pong-m1 \
+        --run results/pong-100k zoo-lite:sigmoid --run results/pong-100k scratch \
+        --out results/pong-choose-compare --plot > /dev/null
+    run breakout-m4-100k --target Breakout --mode 4 \
+        --methods scratch,finetune,zoo-lite,zoo-lite:ranked+gate-lr100,zoo-lite:gate-lr100
+fi
+if [[ $stage == all || $stage == choose-loo ]]; then
+    # 3c. Negative transfer: the leave-one-out targets (no related source), the new methods beside the
+    #     published loo studies.
+    for target in Breakout RoadRunner; do
+        name="$(echo "$target" | tr '[:upper:]' '[:lower:]')"
+        run "$name-loo-choose-100k" --target "$target" --methods zoo-lite:ranked+gate-lr100,zoo-lite:gate-lr100
+    done
+fi
+if [[ $stage == all || $stage == ranking ]]; then
+    # 3d. The ranking against every study's fine-tunes (ranking.csv of each study, then one table).
+    python experiments/validate_ranking.py results/pong-100k results/breakout-loo-100k results/roadrunner-loo-100k \
+        results/lab2d-commons_harvest-100k results/breakout-m4-100k --out results/ranking
 fi

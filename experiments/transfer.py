@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 from envs.atari import BACKENDS  # noqa: E402
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS  # noqa: E402
 from zoo_rl.study import (  # noqa: E402
-    METHODS, RESULT, ZOO_OPTIONS, StudyConfig, cross_target, extractor_kwargs, plan, run_study, write_csv_atomic,
+    METHODS, RESULT, ZOO_OPTIONS, StudyConfig, compact_summary, cross_target, describe_plan, extractor_kwargs, plan,
+    run_study, write_csv_atomic,
 )
 
 METHOD_HELP = ("; ".join(f"{k}: {v}" for k, v in METHODS.items())
@@ -47,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="study folder (default runs/transfer/<target>-<algo>)")
     p.add_argument("--eval-every", type=int, default=10_000, help="steps between evaluations and checkpoints")
     p.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)")
+    p.add_argument("--final-episodes", type=int, default=20,
+                   help="new games the final model of each run plays; their mean is the run's final return "
+                        "(default 20; 0: the last evaluation's mean)")
     p.add_argument("--threshold", type=float, default=None,
                    help="return for steps-to-threshold (default: scratch's mean final return)")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         target=args.target, mode=args.mode, difficulty=args.difficulty, zoo=args.zoo,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()], seeds=args.seeds, algo=args.algo,
         steps=args.steps, lr=args.lr, out=args.out, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+        final_episodes=args.final_episodes,
         threshold=args.threshold, precision=args.precision, workers=args.workers, launcher=args.launcher,
         ray_address=args.ray_address, n_envs=args.n_envs, env_backend=args.env_backend,
         normalisation=args.gate_normalisation, rank_steps=args.rank_steps,
@@ -98,16 +103,21 @@ def main(argv: list[str] | None = None) -> None:
         results, summary = run_study(study)
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
-    print(summary.to_string(index=False))
-    print(f"\ntables: {Path(study.out) / 'results.csv'}, {Path(study.out) / 'summary.csv'}")
-    print(f"plots:  python experiments/plot.py {study.out}")
+    except KeyboardInterrupt:
+        sys.exit(130)  # run_study has said where it stopped and how to resume
+    if summary.empty:
+        return
+    print("\n" + compact_summary(summary).to_string(index=False))
+    out = Path(study.out)
+    print(f"\ntables: {out / 'results.csv'}, {out / 'summary.csv'} (every column), {out / 'ranking.csv'}")
+    print(f"plots:  python experiments/plot.py {out}")
+    print(f"live:   tensorboard --logdir {out}")
 
 
 def print_plan(study: StudyConfig) -> None:
-    """The runs ``study`` would train, in order, and which are finished already."""
+    """The plan, then the runs ``study`` would train, in order, and which are finished already."""
     jobs = plan(study)
-    print(f"target {jobs[0].task.slug}, {len(jobs)} runs of {study.steps:,} steps -> {study.out}")
-    print("zoo: " + (", ".join(Path(z).name for z in jobs[0].zoo) or "(none)"))
+    print(describe_plan(study, jobs))
     for job in jobs:
         state = "done" if (job.run_dir / RESULT).is_file() else "to run"
         gates = extractor_kwargs(job.method, study.normalisation).get("normalisation")

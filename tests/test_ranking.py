@@ -60,3 +60,20 @@ def test_rank_sources_on_atari_plays_the_sources_that_have_heads(zoo_paths):
     assert np.isfinite(table["probe_r2"]).all()
     with pytest.raises(ValueError, match="at least 2 x n_envs"):
         rank_sources("Pong", zoo, steps=4, n_envs=4)
+
+
+@pytest.mark.slow
+def test_rank_script_writes_the_ranking_where_the_study_reads_it(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import rank
+
+    rank.main(["--target", "Breakout", "--mode", "4", "--steps", "16", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "ranking.csv")
+    assert sorted(table["source"]) == ["breakout", "enduro", "pong-m1", "roadrunner", "seaquest"]
+    assert "cost: " in printed and "agent steps" in printed and str(tmp_path / "ranking.csv") in printed
+    with pytest.raises(SystemExit, match="error: .*Unknown"):
+        rank.main(["--target", "NoSuchGame", "--out", str(tmp_path)])

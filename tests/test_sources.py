@@ -127,7 +127,7 @@ def test_folder_without_weights(tmp_path):
 
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="could not be read as a tensor file"):
+    with pytest.raises(ValueError, match="not a valid zip file, so neither an SB3 model nor a torch checkpoint"):
         load_source(tmp_path / "notes.txt")
 
 
@@ -180,3 +180,15 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
 def test_duplicate_names_are_made_unique(zoo_paths):
     names = [s.name for s in load_zoo([zoo_paths[0], zoo_paths[0]])]
     assert names == ["src0", "src0#1"]
+
+
+def test_a_truncated_source_file_says_it_is_not_a_valid_zip(tmp_path, zoo_paths):
+    whole = (Path(zoo_paths[0]) / "weights.pt").read_bytes()
+    (tmp_path / "cut.zip").write_bytes(whole[: len(whole) // 2])  # an interrupted download
+    with pytest.raises(ValueError, match="not a valid zip file.*compact zoo folder.*SB3 model .zip"):
+        load_source(tmp_path / "cut.zip")
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "weights.pt").write_bytes(whole[:1000])
+    with pytest.raises(ValueError, match="not a valid zip file"):
+        load_source(folder)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from zoo_rl.metrics import area_under_curve, difference_interval, human_normalis
 from zoo_rl.sources import write_compact
 from zoo_rl.study import RESULT_COLUMNS, StudyConfig, collect_results, cross_target, plan, run_study, summarise
 
-TINY = dict(steps=512, eval_every=256, eval_episodes=1, n_envs=2, seeds=1, rank_steps=16)
+TINY = dict(steps=512, eval_every=256, eval_episodes=1, n_envs=2, seeds=1, rank_steps=16, final_episodes=2)
 
 
 def test_metrics_by_hand():
@@ -261,8 +262,15 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     for name in ("results.csv", "summary.csv", "curves.csv", "gates.csv", "study.json"):
         assert (out / name).is_file(), name
     run = out / "zoo-lite" / "seed0"
-    for name in ("evaluations.npz", "config.json", "gates.csv", "final.zip", "monitor"):
+    for name in ("evaluations.npz", "config.json", "gates.csv", "final.zip", "final_evaluation.json", "tensorboard"):
         assert (run / name).exists(), name
+    assert not (run / "checkpoint.zip").exists()  # a finished run keeps its final model only
+    assert (out / "ranking.csv").is_file()
+    from stable_baselines3.common.monitor import load_results
+
+    # SB3 reads a run folder as it is (it raises when it finds no Monitor file; no Pong game ends in 512 steps)
+    assert len(list(run.glob("*.monitor.csv"))) == 2 and {"r", "l", "t"} <= set(load_results(str(run)).columns)
+    assert list((run / "tensorboard").glob("PPO_*/events.out.tfevents.*"))
     with np.load(run / "evaluations.npz") as ev:
         assert list(ev["timesteps"]) == [0, 256, 512]
     run_config = json.loads((run / "config.json").read_text())
@@ -286,17 +294,18 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     diagnostics = pd.read_csv(tmp_path / "published" / "diagnostics.csv")
     assert set(diagnostics["method"]) == {"zoo-lite"} and (diagnostics["drift"] > 0).all()
 
-    # New games from the final models (experiments/reevaluate.py): seeded, so a rerun repeats them,
-    # and the tables then take the final return from them.
-    import reevaluate
-
-    reevaluate.main([str(out), "--episodes", "2"])
-    first = json.loads((out / "scratch" / "seed0" / "reevaluation.json").read_text())
-    assert len(first["returns"]) == 2 and first["seeded"]
-    (out / "scratch" / "seed0" / "reevaluation.json").unlink()
-    assert reevaluate.reevaluate_run(out / "scratch" / "seed0", 2)["returns"] == first["returns"]
+    # The final return comes from the new games each run played at its end (2 here), seeded so that
+    # experiments/reevaluate.py, for runs without them, plays the same games.
     rows = collect_results(out)
     assert (rows["final_episodes"] == 2).all()
+    import reevaluate
+
+    first = json.loads((out / "scratch" / "seed0" / "final_evaluation.json").read_text())
+    assert len(first["returns"]) == 2 and first["seeded"]
+    (out / "scratch" / "seed0" / "final_evaluation.json").unlink()
+    reevaluate.main([str(out), "--episodes", "2"])
+    assert json.loads((out / "scratch" / "seed0" / "final_evaluation.json").read_text())["returns"] == first["returns"]
+    rows = collect_results(out)
     assert rows.loc[rows["method"] == "scratch", "final_return"].item() == pytest.approx(np.mean(first["returns"]))
 
 
@@ -417,8 +426,9 @@ def test_dry_run_lists_the_runs_and_trains_nothing(zoo_paths, tmp_path, capsys):
     transfer.main(["--target", "Pong", "--zoo", *zoo_paths, "--methods", "scratch,finetune,zoo-lite",
                    "--seeds", "2", "--out", str(out), "--dry-run"])
     printed = capsys.readouterr().out
-    assert "zoo: src0, src1, src2" in printed
-    assert "10 runs of 100,000 steps" in printed  # (scratch + 3 fine-tunes + zoo-lite) x 2 seeds
+    assert "zoo: 3 sources: src0, src1, src2" in printed and "100,000 agent steps per run" in printed
+    assert "5 methods x 2 seeds = 10 runs" in printed  # (scratch + 3 fine-tunes + zoo-lite) x 2 seeds
+    assert "done 0, partial 0, to do 10" in printed and "estimate: about" in printed and "GB on disk" in printed
     assert printed.count("to run") == 10 and "finetune:src2" in printed
     assert printed.count(f"({DEFAULT_NORMALISATION} gates)") == 2  # zoo-lite, both seeds
     assert not out.exists()
@@ -492,8 +502,8 @@ def test_study_json_keeps_every_method_and_command(tmp_path, monkeypatch):
     assert publish.commands_markdown({"command": "python x.py"}) == "Command: `python x.py`\n\n"  # older study.json
 
 
-def test_a_reevaluation_on_new_games_gives_the_final_return(tmp_path):
-    """experiments/reevaluate.py's returns replace the last evaluation's, which stays beside them."""
+def test_the_final_games_give_the_final_return(tmp_path):
+    """A run's final games (final_evaluation.json) replace the last evaluation's return, which stays beside them."""
     from zoo_rl.study import collect_results, summarise
 
     for seed, reevaluated in ((0, [2.0, 4.0]), (1, None)):
@@ -503,7 +513,7 @@ def test_a_reevaluation_on_new_games_gives_the_final_return(tmp_path):
             target="Breakout", method="scratch", seed=seed, steps=100, final_return=9.0, final_return_std=0.0,
             initial_return=0.0, auc=0.0, human_normalised=None, wall_seconds=1.0, timesteps_per_second=100.0)))
         if reevaluated:
-            (run / "reevaluation.json").write_text(json.dumps({"returns": reevaluated, "mean": 3.0}))
+            (run / "final_evaluation.json").write_text(json.dumps({"returns": reevaluated, "mean": 3.0}))
     table = collect_results(tmp_path)
     assert table["final_return"].tolist() == [3.0, 9.0]
     assert table["final_return_std"].tolist() == [1.0, 0.0]
@@ -549,3 +559,150 @@ def test_a_ranked_method_starts_from_the_studys_top_ranked_source(zoo_paths, tmp
         plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["uniform:ranked"], out=out, **TINY))
     with pytest.raises(ValueError, match="top 4 sources"):
         plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["zoo-lite:top4"], out=out, **TINY))
+
+
+@pytest.mark.slow
+def test_rl_zoo_plot_scripts_read_a_study(tmp_path):
+    """The RL Baselines3 Zoo's own scripts read the layout experiments/rlzoo_logs.py writes."""
+    import subprocess
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import rlzoo_logs
+
+    out = tmp_path / "study"
+    config = StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=out,
+                         **dict(TINY, seeds=2, steps=512, eval_every=128, final_episodes=0))
+    run_study(config, progress=False)
+    for seed in (0, 1):  # a finished game in every Monitor file, as after a real run
+        for monitor in (out / "scratch" / f"seed{seed}").glob("*.monitor.csv"):
+            monitor.write_text(monitor.read_text() + "-21.0,800,1.0\n")
+    logs = tmp_path / "logs"
+    made = rlzoo_logs.export(out, logs)
+    assert [p.name for p in made["scratch"]] == ["PongNoFrameskip-v4_1", "PongNoFrameskip-v4_2"]
+    env = dict(os.environ, MPLBACKEND="Agg")
+    result = subprocess.run([sys.executable, "-m", "rl_zoo3.plots.all_plots", "-a", "ppo", "-e", "Pong", "-f",
+                             str(logs / "scratch"), "--no-display", "-o", str(tmp_path / "all"), "-print"],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Pong-PPO-" in result.stdout and ": 2" in result.stdout  # two trials found
+    import pickle
+
+    with open(tmp_path / "all.pkl", "rb") as fh:
+        table = pickle.load(fh)["Pong"]
+    assert list(table.values())[0]["timesteps"].tolist() == [0, 128, 256, 384, 512]
+    result = subprocess.run([sys.executable, "-m", "rl_zoo3.plots.plot_train", "-a", "ppo", "-e", "Pong", "-f",
+                             str(logs / "scratch"), "-w", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    from stable_baselines3.common.monitor import load_results
+
+    assert len(load_results(str(made["scratch"][0]))) == 2  # one game in each of the 2 Monitor files
+
+
+def test_a_locked_run_is_left_to_the_process_that_holds_it(tmp_path):
+    job = plan(StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=tmp_path / "study", **TINY))[0]
+    with study_module.run_lock(job.run_dir) as mine:
+        assert mine
+        assert study_module.run_job(job) is None  # another holder: this call trains nothing
+        with study_module.run_lock(job.run_dir) as again:
+            assert not again
+    assert not (job.run_dir / "checkpoint.zip").exists()
+
+
+def test_a_corrupt_checkpoint_names_its_run_and_how_to_restart_it(tmp_path):
+    job = plan(StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=tmp_path / "study", **TINY))[0]
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "checkpoint.zip").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"run scratch seed 0 .* is corrupt.*delete the folder"):
+        study_module.run_job(job)
+
+
+def test_the_plan_shows_done_and_partial_runs_and_estimates(tmp_path):
+    out = tmp_path / "study"
+    jobs = plan(StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=out, **dict(TINY, seeds=3)))
+    done, partial = jobs[0].run_dir, jobs[1].run_dir
+    for run in (done, partial):
+        run.mkdir(parents=True)
+    (done / "result.json").write_text(json.dumps({"timesteps_per_second": 100.0}))
+    (done / "config.json").write_text(json.dumps({"study": {"workers": 1}}))
+    (partial / "checkpoint.zip").write_bytes(b"")
+    (partial / "status.json").write_text(json.dumps({"num_timesteps": 256}))
+    text = study_module.describe_plan(jobs[0].study, jobs)
+    assert "1 methods x 3 seeds = 3 runs" in text and "done 1, partial 1, to do 1" in text
+    assert "resumes scratch seed 1 from step 256" in text and "this study's finished runs" in text
+    # 256 + 512 steps to train at the measured 100 steps/s, plus a minute of final games for each of 2 runs
+    assert "about 2 min of training" in text
+    progress = study_module.StudyProgress(jobs[0].study, jobs, enabled=False)
+    assert progress.work(progress.steps) == pytest.approx((512 + 256) / 100.0)
+    progress.started -= 100  # 100 s ago; the partial run has since trained 128 steps past its checkpoint
+    progress.update(jobs[1], 384)
+    assert progress.eta() == pytest.approx((3 * 512 - 512 - 384) / 128 * 100, rel=1e-3)
+
+
+def test_an_interrupted_study_says_where_it_stopped_and_resumes(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "study"
+    config = StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=out, **dict(TINY, final_episodes=0))
+    real_progress = study_module.ProgressFile
+
+    class CtrlC(real_progress):
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= 300:
+                raise KeyboardInterrupt
+            return super()._on_step()
+
+    monkeypatch.setattr(study_module, "ProgressFile", CtrlC)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(config, progress=True)
+    printed = capsys.readouterr().out
+    assert "Stopped: 0/1 runs finished; scratch seed 0 at its checkpoint of step 256" in printed
+    assert "Run the same command to resume" in printed
+    monkeypatch.setattr(study_module, "ProgressFile", real_progress)
+    run_study(config, progress=True)
+    printed = capsys.readouterr().out
+    assert "partial 1" in printed and "resumes scratch seed 0 from step 256" in printed
+
+
+@pytest.mark.slow
+def test_two_processes_share_a_study_folder(tmp_path):
+    """Two processes on one study: each run is trained once, by one of them; no duplicated rows or files."""
+    import subprocess
+
+    out = tmp_path / "study"
+    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "transfer.py"),
+               "--target", "Pong", "--methods", "scratch", "--seeds", "3", "--steps", "256", "--eval-every", "128",
+               "--eval-episodes", "1", "--n-envs", "2", "--final-episodes", "0", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results["seed"]) == [0, 1, 2]
+    for seed in range(3):
+        run = out / "scratch" / f"seed{seed}"
+        with np.load(run / "evaluations.npz") as ev:
+            assert list(ev["timesteps"]) == [0, 128, 256]  # trained once: no repeated evaluation
+        assert json.loads((run / "status.json").read_text())["resumed_from"] == 0
+        assert len(list(run.glob("*.monitor.csv"))) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_study_with_its_resume_line(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "study"
+    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "transfer.py"),
+               "--target", "Pong", "--methods", "scratch", "--seeds", "1", "--steps", "100000", "--eval-every", "256",
+               "--eval-episodes", "1", "--n-envs", "2", "--final-episodes", "0", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    status = out / "scratch" / "seed0" / "status.json"
+    deadline = time.time() + 300
+    while not status.is_file() and time.time() < deadline:  # its first checkpoint
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    printed = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, printed
+    assert "Stopped: 0/1 runs finished; scratch seed 0 at its checkpoint of step" in printed
+    assert "Run the same command to resume" in printed

@@ -144,16 +144,16 @@ def test_park_and_unpark_carry_a_run_across_machines(tmp_path):
     spec = SourceSpec(game="Pong", mode=1)
     runs, zoo, parked = tmp_path / "runs", tmp_path / "zoo", tmp_path / "zoo" / "_inprogress"
     run = runs / "pong-m1"
-    (run / "monitor").mkdir(parents=True)
+    run.mkdir(parents=True)
     with zipfile.ZipFile(run / "checkpoint.zip", "w") as archive:
         archive.writestr("policy.pth", b"weights" * 100)
-    (run / "monitor" / "0.monitor.csv").write_text("r,l,t\n")
+    (run / "0.monitor.csv").write_text("r,l,t\n")
     (run / "final.zip").write_bytes(b"not needed to resume")
     train.park(runs, parked, zoo, [spec])
     with zipfile.ZipFile(parked / "pong-m1" / "checkpoint.zip") as archive:  # deflated, same content
         assert archive.read("policy.pth") == b"weights" * 100
         assert archive.getinfo("policy.pth").compress_type == zipfile.ZIP_DEFLATED
-    assert (parked / "pong-m1" / "monitor" / "0.monitor.csv").is_file()
+    assert (parked / "pong-m1" / "0.monitor.csv").is_file()
     assert not (parked / "pong-m1" / "final.zip").exists()
     fresh = tmp_path / "fresh_runs"  # another machine: no runs/ folder
     train.unpark(fresh, parked, spec)

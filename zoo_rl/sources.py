@@ -98,11 +98,20 @@ def _check_extractor(state: Mapping[str, torch.Tensor], origin: str) -> dict[str
     return out
 
 
+#: What :func:`load_source` accepts, for error messages.
+ACCEPTED = ("a compact zoo folder (weights.pt + meta.json), an SB3 model .zip, a CleanRL or torch tensor "
+            "checkpoint, or a hub id such as 'hf:sb3/ppo-PongNoFrameskip-v4'")
+
+
 def _read_tensors(data: bytes | str | Path, origin: str) -> dict[str, torch.Tensor]:
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         obj = torch.load(stream, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError... for foreign files
+        if not isinstance(data, bytes) and not zipfile.is_zipfile(data):  # torch files are zips since 1.6
+            raise ValueError(f"{origin} is not a valid zip file, so neither an SB3 model nor a torch checkpoint "
+                             "(is it truncated, e.g. by an interrupted copy or download?). Zoo sources are "
+                             f"{ACCEPTED}.") from None
         raise ValueError(
             f"{origin} could not be read as a tensor file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
             "Only plain tensor checkpoints are loaded; files that need arbitrary code to unpickle are refused."
@@ -280,8 +289,8 @@ def load_source(spec: str | os.PathLike, name: str | None = None) -> Source:
         if any(k.startswith("cnn.") for k in sub):
             return Source(label, _check_extractor(sub, str(path)), {"origin": str(path)})
     raise ValueError(
-        f"{path} is neither an SB3 zip, a compact zoo folder nor a CleanRL checkpoint: no NatureCNN "
-        "weights ('cnn.*', 'features_extractor.cnn.*' or 'network.0/2/4/7') were found in it."
+        f"{path} holds no NatureCNN weights ('cnn.*', 'features_extractor.cnn.*' or 'network.0/2/4/7'). "
+        f"Zoo sources are {ACCEPTED}."
     )
 
 

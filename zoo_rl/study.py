@@ -23,10 +23,12 @@ import json
 import math
 import os
 import re
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -45,8 +47,9 @@ from zoo_rl.optim import zoo_optimizer
 from zoo_rl.ranking import RANK_STEPS, rank_sources, ranking_order
 from zoo_rl.metrics import area_under_curve, difference_interval, human_normalised, iqm_with_interval, steps_to_threshold
 from zoo_rl.sources import Source, atomic_write_bytes
+from envs.atari import restart_games
 from zoo_rl.training import (
-    ALGOS, EVALUATIONS, FINAL, ON_POLICY, RunSpec, check_resume_backend, command_line, env_versions,
+    ALGOS, CHECKPOINT, CONFIG, EVALUATIONS, FINAL, ON_POLICY, TENSORBOARD, RunSpec, check_resume_backend, command_line, env_versions,
     load_evaluations, load_hyperparams, parse_value, save_model_atomic, train_run, write_json,
 )
 
@@ -88,8 +91,13 @@ RESULT_COLUMNS = ["target", "method", "seed", "steps", "final_return", "final_re
                   "last_evaluation_return", "initial_return", "auc", "threshold", "steps_to_threshold",
                   "human_normalised", "wall_seconds", "timesteps_per_second", "parallel_runs", "extractor_precision",
                   "cpu_capability"]
-#: A run's re-evaluation on new games (``experiments/reevaluate.py``); when present it gives the final return.
-REEVALUATION = "reevaluation.json"
+#: A finished run's final model on new games (written by the run, or by ``experiments/reevaluate.py`` for runs
+#: that finished without it); when present it gives the final return.
+FINAL_EVALUATION = "final_evaluation.json"
+#: Games of the final evaluation: the published protocol.
+FINAL_EPISODES = 20
+#: A run folder's lock: held by the process that trains it.
+LOCK = ".lock"
 
 
 @dataclass
@@ -109,6 +117,8 @@ class StudyConfig:
     :param out: study folder.
     :param eval_every: steps between evaluations (also the checkpoint interval).
     :param eval_episodes: episodes per evaluation.
+    :param final_episodes: new games the final model plays at the end of each run; their mean is the
+        run's final return (0: the last evaluation's mean instead).
     :param threshold: return for ``steps_to_threshold``; ``None``: scratch's mean final return.
     :param precision: ``bf16`` (FastCnnPolicy: bf16 channels-last extractor) or ``fp32``.
     :param workers: parallel runs (local launcher).
@@ -138,6 +148,7 @@ class StudyConfig:
     out: Path | None = None
     eval_every: int = 10_000
     eval_episodes: int = 5
+    final_episodes: int = FINAL_EPISODES
     threshold: float | None = None
     precision: str = "bf16"
     workers: int = 1
@@ -461,58 +472,150 @@ def build_model(job: RunJob, env) -> Any:
 
 
 class ProgressFile(BaseCallback):
-    """Writes ``progress.json`` (steps done) every ``every`` steps: the study's ETA reads it,
-    from any launcher, since runs may live in other processes or on other machines."""
+    """Writes ``progress.json`` (steps done) after every rollout (or every ``every`` steps off-policy) and
+    calls ``on_progress(steps)``: the study's progress bar reads either, from any launcher, since runs may
+    live in other processes or on other machines."""
 
-    def __init__(self, path: Path, every: int = 2048) -> None:
+    def __init__(self, path: Path, every: int = 1024, on_progress: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self.every = every
+        self.on_progress = on_progress
         self._last = 0
+
+    def _report(self) -> None:
+        self._last = self.num_timesteps
+        write_json(self.path, {"steps": int(self.num_timesteps)})
+        if self.on_progress is not None:
+            self.on_progress(int(self.num_timesteps))
+
+    def _on_rollout_end(self) -> None:
+        self._report()
 
     def _on_step(self) -> bool:
         if self.num_timesteps - self._last >= self.every:
-            self._last = self.num_timesteps
-            write_json(self.path, {"steps": int(self.num_timesteps)})
+            self._report()
         return True
 
 
-def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
-    """Train, evaluate and record one run; resumes from its checkpoint; returns its row."""
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[bool]:
+    """Hold ``<run_dir>/.lock`` exclusively while the block runs; yields False (and holds nothing) when
+    another process holds it. The operating system releases the lock when its process dies, however it
+    dies, so a killed study never leaves a stale lock. Without ``fcntl`` (Windows) it always yields True."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    with open(Path(run_dir) / LOCK, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def evaluate_final(model: Any, task: Task, method: str, algo: str, seed: int, episodes: int) -> dict[str, Any]:
+    """``episodes`` new games of a run's final model on its evaluation environments (seed ``10_000 + seed``, one
+    environment per game, sampled actions for on-policy algorithms, seeded so that a rerun repeats them;
+    ``zoo-lite`` merged by :func:`export_lite` as in its evaluations)."""
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    if method.partition(":")[0] == "zoo-lite":
+        model = export_lite(model)
+    env = make_env(task, episodes, seed=10_000 + seed, backend="gym")
+    model.set_random_seed(10_000 + seed)
+    try:
+        restart_games(env)
+        returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=algo not in ON_POLICY,
+                                     return_episode_rewards=True, warn=False)
+    finally:
+        env.close()
+    return {"returns": [float(r) for r in returns], "mean": float(np.mean(returns)), "seeded": True}
+
+
+def _check_checkpoint(job: RunJob) -> None:
+    """Check that a run's checkpoint loads before training from it.
+
+    :raises ValueError: a corrupt checkpoint, naming the run and how to restart it (finished runs are never read).
+    """
+    from zipfile import BadZipFile, ZipFile
+
+    checkpoint = job.run_dir / CHECKPOINT
+    try:
+        with ZipFile(checkpoint) as archive:
+            bad = archive.testzip()
+        if bad is not None:
+            raise BadZipFile(f"bad CRC in {bad}")
+    except (BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"The checkpoint of run {job.method} seed {job.seed} ({checkpoint}) is corrupt ({exc}): "
+                         f"delete the folder {job.run_dir} to train this run again from the start; every other "
+                         "run is untouched, and the same command resumes the study.") from None
+
+
+def run_job(job: RunJob, threads: int | None = None,
+            on_progress: Callable[[RunJob, int], None] | None = None) -> dict[str, Any] | None:
+    """Train, evaluate and record one run; resumes from its checkpoint; returns its row, or ``None`` when
+    another process is training this run (its lock is held)."""
     if threads:
         torch.set_num_threads(threads)
     run_dir = job.run_dir
     if (run_dir / RESULT).is_file():
         return json.loads((run_dir / RESULT).read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir) as mine:
+        if not mine:
+            return None
+        if (run_dir / RESULT).is_file():  # finished by another process meanwhile
+            return json.loads((run_dir / RESULT).read_text())
+        return _train_job(job, on_progress)
+
+
+def _train_job(job: RunJob, on_progress: Callable[[RunJob, int], None] | None) -> dict[str, Any]:
+    run_dir = job.run_dir
     study = job.study
     params, n_envs = _hyperparams(job)
-    resumed = (run_dir / "checkpoint.zip").is_file()
+    resumed = (run_dir / CHECKPOINT).is_file()
     backend = env_backend(job.task, study.env_backend)
     check_resume_backend(run_dir, backend, resumed)
-    env = make_env(job.task, n_envs, seed=job.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed,
-                   backend=backend)
-    eval_env = make_env(job.task, study.eval_episodes, seed=10_000 + job.seed, backend="gym")
-    write_json(run_dir / "config.json", {"study": asdict(study), "method": job.method, "seed": job.seed,
-                                         "task": asdict(job.task), "zoo": job.zoo, "n_envs": n_envs,
-                                         "env_backend": backend, "hyperparams": params,
-                                         "extractor_kwargs": run_extractor_kwargs(job),
-                                         "command": command_line(), "versions": env_versions(),
-                                         "machine": machine_info(),
-                                         # steps/s depend on it (zoo-sample 1.18x): train_run sets it again
-                                         "malloc_reuse": reuse_freed_memory()})
     spec = RunSpec(run_dir=run_dir, algo=study.algo, total_steps=study.steps, hyperparams=params,
                    seed=job.seed, checkpoint_every=study.eval_every, eval_every=study.eval_every,
-                   eval_episodes=study.eval_episodes)
+                   eval_episodes=study.eval_episodes, tensorboard_log=str(run_dir / TENSORBOARD))
+    if resumed:
+        _check_checkpoint(job)
+    # Monitor files in the run folder itself, where SB3's load_results and the RL Zoo's plot scripts look.
+    env = make_env(job.task, n_envs, seed=job.seed, monitor_dir=str(run_dir), monitor_append=resumed, backend=backend)
+    eval_env = make_env(job.task, study.eval_episodes, seed=10_000 + job.seed, backend="gym")
+    write_json(run_dir / CONFIG, {"study": asdict(study), "method": job.method, "seed": job.seed,
+                                  "task": asdict(job.task), "zoo": job.zoo, "n_envs": n_envs,
+                                  "env_backend": backend, "hyperparams": params,
+                                  "extractor_kwargs": run_extractor_kwargs(job),
+                                  "command": command_line(), "versions": env_versions(),
+                                  "machine": machine_info(),
+                                  # steps/s depend on it: train_run sets it again
+                                  "malloc_reuse": reuse_freed_memory()})
     model = None if resumed else build_model(job, env)
-    callbacks: list[BaseCallback] = [ProgressFile(run_dir / "progress.json")]
+    report = (lambda steps: on_progress(job, steps)) if on_progress is not None else None
+    callbacks: list[BaseCallback] = [ProgressFile(run_dir / "progress.json", on_progress=report)]
     base = job.method.partition(":")[0]
     if base in ZOO_GATES:
         callbacks.append(GateLogger(csv_path=run_dir / "gates.csv", every=max(study.eval_every // 4, 1)))
-    model, _ = train_run(spec, env, eval_env, callbacks=callbacks, model=model,
-                         evaluate_as=export_lite if base == "zoo-lite" else None, evaluate_at_start=True)
+    try:
+        model, _ = train_run(spec, env, eval_env, callbacks=callbacks, model=model,
+                             evaluate_as=export_lite if base == "zoo-lite" else None, evaluate_at_start=True)
+    finally:
+        for venv in (env, eval_env):
+            venv.close()
     wall = json.loads((run_dir / "status.json").read_text())["wall_seconds"]
     save_model_atomic(model, run_dir / FINAL)
+    if study.final_episodes > 0 and not (run_dir / FINAL_EVALUATION).is_file():
+        final = evaluate_final(model, job.task, job.method, study.algo, job.seed, study.final_episodes)
+        write_json(run_dir / FINAL_EVALUATION, {**final, "command": command_line()})
     evaluations = load_evaluations(run_dir / EVALUATIONS)
     steps = np.asarray(evaluations["timesteps"], dtype=float)
     means = np.asarray([np.mean(r) for r in evaluations["results"]], dtype=float)
@@ -527,8 +630,8 @@ def run_job(job: RunJob, threads: int | None = None) -> dict[str, Any]:
         "extractor_precision": extractor_precision(model), "cpu_capability": machine_info()["cpu_capability"],
     }
     write_json(run_dir / RESULT, row)
-    for venv in (env, eval_env):
-        venv.close()
+    # A finished run keeps its final model, not also the checkpoint it no longer resumes from.
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return row
 
 
@@ -542,12 +645,12 @@ def collect_results(out: Path) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)
     table = table.drop_duplicates(["target", "method", "seed"], keep="last")
-    # The final return: the run's re-evaluation on new games where there is one (experiments/reevaluate.py),
-    # else its last evaluation; the last evaluation is kept beside it either way.
+    # The final return: the final model on new games where the run has played them, else its last evaluation;
+    # the last evaluation is kept beside it either way.
     table["last_evaluation_return"] = table["final_return"]
     table["final_episodes"] = np.nan
     for index, r in table.iterrows():
-        path = run_path(Path(out), r["method"], r["seed"]) / REEVALUATION
+        path = run_path(Path(out), r["method"], r["seed"]) / FINAL_EVALUATION
         if path.is_file():
             returns = json.loads(path.read_text())["returns"]
             table.loc[index, ["final_return", "final_return_std", "final_episodes"]] = (
@@ -670,6 +773,24 @@ def summarise(results: pd.DataFrame, reps: int = 2000) -> pd.DataFrame:
     return table.sort_values("final_mean", ascending=False).reset_index(drop=True)
 
 
+def compact_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary in seven columns, to print: method, runs, final return (mean ± std), IQM [95% CI], the
+    difference to scratch and to the best fine-tune [95% CI], steps/s."""
+    def interval(point: float, low: float, high: float) -> str:
+        return "" if not np.isfinite(point) else f"{point:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+    rows = []
+    for r in summary.itertuples():
+        rows.append({"method": r.method, "runs": r.runs, "final return": f"{r.final_mean:.1f} ± {r.final_std:.1f}",
+                     "IQM [95% CI]": f"{r.iqm:.1f} [{r.iqm_low:.1f}, {r.iqm_high:.1f}]",
+                     "vs scratch": "" if r.method == "scratch" else interval(r.vs_scratch, r.vs_scratch_low,
+                                                                             r.vs_scratch_high),
+                     "vs best fine-tune": "" if r.method == "finetune-best" else interval(
+                         r.vs_best_finetune, r.vs_best_finetune_low, r.vs_best_finetune_high),
+                     "steps/s": f"{r.timesteps_per_second:.0f}"})
+    return pd.DataFrame(rows)
+
+
 def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)
@@ -738,68 +859,332 @@ def cross_target(study_dirs: list[Path], reps: int = 2000) -> pd.DataFrame:
     return pivot.reset_index()
 
 
+# ----------------------------------------------------------------------------- plan and progress
+
+#: Training cost per agent step of each method relative to scratch's, for estimates before a study has
+#: measured its own (``benchmarks/bench_throughput.py`` measures them on a machine).
+RELATIVE_COST = {"scratch": 1.0, "finetune": 1.0, "uniform": 1.6, "zoo-lite": 1.6, "zoo": 2.8, "ensemble": 1.9}
+#: Scratch's agent steps per second in one single-thread process, for estimates before any run has finished.
+REFERENCE_STEPS_PER_SECOND = 250.0
+_NATURE_PARAMS = 8_224 + 32_832 + 36_928 + 1_606_144
+_ALIGN_PARAMS = {True: 32 ** 2 + 64 ** 2 * 2 + 512 ** 2, "conv": 32 ** 2 + 64 ** 2 * 2, False: 0}
+
+
+def run_bytes(method: str, n_sources: int) -> int:
+    """About the size of a finished run on disk: its final model (weights and Adam's two moments, 4 bytes
+    each); the logs are small. A run in training holds a checkpoint of the same size besides."""
+    base = method.partition(":")[0]
+    if base in ZOO_GATES:
+        align = zoo_options(method).get("align", True)
+        return 12 * n_sources * (_NATURE_PARAMS + _ALIGN_PARAMS[align])
+    if base == "ensemble":  # frozen sources: weights only
+        return 4 * n_sources * _NATURE_PARAMS + 12 * 600 * n_sources
+    return 12 * _NATURE_PARAMS
+
+
+def _run_state(job: RunJob) -> tuple[str, int]:
+    """``("done", steps)``, ``("partial", step of its checkpoint)`` or ``("to do", 0)``."""
+    if (job.run_dir / RESULT).is_file():
+        return "done", job.study.steps
+    status = job.run_dir / "status.json"
+    if (job.run_dir / CHECKPOINT).is_file() and status.is_file():
+        try:
+            return "partial", int(json.loads(status.read_text())["num_timesteps"])
+        except (json.JSONDecodeError, KeyError, ValueError):
+            pass
+    return "to do", 0
+
+
+def method_seconds_per_step(jobs: list[RunJob]) -> dict[str, float]:
+    """Seconds per agent step of each method of ``jobs``, for one run alone on the machine: measured by the
+    study's finished runs where there are any (their ``timesteps_per_second`` times the runs that shared the
+    machine), else scaled from the measured methods (or :data:`REFERENCE_STEPS_PER_SECOND`) by
+    :data:`RELATIVE_COST`."""
+    measured: dict[str, list[float]] = {}
+    for job in jobs:
+        path = job.run_dir / RESULT
+        if path.is_file():
+            row = json.loads(path.read_text())
+            rate = float(row.get("timesteps_per_second") or 0)
+            if rate > 0:
+                shared = _parallel_runs(job.study.out, job.method, job.seed)
+                measured.setdefault(job.method, []).append(1.0 / (rate * shared))
+    cost = {j.method: RELATIVE_COST.get(j.method.partition(":")[0], 1.0) for j in jobs}
+    scratch_equivalent = [np.mean(v) / cost[m] for m, v in measured.items()]
+    unit = float(np.mean(scratch_equivalent)) if scratch_equivalent else 1.0 / REFERENCE_STEPS_PER_SECOND
+    return {m: float(np.mean(measured[m])) if m in measured else unit * cost[m] for m in cost}
+
+
+def _parallel_speedup(workers: int) -> float:
+    """Machine throughput of ``workers`` single-thread runs against one: each core past the first adds about
+    half a run (the emulators and memory are shared)."""
+    return 1.0 + 0.5 * (max(1, min(workers, os.cpu_count() or 1)) - 1)
+
+
+def format_duration(seconds: float) -> str:
+    """``1 h 52 min``, ``7 min``, ``40 s``."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
+
+
+def describe_plan(study: StudyConfig, jobs: list[RunJob]) -> str:
+    """The plan of a study in a few lines: target, zoo, methods x seeds = runs, steps, output folder, what is
+    done, partial and to do, and estimates of time and disk."""
+    task, zoo = jobs[0].task, jobs[0].zoo
+    methods = list(dict.fromkeys(j.method for j in jobs))
+    states = {(j.method, j.seed): _run_state(j) for j in jobs}
+    done = [k for k, (state, _) in states.items() if state == "done"]
+    partial = {k: step for k, (state, step) in states.items() if state == "partial"}
+    seconds = method_seconds_per_step(jobs)
+    remaining = sum(seconds[m] * (study.steps - step) for (m, _), (state, step) in states.items() if state != "done")
+    if study.final_episodes > 0:  # the final games, about a minute a run
+        remaining += 60.0 * (len(jobs) - len(done))
+    workers = 1 if study.launcher == "ray" else study.workers
+    n_sources = len(zoo)
+    disk = sum(run_bytes(m, n_sources) for m in methods) * study.seeds
+    lines = [
+        f"Transfer study: {study.algo.upper()} on {task.slug} ({task.env_id}), {study.steps:,} agent steps per run, "
+        f"Adam at {study.lr:g}",
+        "zoo: " + (f"{n_sources} sources: " + ", ".join(Path(z).name.rstrip("/") for z in zoo) if zoo else "none"),
+        f"{len(methods)} methods x {study.seeds} seeds = {len(jobs)} runs -> {study.out}",
+        "  methods: " + ", ".join(methods),
+        f"done {len(done)}, partial {len(partial)}, to do {len(jobs) - len(done) - len(partial)}"
+        + "".join(f"\n  resumes {m} seed {s} from step {step:,}" for (m, s), step in partial.items()),
+        f"estimate: about {format_duration(remaining / _parallel_speedup(workers))} of training "
+        f"({workers} worker{'s' if workers > 1 else ''}; from "
+        + ("this study's finished runs" if done else "reference speeds, refined as runs finish")
+        + f"), about {disk / 1e9:.1f} GB on disk when finished",
+    ]
+    return "\n".join(lines)
+
+
+class StudyProgress:
+    """The study's progress line: done share, the runs in training and their steps, and an ETA.
+
+    Work is counted in seconds of training (steps times each method's :func:`method_seconds_per_step`),
+    so the ETA allows for the cost of every remaining method; the rate is measured on what this process
+    has trained since it started (finished runs skipped, and steps a resumed run trains again after its
+    checkpoint, do not count).
+    """
+
+    def __init__(self, study: StudyConfig, jobs: list[RunJob], enabled: bool = True) -> None:
+        self.jobs, self.study = jobs, study
+        self.seconds = method_seconds_per_step(jobs)
+        self.total = sum(self.seconds[j.method] * study.steps for j in jobs)
+        self.start_steps = {(j.method, j.seed): _run_state(j)[1] for j in jobs}
+        self.steps = dict(self.start_steps)
+        self.started = time.monotonic()
+        self.running: dict[tuple[str, int], int] = {}
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, bar_format="{desc} {percentage:3.0f}%|{bar:20}| {postfix}",
+                            desc=f"{jobs[0].task.slug}", dynamic_ncols=True)
+        self.refresh()
+
+    def work(self, steps: dict[tuple[str, int], int]) -> float:
+        return sum(self.seconds[m] * n for (m, _), n in steps.items())
+
+    def update(self, job: RunJob, steps: int) -> None:
+        """One run reports its step count (from its own process, or read from its progress.json)."""
+        key = (job.method, job.seed)
+        self.steps[key] = min(int(steps), self.study.steps)
+        self.running[key] = self.steps[key]
+        self.refresh()
+
+    def poll(self) -> None:
+        """Read every unfinished run's progress.json (runs in other processes)."""
+        for job in self.jobs:
+            key = (job.method, job.seed)
+            if (job.run_dir / RESULT).is_file():
+                self.running.pop(key, None)
+                self.steps[key] = self.study.steps
+                continue
+            path = job.run_dir / "progress.json"
+            if path.is_file():
+                try:
+                    steps = int(json.loads(path.read_text())["steps"])
+                except (json.JSONDecodeError, KeyError, ValueError, OSError):
+                    continue
+                if steps != self.steps[key] and path.stat().st_mtime >= time.time() - 600:
+                    self.steps[key] = min(steps, self.study.steps)
+                    self.running[key] = self.steps[key]
+        self.refresh()
+
+    def finished(self, job: RunJob) -> None:
+        key = (job.method, job.seed)
+        self.steps[key] = self.study.steps
+        self.running.pop(key, None)
+        self.refresh()
+
+    def eta(self) -> float:
+        # Only forward progress since this process started counts; a run resumed from its checkpoint
+        # starts at the checkpoint's step, so replayed steps are not counted twice.
+        gained = sum(self.seconds[method] * max(0, steps - self.start_steps[(method, seed)])
+                     for (method, seed), steps in self.steps.items())
+        elapsed = time.monotonic() - self.started
+        remaining = self.total - self.work(self.steps)
+        if gained <= 0 or elapsed < 20:
+            workers = 1 if self.study.launcher == "ray" else self.study.workers
+            return remaining / _parallel_speedup(workers)
+        return remaining * elapsed / gained
+
+    def refresh(self) -> None:
+        if self.bar is None:
+            return
+        done = sum(1 for j in self.jobs if self.steps[(j.method, j.seed)] >= self.study.steps)
+        running = ", ".join(f"{m} seed {s} at {n:,}" for (m, s), n in self.running.items() if n < self.study.steps)
+        self.bar.n = int(1000 * self.work(self.steps) / max(self.total, 1e-9))
+        self.bar.set_postfix_str(f"{done}/{len(self.jobs)} runs" + (f" | {running}" if running else "")
+                                 + f" | ETA {format_duration(self.eta())}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def stop_message(study: StudyConfig, jobs: list[RunJob]) -> str:
+    """What a stopped study says: where each unfinished run stands, and that the same command resumes it."""
+    done = sum(1 for j in jobs if (j.run_dir / RESULT).is_file())
+    partial = [(j, step) for j in jobs for state, step in [_run_state(j)] if state == "partial"]
+    where = "; ".join(f"{j.method} seed {j.seed} at its checkpoint of step {step:,}" for j, step in partial)
+    return (f"Stopped: {done}/{len(jobs)} runs finished" + (f"; {where}" if where else "") + ". "
+            f"Run the same command to resume: each interrupted run continues from its last checkpoint and trains "
+            f"at most {study.eval_every:,} steps again.")
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the study like Ctrl-C (in the main thread; elsewhere nothing changes)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ----------------------------------------------------------------------------- launchers
 
 
-def _progress_steps(jobs: list[RunJob]) -> int:
-    total = 0
-    for job in jobs:
-        if (job.run_dir / RESULT).is_file():
-            total += job.study.steps
-        elif (job.run_dir / "progress.json").is_file():
-            try:
-                total += json.loads((job.run_dir / "progress.json").read_text())["steps"]
-            except (json.JSONDecodeError, KeyError):
-                pass
-    return total
-
-
 def run_study(study: StudyConfig, progress: bool = True,
-              on_result: Callable[[dict[str, Any]], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Plan, check, then train every run not finished yet; rebuild the tables after each run."""
+              on_result: Callable[[dict[str, Any]], None] | None = None,
+              poll_seconds: float = 10.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Plan, check, then train every run not finished yet; rebuild the tables after each run.
+
+    Several processes may share one study folder (two terminals, Ray workers): each run is trained by the
+    process that holds its lock; the others train the next free run, then wait for the runs held elsewhere.
+    Ctrl-C or SIGTERM stops the study with :func:`stop_message` (then raises ``KeyboardInterrupt``).
+    """
     jobs = plan(study)
     out = Path(study.out)
     write_study_json(study, len(jobs))
-    if jobs[0].zoo:  # before any run: the ranked methods start from it
-        study_ranking(study, jobs[0].task, jobs[0].zoo)
-    pending = [j for j in jobs if not (j.run_dir / RESULT).is_file()]
-    bar = None
     if progress:
-        from tqdm import tqdm
+        print(describe_plan(study, jobs), flush=True)
+    if jobs[0].zoo and any(j.method != "scratch" for j in jobs):  # before any run: ranked methods start from it
+        with _file_lock(out / "ranking.lock"):
+            if progress and not (out / RANKING).is_file():
+                print(f"ranking the sources ({study.rank_steps:,} agent steps each) -> {out / RANKING}", flush=True)
+            study_ranking(study, jobs[0].task, jobs[0].zoo)
+    pending = [j for j in jobs if not (j.run_dir / RESULT).is_file()]
+    bar = StudyProgress(study, jobs, enabled=progress)
 
-        bar = tqdm(total=len(jobs) * study.steps, unit="step", desc=f"{jobs[0].task.slug} study", smoothing=0.05)
-        bar.update(_progress_steps(jobs))
-
-    def refresh() -> None:
-        if bar is not None:
-            bar.update(_progress_steps(jobs) - bar.n)
-
-    def finished(row: dict[str, Any]) -> None:
+    def finished(job: RunJob, row: dict[str, Any]) -> None:
         write_tables(out)
-        refresh()
+        bar.finished(job)
         if on_result is not None:
             on_result(row)
 
-    if study.launcher == "ray":
-        _run_ray(study, pending, finished, refresh)
-    elif study.workers <= 1:
-        for job in pending:
-            finished(run_job(job))
-    else:
-        threads = max(1, (os.cpu_count() or 1) // study.workers)
-        with ProcessPoolExecutor(max_workers=study.workers) as pool:
-            futures = {pool.submit(run_job, job, threads) for job in pending}
-            while futures:
-                done, futures = wait(futures, timeout=5, return_when=FIRST_COMPLETED)
-                for future in done:
-                    finished(future.result())
-                refresh()
-    if bar is not None:
+    try:
+        with _sigterm_as_interrupt():
+            elsewhere = _launch(study, pending, finished, bar)
+            while elsewhere:  # runs another process holds: wait for them, or take them over if it stops
+                time.sleep(poll_seconds)
+                bar.poll()
+                for job in list(elsewhere):
+                    row = run_job(job, on_progress=bar.update)
+                    if row is not None:
+                        elsewhere.remove(job)
+                        finished(job, row)
+    except KeyboardInterrupt:
         bar.close()
+        print("\n" + stop_message(study, jobs), flush=True)
+        raise
+    bar.close()
     return write_tables(out)
 
 
-def _run_ray(study: StudyConfig, jobs: list[RunJob], finished: Callable, refresh: Callable) -> None:
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (waiting for it) while the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _launch(study: StudyConfig, pending: list[RunJob], finished: Callable[[RunJob, dict[str, Any]], None],
+            bar: StudyProgress) -> list[RunJob]:
+    """Train ``pending`` with the study's launcher; returns the runs another process was training."""
+    elsewhere: list[RunJob] = []
+    if study.launcher == "ray":
+        return _run_ray(study, pending, finished, bar)
+    if study.workers <= 1:
+        for job in pending:
+            row = run_job(job, on_progress=bar.update)
+            if row is None:
+                elsewhere.append(job)
+            else:
+                finished(job, row)
+        return elsewhere
+    threads = max(1, (os.cpu_count() or 1) // study.workers)
+    pool = ProcessPoolExecutor(max_workers=study.workers)
+    try:
+        futures = {pool.submit(run_job, job, threads): job for job in pending}
+        while futures:
+            done, _ = wait(futures, timeout=5, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = futures.pop(future)
+                row = future.result()
+                if row is None:
+                    elsewhere.append(job)
+                else:
+                    finished(job, row)
+            bar.poll()
+    except BaseException:
+        for process in list(getattr(pool, "_processes", {}).values()):  # SIGTERM reached only this process
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return elsewhere
+
+
+def _run_ray(study: StudyConfig, jobs: list[RunJob], finished: Callable, bar: StudyProgress) -> list[RunJob]:
     try:
         import ray
     except ImportError:
@@ -807,9 +1192,16 @@ def _run_ray(study: StudyConfig, jobs: list[RunJob], finished: Callable, refresh
     if not ray.is_initialized():  # zoo_rl and envs must be installed on the workers (pip install -e .)
         ray.init(address=study.ray_address, include_dashboard=False, log_to_driver=False)
     remote = ray.remote(num_cpus=1)(run_job)
-    pending = [remote.remote(job, 1) for job in jobs]
+    pending = {remote.remote(job, 1): job for job in jobs}
+    elsewhere = []
     while pending:
-        done, pending = ray.wait(pending, num_returns=1, timeout=5)
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=5)
         for ref in done:
-            finished(ray.get(ref))
-        refresh()
+            job = pending.pop(ref)
+            row = ray.get(ref)
+            if row is None:
+                elsewhere.append(job)
+            else:
+                finished(job, row)
+        bar.poll()
+    return elsewhere

@@ -7,7 +7,9 @@ A run lives in one folder::
       config.json        resolved configuration and the command that started it
       checkpoint.zip     latest SB3 save (weights + optimizer + step count), written atomically
       evaluations.npz    SB3 EvalCallback layout: timesteps, results (n_evals, n_episodes), ep_lengths
-      monitor/           Monitor CSVs of the training envs (unclipped full-game returns)
+      <i>.monitor.csv    Monitor CSVs of the training envs (unclipped full-game returns), where SB3's
+                         load_results and the RL Baselines3 Zoo's plot scripts look for them
+      tensorboard/       SB3's TensorBoard logs (when tensorboard is installed)
       final.zip          the finished model
 
 Killing the process at any moment loses at most one checkpoint interval: a rerun loads
@@ -55,6 +57,7 @@ CHECKPOINT = "checkpoint.zip"
 FINAL = "final.zip"
 EVALUATIONS = "evaluations.npz"
 CONFIG = "config.json"
+TENSORBOARD = "tensorboard"
 
 
 def algo_class(algo: str) -> type[BaseAlgorithm]:
@@ -265,6 +268,8 @@ class RunSpec:
     :param eval_every: steps between evaluations (0: none during training).
     :param eval_episodes: episodes per evaluation.
     :param device: torch device (``auto``).
+    :param tensorboard_log: TensorBoard folder of the run (SB3's ``tensorboard_log``; a resumed run
+        continues its event files); ``None``, or TensorBoard not installed: no TensorBoard logs.
     """
 
     run_dir: Path
@@ -277,6 +282,7 @@ class RunSpec:
     eval_every: int = 0
     eval_episodes: int = 5
     device: str = "auto"
+    tensorboard_log: str | None = None
 
 
 def build_or_resume(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorithm:
@@ -344,14 +350,23 @@ def train_run(
         all_callbacks.append(evaluator)
     all_callbacks += callbacks or []
     remaining = spec.total_steps - resumed_from
+    model.tensorboard_log = spec.tensorboard_log if spec.tensorboard_log and _has_tensorboard() else None
     if remaining > 0:
         model.learn(remaining, callback=CallbackList(all_callbacks), reset_num_timesteps=False,
-                    progress_bar=False)
+                    progress_bar=False, tb_log_name=spec.algo.upper())
     save_model_atomic(model, run_dir / CHECKPOINT)
     record_status(model)
     if evaluator is not None and evaluator.model is None:
         evaluator.init_callback(model)
     return model, evaluator
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def check_resume_backend(run_dir: Path, backend: str, resumed: bool) -> None:

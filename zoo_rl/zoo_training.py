@@ -200,7 +200,7 @@ def train_source(
     resumed = (run_dir / "checkpoint.zip").is_file()
     backend = env_backend(task, spec.env_backend)
     check_resume_backend(run_dir, backend, resumed)
-    env = make_env(task, n_envs, seed=spec.seed, monitor_dir=str(run_dir / "monitor"), monitor_append=resumed,
+    env = make_env(task, n_envs, seed=spec.seed, monitor_dir=str(run_dir), monitor_append=resumed,
                    backend=backend)
     eval_env = make_env(task, eval_episodes, seed=spec.seed + 10_000)  # evaluations: always the gym wrappers
     write_json(run_dir / "config.json", {"source": asdict(spec), "task": asdict(task), "n_envs": n_envs,

@@ -1,0 +1,56 @@
+"""Rank the zoo's sources for a target before any transfer run (``zoo_rl.rank_sources``).
+
+    python experiments/rank.py --target Pong
+    python experiments/rank.py --target Breakout --mode 4
+    python experiments/rank.py --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo
+
+Each source plays the target with its own policy for ``--steps`` agent steps (default 10k), beside a
+random policy; where that play is not above random, a value probe on its features decides. Writes
+``ranking.csv`` into ``--out`` (default: the study folder ``experiments/transfer.py`` would use for this
+target, whose ``ranked`` methods then start from it) and prints the table with its cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from zoo_rl.ranking import RANK_STEPS, rank_sources
+from zoo_rl.study import RANKING, StudyConfig, plan, write_csv_atomic
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", required=True, help="target task: Pong, Breakout, lab2d:<level>...")
+    p.add_argument("--mode", type=int, default=None, help="ALE mode of the target (default: the game's)")
+    p.add_argument("--difficulty", type=int, default=None, help="ALE difficulty of the target (default: the game's)")
+    p.add_argument("--zoo", nargs="+", default=None,
+                   help="sources or zoo folders (default: the committed zoo of the target's family, minus the "
+                        "target task's own source)")
+    p.add_argument("--out", type=Path, default=None, help="folder for ranking.csv (default: the study's folder)")
+    p.add_argument("--steps", type=int, default=RANK_STEPS, help=f"agent steps per source (default {RANK_STEPS:,})")
+    args = p.parse_args(argv)
+    try:
+        study = StudyConfig(target=args.target, mode=args.mode, difficulty=args.difficulty, zoo=args.zoo,
+                            methods=["finetune"], out=args.out, seeds=1)
+        job = plan(study)[0]
+        print(f"ranking {len(job.zoo)} sources for {job.task.slug}, {args.steps:,} agent steps each "
+              f"(and as many for a random policy)", flush=True)
+        started = time.perf_counter()
+        table = rank_sources(job.task, job.zoo, steps=args.steps, progress=True)
+    except (ValueError, FileNotFoundError) as exc:
+        sys.exit(f"error: {exc}")
+    seconds = time.perf_counter() - started
+    path = Path(study.out) / RANKING
+    write_csv_atomic(table, path)
+    columns = ["rank", "source", "basis", "zero_shot_rate", "zero_shot_z", "zero_shot_return", "probe_r2"]
+    print(table[columns].round(4).to_string(index=False))
+    steps = int(table["agent_steps"].sum()) + args.steps
+    print(f"\ncost: {steps:,} agent steps ({args.steps:,} of them by the random policy), {seconds:.0f} s")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
