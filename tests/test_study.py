@@ -270,7 +270,11 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
 
     # SB3 reads a run folder as it is (it raises when it finds no Monitor file; no Pong game ends in 512 steps)
     assert len(list(run.glob("*.monitor.csv"))) == 2 and {"r", "l", "t"} <= set(load_results(str(run)).columns)
-    assert list((run / "tensorboard").glob("PPO_*/events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (run / "tensorboard").glob("PPO_*")  # one folder: the resumed run continued it
+    tags = EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    assert "eval/mean_reward" in tags and any(t.startswith("gates/features_extractor/cnn_0/") for t in tags)
     with np.load(run / "evaluations.npz") as ev:
         assert list(ev["timesteps"]) == [0, 256, 512]
     run_config = json.loads((run / "config.json").read_text())
