@@ -141,10 +141,14 @@ if [[ $stage == all || $stage == choose ]]; then
     #     Breakout mode 4 (its related source: breakout, trained on mode 0) with every method it needs.
     run pong-choose-100k --target Pong --env-backend gym --seeds 3 \
         --methods zoo-lite:gate-lr100,zoo-lite:ranked+gate-lr100
+    # The ranked start's merged layers move 10-60x as far as the fine-tune's (diagnostics.csv, "moved": its
+    #     alignments are O x O matrices stepped at Adam's rate): the fine-tune of its top-ranked source at
+    #     10x the learning rate is the matched-step comparison.
+    run pong-100k-lr1e-3 --target Pong --env-backend gym --lr 1e-3 --seeds 3 --methods finetune:pong-m1
     python experiments/compare.py --run results/pong-choose-100k zoo-lite:ranked+gate-lr100 \
         --run results/pong-choose-100k zoo-lite:gate-lr100 --run results/pong-100k finetune:pong-m1 \
-        --run results/pong-100k zoo-lite:sigmoid --run results/pong-100k scratch \
-        --out results/pong-choose-compare --plot > /dev/null
+        --run results/pong-100k-lr1e-3 finetune:pong-m1 --run results/pong-100k zoo-lite:sigmoid \
+        --run results/pong-100k scratch --out results/pong-choose-compare --plot > /dev/null
     run breakout-m4-100k --target Breakout --mode 4 \
         --methods scratch,finetune,zoo-lite,zoo-lite:ranked+gate-lr100,zoo-lite:gate-lr100
 fi

@@ -665,18 +665,24 @@ def test_an_interrupted_study_says_where_it_stopped_and_resumes(tmp_path, monkey
     assert "partial 1" in printed and "resumes scratch seed 0 from step 256" in printed
 
 
+def scratch_study(out: Path, seeds: int, steps: int, eval_every: int):
+    """``experiments/transfer.py`` training a tiny scratch study into ``out``, as a child process."""
+    import subprocess
+
+    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "transfer.py"),
+               "--target", "Pong", "--methods", "scratch", "--seeds", str(seeds), "--steps", str(steps),
+               "--eval-every", str(eval_every), "--eval-episodes", "1", "--n-envs", "2", "--final-episodes", "0",
+               "--out", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
 @pytest.mark.slow
 def test_two_processes_share_a_study_folder(tmp_path):
     """Two processes on one study: each run is trained once, by one of them; no duplicated rows or files."""
-    import subprocess
 
     out = tmp_path / "study"
-    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "transfer.py"),
-               "--target", "Pong", "--methods", "scratch", "--seeds", "3", "--steps", "256", "--eval-every", "128",
-               "--eval-episodes", "1", "--n-envs", "2", "--final-episodes", "0", "--out", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    second = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    first, second = (scratch_study(out, seeds=3, steps=256, eval_every=128) for _ in range(2))
     outputs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outputs
     results = pd.read_csv(out / "results.csv")
@@ -692,15 +698,10 @@ def test_two_processes_share_a_study_folder(tmp_path):
 @pytest.mark.slow
 def test_sigterm_stops_the_study_with_its_resume_line(tmp_path):
     import signal
-    import subprocess
     import time
 
     out = tmp_path / "study"
-    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "transfer.py"),
-               "--target", "Pong", "--methods", "scratch", "--seeds", "1", "--steps", "100000", "--eval-every", "256",
-               "--eval-episodes", "1", "--n-envs", "2", "--final-episodes", "0", "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=dict(os.environ, OMP_NUM_THREADS="1"))
+    process = scratch_study(out, seeds=1, steps=100_000, eval_every=256)
     status = out / "scratch" / "seed0" / "status.json"
     deadline = time.time() + 300
     while not status.is_file() and time.time() < deadline:  # its first checkpoint
