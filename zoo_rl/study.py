@@ -983,8 +983,7 @@ class StudyProgress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=1000, bar_format="{desc} {percentage:3.0f}%|{bar:20}| {postfix}",
-                            desc=f"{jobs[0].task.slug}", dynamic_ncols=True)
+            self.bar = tqdm(total=1000, bar_format="{percentage:3.0f}%|{bar:20}| {desc}", dynamic_ncols=True)
         self.refresh()
 
     def work(self, steps: dict[tuple[str, int], int]) -> float:
@@ -1040,8 +1039,9 @@ class StudyProgress:
         done = sum(1 for j in self.jobs if self.steps[(j.method, j.seed)] >= self.study.steps)
         running = ", ".join(f"{m} seed {s} at {n:,}" for (m, s), n in self.running.items() if n < self.study.steps)
         self.bar.n = int(1000 * self.work(self.steps) / max(self.total, 1e-9))
-        self.bar.set_postfix_str(f"{done}/{len(self.jobs)} runs" + (f" | {running}" if running else "")
-                                 + f" | ETA {format_duration(self.eta())}", refresh=False)
+        self.bar.set_description_str(f"{self.jobs[0].task.slug}: {done}/{len(self.jobs)} runs"
+                                     + (f" | {running}" if running else "")
+                                     + f" | ETA {format_duration(self.eta())}", refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
