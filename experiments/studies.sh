@@ -163,5 +163,5 @@ fi
 if [[ $stage == all || $stage == ranking ]]; then
     # 3d. The ranking against every study's fine-tunes (ranking.csv of each study, then one table).
     python experiments/validate_ranking.py results/pong-100k results/breakout-loo-100k results/roadrunner-loo-100k \
-        results/lab2d-commons_harvest-100k results/breakout-m4-100k --out results/ranking
+        results/lab2d-commons_harvest-100k results/breakout-m4-100k results/pong-500k --out results/ranking
 fi
