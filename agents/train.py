@@ -96,7 +96,7 @@ def deflate_zip(src: Path, dest: Path) -> None:
 
 
 def park(runs_dir: Path, parked_dir: Path, zoo_dir: Path, specs: list[SourceSpec]) -> None:
-    """Copy every unfinished run's resume state to ``parked_dir`` (committed between sessions)."""
+    """Copy every unfinished run's resume state to ``parked_dir`` (committed, so that another machine can resume them)."""
     for spec in specs:
         run = runs_dir / spec.source_name
         if (run / "checkpoint.zip").is_file() and not is_done(zoo_dir, spec):

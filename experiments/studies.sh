@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The studies behind results/ (issues #5, #6 and #7), in the order they are run: the Pong study (with
+# The studies behind results/, in the order they are run: the Pong study (with
 # the paper's sigmoid gates: with the Lab2D study, the evidence that made sigmoid the default
 # normalisation of the later studies), the Lab2D study, the parity run, leave-one-out, Pong at 500k and its
 # learning-rate check, the alignment ablation on RoadRunner and the other Pong ablations (alignment, gate
@@ -48,7 +48,7 @@ if [[ $stage == all || $stage == pong ]]; then
         --methods scratch,finetune,uniform,zoo,zoo-lite,ensemble,zoo-lite:sigmoid
 fi
 if [[ $stage == all || $stage == lab2d ]]; then
-    # 3. A Lab2D target from a zoo mixing Lab2D and Atari sources (issue #7): every Lab2D fine-tune, one
+    # 3. A Lab2D target from a zoo mixing Lab2D and Atari sources: every Lab2D fine-tune, one
     #    cross-family fine-tune (breakout), and the K-source methods over all 8 sources; zoo-lite:gate-lr30
     #    asks whether gates that learn 30x faster pick the Lab2D sources (the published runs, named
     #    zoo-lite:gate-x30, multiplied the gate scores by 30 instead, which the per-group learning rate replaced) (at 1e-4 they stay near 1/8), and
@@ -59,7 +59,7 @@ if [[ $stage == all || $stage == lab2d ]]; then
         --methods scratch,finetune:lab2d-commons_harvest-probabilistic_apples,finetune:lab2d-clean_up-no_depletion,finetune:lab2d-chase_eat,finetune:breakout,uniform,zoo-lite,ensemble,zoo-lite:gate-lr30,zoo-lite:sigmoid
 fi
 if [[ $stage == all || $stage == parity ]]; then
-    # 4. Learning parity of the fast pipeline (issue #5), on Pong: the game where it uses both bf16 and
+    # 4. Learning parity of the fast pipeline, on Pong: the game where it uses both bf16 and
     #    ale-py's vector env.
     python benchmarks/parity.py --game Pong --steps 500000 --seeds 3 --workers "${WORKERS:-2}"
     reevaluate runs/parity/Pong-fp32 && reevaluate runs/parity/Pong-bf16
@@ -99,7 +99,7 @@ fi
 if [[ $stage == all || $stage == loo-ablation ]]; then
     # 2c. Alignment one level down where zoo-lite was hurt (RoadRunner, four unrelated sources), with the
     #     default sigmoid gates: none, or the convolutions only (the paper's code; the 3136->512 layer then
-    #     merges cheaply: the cheaper default that issue #5's zoo-lite speed target needs), against zoo-lite.
+    #     merges cheaply: a cheaper zoo-lite), against zoo-lite.
     #     The study's full method list, so that its study.json and tables.md name every method.
     run roadrunner-loo-100k --target RoadRunner \
         --methods scratch,finetune,uniform,zoo-lite,ensemble,zoo-lite:align-conv,zoo-lite:noalign
@@ -117,9 +117,9 @@ fi
 if [[ $stage == all || $stage == pong-long-align ]]; then
     # 1e. Alignment of the convolutions only (the paper's code), at 500k on Pong with the default sigmoid
     #     gates: the one setting where zoo-lite clearly beat the fine-tune (results/pong-500k). The cheaper
-    #     mode issue #5's zoo-lite speed target needs, and no worse on RoadRunner (loo-ablation); here it
+    #     mode zoo-lite's speed needs, and no worse on RoadRunner (loo-ablation); here it
     #     lost most of the lead (README "Pong at 500k steps"), so full alignment stays the default.
-    #     SEEDS=2 for a shorter session (the runs of a third seed are added by a later call with SEEDS=3).
+    #     SEEDS=2 trains two seeds (a later call with SEEDS=3 adds the third).
     run pong-500k-align-conv --target Pong --steps 500000 --eval-every 25000 --seeds "${SEEDS:-3}" \
         --methods zoo-lite:align-conv
     python experiments/compare.py --run results/pong-500k zoo-lite \
