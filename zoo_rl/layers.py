@@ -141,7 +141,8 @@ def initial_scores(gates: Sequence[float] | torch.Tensor, normalisation: Normali
     :raises ValueError: values outside (0, 1), or not summing to 1 where the normalisation needs it.
     """
     g = torch.as_tensor(gates, dtype=torch.float64).flatten()
-    if not bool(((g > 0) & (g < 1)).all()) and not (g.numel() == 1 and normalisation != "sigmoid"):
+    single = g.numel() == 1 and normalisation != "sigmoid"  # one normalised gate is 1 and stays 1
+    if not (single or bool(((g > 0) & (g < 1)).all())):
         raise ValueError(f"init_gates must lie strictly between 0 and 1 (a gate of exactly 0 or 1 cannot move), "
                          f"got {g.tolist()}.")
     if normalisation != "sigmoid" and abs(float(g.sum()) - 1.0) > 1e-6:

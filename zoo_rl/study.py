@@ -503,22 +503,8 @@ def run_lock(run_dir: Path) -> Iterator[bool]:
     """Hold ``<run_dir>/.lock`` exclusively while the block runs; yields False (and holds nothing) when
     another process holds it. The operating system releases the lock when its process dies, however it
     dies, so a killed study never leaves a stale lock. Without ``fcntl`` (Windows) it always yields True."""
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
-        yield True
-        return
-    with open(Path(run_dir) / LOCK, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with _file_lock(Path(run_dir) / LOCK, wait=False) as held:
+        yield held
 
 
 def evaluate_final(model: Any, task: Task, method: str, algo: str, seed: int, episodes: int) -> dict[str, Any]:
@@ -1131,18 +1117,23 @@ def run_study(study: StudyConfig, progress: bool = True,
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (waiting for it) while the block runs."""
+def _file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on ``path`` while the block runs, waiting for it (``wait``) or yielding False
+    at once when another process holds it. Without ``fcntl`` (Windows) it yields True and locks nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:
-        yield
+        yield True
         return
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
