@@ -10,7 +10,7 @@
 #   bash experiments/studies.sh            # everything, in order (about 19 CPU-hours on 2 cores)
 #   bash experiments/studies.sh pong       # one stage: pong | lab2d | parity | loo | cross | pong-long |
 #                                          pong-long-lr | loo-ablation | pong-ablation | pong-long-align |
-#                                          choose-gates | choose | choose-loo | ranking
+#                                          choose-gates | choose | choose-align | choose-loo | ranking
 #
 # The pong-100k and lab2d studies started under softmax gates (then the default) and pin it, so that
 # their "zoo" and "zoo-lite" keep one meaning whatever the library default becomes.
@@ -151,6 +151,18 @@ if [[ $stage == all || $stage == choose ]]; then
         --run results/pong-100k scratch --out results/pong-choose-compare --plot > /dev/null
     run breakout-m4-100k --target Breakout --mode 4 \
         --methods scratch,finetune,zoo-lite,zoo-lite:ranked+gate-lr100,zoo-lite:gate-lr100
+    run breakout-m4-100k-lr1e-3 --target Breakout --mode 4 --lr 1e-3 --seeds 3 --methods finetune:breakout
+    python experiments/compare.py --run results/breakout-m4-100k zoo-lite:ranked+gate-lr100 \
+        --run results/breakout-m4-100k zoo-lite:gate-lr100 --run results/breakout-m4-100k finetune:breakout \
+        --run results/breakout-m4-100k-lr1e-3 finetune:breakout --run results/breakout-m4-100k zoo-lite \
+        --run results/breakout-m4-100k scratch --out results/breakout-m4-compare --plot > /dev/null
+fi
+if [[ $stage == all || $stage == choose-align ]]; then
+    # 3b'. The ranked start with its alignments stepped at a tenth of the rate: its merged network then moves
+    #     about as far per update as the fine-tune of its top source at the study's rate, so the difference to
+    #     that fine-tune is what the other sources and the alignments add at a matched step.
+    run pong-choose-100k --target Pong --env-backend gym --seeds 3 \
+        --methods zoo-lite:gate-lr100,zoo-lite:ranked+gate-lr100,zoo-lite:ranked+gate-lr100+align-lr0.1
 fi
 if [[ $stage == all || $stage == choose-loo ]]; then
     # 3c. Negative transfer: the leave-one-out targets (no related source), the new methods beside the
