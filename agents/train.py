@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from envs.atari import BACKENDS  # noqa: E402
-from zoo_rl.zoo_training import SourceSpec, read_manifest, refresh_random_returns, train_source  # noqa: E402
+from envs.atari import BACKENDS
+from zoo_rl.zoo_training import SourceSpec, read_manifest, refresh_random_returns, train_source
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

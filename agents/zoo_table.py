@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from envs.tasks import Lab2DTask, resolve  # noqa: E402
+from envs.tasks import Lab2DTask, resolve
 
 ZOO = Path(__file__).resolve().parent / "zoo"
 #: RL Baselines3 Zoo, benchmark.md: PPO after 10M steps on the default flavour (for orientation only).

@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def steps_per_second(game: str, n_envs: int, steps: int, **kwargs) -> float:

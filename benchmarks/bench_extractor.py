@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,10 +21,9 @@ from pathlib import Path
 import torch
 from stable_baselines3.common.torch_layers import NatureCNN
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SPACE, random_zoo  # noqa: E402
-from zoo_rl.extractor import ZooExtractor  # noqa: E402
-from zoo_rl.layers import GATE_MODES  # noqa: E402
+from common import SPACE, random_zoo
+from zoo_rl.extractor import ZooExtractor
+from zoo_rl.layers import GATE_MODES
 
 
 def make_step(extractor: torch.nn.Module, batch: int, bf16: bool, channels_last: bool, fused: bool,

@@ -40,10 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PPO_ATARI, random_zoo  # noqa: E402
+from common import PPO_ATARI, random_zoo
 
-from zoo_rl.fast import MALLOC_ENV, reuse_freed_memory  # noqa: E402
+from zoo_rl.machine import MALLOC_ENV, reuse_freed_memory
 
 VARIANTS = ("sb3", "project", "project-gym", "project-w2", "zoo-lite", "zoo-batch", "zoo-uniform", "zoo-sample", "ensemble")
 
@@ -82,7 +81,7 @@ def build(variant: str, game: str, zoo: list[str]):
     from zoo_rl.baselines import EnsembleExtractor
     from zoo_rl.extractor import ZooExtractor
     from zoo_rl.optim import ZooAdam
-    from zoo_rl.fast import FastCnnPolicy, algo_kwargs
+    from zoo_rl.policies import FastCnnPolicy, algo_kwargs
 
     backend = "gym" if variant in ("project-gym", "project-w2") else "ale"
     env = make_atari(game, n_envs=8, seed=0, workers=2 if variant == "project-w2" else 0, backend=backend)
@@ -186,7 +185,7 @@ def main() -> None:
                         help="also run N copies of each variant at once, cores/N threads each (total steps/s)")
     parser.add_argument("--plain-malloc", action="store_true",
                         help="also run every project variant with glibc's default allocator settings "
-                             "(ZOO_RL_MALLOC=0), to measure zoo_rl.fast.reuse_freed_memory")
+                             "(ZOO_RL_MALLOC=0), to measure zoo_rl.machine.reuse_freed_memory")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--barrier", default=None, help=argparse.SUPPRESS)
@@ -218,7 +217,7 @@ def main() -> None:
                 print(f"rep {rep + 1}/{args.repeats} {name}: {runs[name][-1]['fps']:.0f} steps/s", flush=True)
         lat = latency(zoo)
     fps = {v: statistics.median(r["fps"] for r in rs) for v, rs in runs.items()}
-    from zoo_rl.fast import machine_line
+    from zoo_rl.machine import machine_line
 
     print(f"\n{args.game}, PPO (RL Zoo Atari settings), {args.steps} steps x {args.repeats} repetitions, "
           f"K={args.sources}, torch threads={torch.get_num_threads()}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -10,13 +9,25 @@ import numpy as np
 import torch
 from stable_baselines3.common.torch_layers import NatureCNN
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zoo_rl.sources import write_compact  # noqa: E402
+from zoo_rl.sources import write_compact
+from zoo_rl.study import HYPERPARAMS_DIR
+from zoo_rl.training import load_hyperparams
 
 SPACE = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
-#: The RL Baselines3 Zoo's PPO Atari settings (constant learning rate and clip range for timing).
-PPO_ATARI = dict(n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1,
-                 vf_coef=0.5, ent_coef=0.01)
+
+
+def ppo_atari() -> dict:
+    """The project's PPO Atari settings (``agents/hyperparams/ppo.yml``, what every run trains with), without
+    ``n_envs`` and ``policy`` (the benchmarks choose them) and with their schedules at the start value: a
+    benchmark times updates, and a schedule changes no update's cost."""
+    params = load_hyperparams(HYPERPARAMS_DIR / "ppo.yml", "Pong")
+    params.pop("n_envs", None)
+    params.pop("policy", None)
+    return {k: float(v[len("lin_"):]) if isinstance(v, str) and v.startswith("lin_") else v for k, v in params.items()}
+
+
+#: The settings of :func:`ppo_atari`.
+PPO_ATARI = ppo_atari()
 
 
 def random_zoo(k: int, root: Path) -> list[str]:

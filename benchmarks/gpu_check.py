@@ -23,12 +23,11 @@ import numpy as np
 import torch
 from stable_baselines3 import DQN, PPO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SPACE, random_zoo  # noqa: E402
-from envs.atari import make_atari  # noqa: E402
-from zoo_rl import ZooExtractor, export_lite  # noqa: E402
-from zoo_rl.fast import FastCnnPolicy  # noqa: E402
-from zoo_rl.layers import GATE_MODES  # noqa: E402
+from common import SPACE, random_zoo
+from envs.atari import make_atari
+from zoo_rl import ZooExtractor, export_lite
+from zoo_rl.policies import FastCnnPolicy
+from zoo_rl.layers import GATE_MODES
 
 ATOL = 1e-4
 

@@ -22,21 +22,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from zoo_rl.plots import plot_curves, plt, save
+from zoo_rl.files import RESULT, write_csv_atomic
+from zoo_rl.study import (RunJob, StudyConfig, collect_results, learning_curves, plan, run_job, write_study_json,
+                          write_tables)
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
-from plot import plot_curves, plt, save  # noqa: E402
-from zoo_rl.study import (  # noqa: E402
-    RESULT, RunJob, StudyConfig, collect_results, learning_curves, plan, run_job, write_csv_atomic, write_study_json,
-    write_tables,
-)
 
 LABELS = {"fp32": "plain CnnPolicy, float32, gym wrappers",
           "bf16": "FastCnnPolicy, bf16 + channels-last, --env-backend auto"}

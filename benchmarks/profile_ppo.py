@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -28,8 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils.flop_counter import conv_backward_flop as torch_conv_backward_flop
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PPO_ATARI  # noqa: E402
+from common import PPO_ATARI
 
 
 def conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
@@ -73,7 +71,8 @@ def main() -> None:
     from stable_baselines3 import PPO
 
     from envs import make_atari
-    from zoo_rl.fast import FastCnnPolicy, algo_kwargs, reuse_freed_memory
+    from zoo_rl.policies import FastCnnPolicy, algo_kwargs
+    from zoo_rl.machine import reuse_freed_memory
 
     if not args.plain:  # as the project's training runs do (ZOO_RL_MALLOC=0: glibc's default settings)
         reuse_freed_memory()
@@ -96,7 +95,7 @@ def main() -> None:
         model = PPO(policy, env, seed=0, policy_kwargs=dict(net_arch=[]), **PPO_ATARI, **algo_kwargs(policy))
         label = "CnnPolicy fp32" if args.plain else "FastCnnPolicy"
     model.learn(1024)  # warm-up
-    from zoo_rl.fast import extractor_precision, machine_line
+    from zoo_rl.machine import extractor_precision, machine_line
 
     print(machine_line(model))
 

@@ -87,7 +87,7 @@ def env_backend(task: Task, backend: str = "auto") -> str:
     :raises ValueError: an unknown backend, or ``ale`` for a flavoured Atari task.
     """
     if isinstance(task, Lab2DTask):
-        if backend not in (*BACKENDS, "lab2d"):  # "lab2d": what this function returned for it before
+        if backend not in (*BACKENDS, "lab2d"):  # "lab2d": the resolved name, as make_env receives it
             raise ValueError(f"Unknown environment backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
         return "lab2d"
     return atari_backend(task, backend)

@@ -19,14 +19,12 @@ each study folder (a published ``results/<study>`` or a ``runs/transfer/<study>`
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from zoo_rl.metrics import difference_interval  # noqa: E402
-from zoo_rl.study import write_csv_atomic  # noqa: E402
+from zoo_rl.metrics import difference_interval
+from zoo_rl.files import CURVES, RESULTS, write_csv_atomic
 
 COLUMNS = ["study", "method", "label", "runs", "final_mean", "final_std", "auc_mean", "vs_reference",
            "vs_reference_low", "vs_reference_high", "auc_vs_reference", "auc_vs_reference_low",
@@ -35,7 +33,7 @@ COLUMNS = ["study", "method", "label", "runs", "final_mean", "final_std", "auc_m
 
 def load_runs(study: Path, method: str) -> pd.DataFrame:
     """The rows of ``study/results.csv`` for ``method``; a clear error if either is missing."""
-    path = study / "results.csv"
+    path = study / RESULTS
     if not path.is_file():
         raise SystemExit(f"{study}: no results.csv; pass a study folder (results/<study> or runs/transfer/<study>).")
     table = pd.read_csv(path)
@@ -78,13 +76,12 @@ def compare(runs: list[tuple[Path, str]], reps: int = 2000) -> pd.DataFrame:
 
 def plot(runs: list[tuple[Path, str]], out: Path) -> list[Path]:
     """Learning curves of every compared group in one figure (bands as in the studies' own plots)."""
-    import matplotlib.pyplot as plt
-    from plot import plot_curves, save  # experiments/plot.py: Agg backend, the studies' bands and styles
+    from zoo_rl.plots import plot_curves, plt, save  # the studies' bands and styles, Agg backend
 
     studies = [study for study, _ in runs]
     parts = []
     for study, method in runs:
-        path = study / "curves.csv"
+        path = study / CURVES
         if not path.is_file():
             raise SystemExit(f"{study}: no curves.csv to plot.")
         curves = pd.read_csv(path)

@@ -12,18 +12,18 @@ training under each gate normalisation (``zoo_rl.diagnostics.feature_scale``). W
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from envs.tasks import make_env, resolve
+from zoo_rl.diagnostics import feature_scale
+from zoo_rl.layers import NORMALISATIONS
+from zoo_rl.files import write_csv_atomic
+from zoo_rl.study import default_zoo, expand_zoo
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from envs.tasks import make_env, resolve  # noqa: E402
-from zoo_rl.diagnostics import feature_scale  # noqa: E402
-from zoo_rl.layers import NORMALISATIONS  # noqa: E402
-from zoo_rl.study import default_zoo, expand_zoo, write_csv_atomic  # noqa: E402
 
 
 def observations(task, steps: int, n_envs: int, seed: int) -> torch.Tensor:

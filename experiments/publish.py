@@ -23,15 +23,14 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
-from plot import make_plots  # noqa: E402
-from zoo_rl.diagnostics import diagnose_study, diagnostics_summary  # noqa: E402
-from zoo_rl.sources import atomic_write_bytes  # noqa: E402
-from zoo_rl.study import write_csv_atomic, write_tables  # noqa: E402
+from zoo_rl.files import CURVES, GATES, RANKING, RESULTS, STUDY, SUMMARY, atomic_write_bytes, write_csv_atomic
+from zoo_rl.plots import make_plots
+from zoo_rl.study import write_tables
+from zoo_rl.study.diagnostics import diagnose_study, diagnostics_summary
 
-TABLES = ("results.csv", "summary.csv", "curves.csv", "gates.csv", "study.json")
+ROOT = Path(__file__).resolve().parents[1]
+
+TABLES = (RESULTS, SUMMARY, CURVES, GATES, STUDY, RANKING)
 COST_NOTE = ("steps/s: a run's training steps over its wall time, evaluations included, on whatever else the "
              "machine was doing; for costs measured side by side under control, see "
              "`python benchmarks/bench_throughput.py`.")
@@ -157,7 +156,7 @@ def diagnostics_markdown(table: pd.DataFrame) -> str:
 def publish(study_dir: Path, out: Path) -> list[Path]:
     """Rebuild the study's tables, copy them to ``out``, plot, and write ``tables.md``."""
     study_dir, out = Path(study_dir), Path(out)
-    if not (study_dir / "study.json").is_file():
+    if not (study_dir / STUDY).is_file():
         raise FileNotFoundError(f"{study_dir} is not a study folder (no study.json): run experiments/transfer.py.")
     results, summary = write_tables(study_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,10 +166,10 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
             atomic_write_bytes(out / name, (study_dir / name).read_bytes())
             written.append(out / name)
     written += make_plots(out)
-    study = json.loads((study_dir / "study.json").read_text())
+    study = json.loads((study_dir / STUDY).read_text())
     header = (f"# {study.get('target')} ({study.get('algo')}, {study.get('steps'):,} steps per run)\n\n"
               + commands_markdown(study))
-    gates = pd.read_csv(out / "gates.csv") if (out / "gates.csv").is_file() else pd.DataFrame()
+    gates = pd.read_csv(out / GATES) if (out / GATES).is_file() else pd.DataFrame()
     diagnostics = diagnose_study(study_dir)
     write_csv_atomic(diagnostics, out / "diagnostics.csv")
     written.append(out / "diagnostics.csv")

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from zoo_rl.ranking import RANK_STEPS, rank_sources
-from zoo_rl.study import RANKING, StudyConfig, plan, write_csv_atomic
+from zoo_rl.files import RANKING, write_csv_atomic
+from zoo_rl.study import StudyConfig, plan
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from envs.tasks import resolve  # noqa: E402
-from zoo_rl.study import FINAL_EPISODES, RESULT, evaluate_final, write_csv_atomic  # noqa: E402
-from zoo_rl.study import FINAL_EVALUATION as OUT  # noqa: E402  (the file collect_results reads)
-from zoo_rl.training import ALGOS, FINAL, command_line, write_json  # noqa: E402
+from envs.tasks import resolve
+from zoo_rl.files import CONFIG, FINAL, FINAL_EVALUATION, RESULT, command_line, write_csv_atomic, write_json
+from zoo_rl.study import FINAL_EPISODES, evaluate_final
+from zoo_rl.training import ALGOS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def finished_runs(study: Path) -> list[Path]:
@@ -44,10 +43,10 @@ def finished_runs(study: Path) -> list[Path]:
 
 def reevaluate_run(run: Path, episodes: int | None) -> dict:
     """New-game returns of one run's final model (cached in ``run/final_evaluation.json``)."""
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads((run / CONFIG).read_text())
     study = config["study"]
     n = int(episodes or study.get("final_episodes") or FINAL_EPISODES)
-    cached = run / OUT
+    cached = run / FINAL_EVALUATION  # the file collect_results reads
     if cached.is_file():
         data = json.loads(cached.read_text())
         if len(data["returns"]) == n:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from envs.tasks import resolve
 from zoo_rl.study import run_path
-from zoo_rl.training import CONFIG, EVALUATIONS
+from zoo_rl.files import CONFIG, EVALUATIONS
 
 
 def run_folders(study: Path) -> list[Path]:

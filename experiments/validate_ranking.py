@@ -22,17 +22,18 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from zoo_rl.metrics import difference_interval
-from zoo_rl.study import RANKING, StudyConfig, plan, study_ranking, write_csv_atomic
+from zoo_rl.files import RANKING, RESULTS, STUDY, write_csv_atomic
+from zoo_rl.study import StudyConfig, plan, study_ranking
 
 
 def validate(study_dir: Path) -> dict:
     """One row of the validation table for a published study folder."""
-    record = json.loads((study_dir / "study.json").read_text())
+    record = json.loads((study_dir / STUDY).read_text())
     config = StudyConfig(target=record["target"], mode=record.get("mode"), difficulty=record.get("difficulty"),
                          zoo=record.get("zoo"), methods=["finetune"], seeds=1, out=study_dir)
     job = plan(config)[0]
     ranking = study_ranking(config, job.task, job.zoo)
-    results = pd.read_csv(study_dir / "results.csv")
+    results = pd.read_csv(study_dir / RESULTS)
     finetunes = results[results["method"].str.startswith("finetune:")].assign(
         source=lambda t: t["method"].str.removeprefix("finetune:"))
     means = finetunes.groupby("source")["final_return"].mean()

@@ -139,7 +139,7 @@ def test_backend_choice_and_errors():
 def test_ppo_trains_on_it_with_the_fast_policy(tmp_path):
     from stable_baselines3 import PPO
 
-    from zoo_rl.fast import FastCnnPolicy, algo_kwargs
+    from zoo_rl.policies import FastCnnPolicy, algo_kwargs
 
     env = make_atari("Pong", 4, seed=0, backend="ale", monitor_dir=str(tmp_path))
     model = PPO(FastCnnPolicy, env, n_steps=64, batch_size=128, n_epochs=1, seed=0, device="cpu",

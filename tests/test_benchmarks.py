@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_throughput  # noqa: E402
+import bench_throughput
 
 
 @pytest.mark.parametrize("variant", ["sb3", "project", "zoo-lite", "zoo-sample", "ensemble",

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from compare import compare
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-from compare import compare  # noqa: E402
 
 
 def write_study(folder: Path, rows: list[tuple[str, int, float, float]], steps: int = 1000) -> Path:

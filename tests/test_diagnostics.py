@@ -11,7 +11,8 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-from zoo_rl.diagnostics import diagnose_study, diagnostics_summary, effective_sources
+from zoo_rl.diagnostics import effective_sources
+from zoo_rl.study.diagnostics import diagnose_study, diagnostics_summary
 from zoo_rl.extractor import ZooExtractor
 from zoo_rl.sources import load_zoo
 
@@ -36,10 +37,10 @@ def test_gates_alignment_and_drift_by_hand(zoo_paths, image_env, tmp_path):
             layer.running_gates.copy_(torch.tensor([0.25, 0.75]))
         layers["cnn_0"].align[1] += 0.5 * torch.eye(32)  # ||0.5 I|| / ||I|| = 0.5
         layers["linear_0"].weight[0] *= 1.1  # drift 0.1
-    save_run(lite, tmp_path / "zoo-lite" / "seed0", "zoo-lite", zoo)
+    save_run(lite, tmp_path / "zoo-lite" / "seed0", "zoo-lite", zoo, extractor_kwargs={"gate": "lite"})
 
     sample = zoo_model(image_env, zoo, "sample")
-    save_run(sample, tmp_path / "zoo" / "seed0", "zoo", zoo)
+    save_run(sample, tmp_path / "zoo" / "seed0", "zoo", zoo, extractor_kwargs={"gate": "sample"})
     pd.DataFrame({"timesteps": [0, 0, 100, 100], "extractor": "features_extractor", "layer": "cnn_0",
                   "source": ["src0", "src1"] * 2, "gate": [0.5, 0.5, 0.9, 0.1]}).to_csv(
         tmp_path / "zoo" / "seed0" / "gates.csv", index=False)
@@ -105,6 +106,23 @@ def test_moved_starts_from_the_gates_of_the_trained_normalisation(zoo_paths, ima
     assert softmax.loc[("linear.0", "src0"), "moved"] == pytest.approx(float(((0.5 - 1 / 3) * total).norm()), rel=1e-4)
 
 
+def test_moved_of_a_ranked_start_starts_from_its_start_gates(zoo_paths, image_env, tmp_path):
+    """A ranked start that never trained has moved 0 from the network it started as (its ``init_gates``), not
+    from the equal-gate network of its normalisation; a run that records no extractor_kwargs is refused."""
+    zoo = zoo_paths
+    start = [0.98, 0.01, 0.01]
+    lite = zoo_model(image_env, zoo, "lite")
+    with torch.no_grad():
+        for layer in lite.policy.features_extractor.layers.values():
+            layer.running_gates.copy_(torch.tensor(start))
+    save_run(lite, tmp_path / "zoo-lite-ranked" / "seed0", "zoo-lite:ranked", zoo,
+             extractor_kwargs={"gate": "lite", "normalisation": "sigmoid", "init_gates": start})
+    assert (diagnose_study(tmp_path)["moved"].abs() < 1e-4).all()
+    save_run(lite, tmp_path / "old" / "zoo-lite" / "seed0", "zoo-lite", zoo)
+    with pytest.raises(ValueError, match="records no extractor_kwargs.*delete"):
+        diagnose_study(tmp_path / "old")
+
+
 def test_effective_sources():
     assert effective_sources(np.full(5, 0.2)) == pytest.approx(5.0)
     assert effective_sources([0.0, 1.0, 0.0]) == pytest.approx(1.0)
@@ -159,9 +177,7 @@ def test_averaging_unrelated_sources_shrinks_the_features(tmp_path):
 
 def test_feature_scale_cli_rejects_unknown_normalisations(capsys, monkeypatch):
     import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import feature_scale as cli
 
     monkeypatch.setattr(sys, "argv", ["feature_scale.py", "--target", "Pong", "--normalisations", "softmax,bogus"])

@@ -9,7 +9,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import RolloutBuffer
 
 from conftest import obs_batch
-from zoo_rl.fast import ChannelsLastRolloutBuffer, FastCnnPolicy, algo_kwargs
+from zoo_rl.policies import ChannelsLastRolloutBuffer, FastCnnPolicy, algo_kwargs
 
 
 def twins(env, **fast_kwargs):
@@ -82,21 +82,21 @@ def test_save_load_keeps_switches(image_env, tmp_path):
 
 def test_saved_model_keeps_the_bf16_request_not_its_outcome(image_env, tmp_path, monkeypatch):
     """bf16=None (auto) trained on a bf16 CPU must not force emulated bf16 (13x slower) on a CPU without it."""
-    import zoo_rl.fast as fast_module
+    import zoo_rl.policies as policies
 
-    monkeypatch.setattr(fast_module, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(policies, "cpu_supports_bf16", lambda: True)
     auto = PPO(FastCnnPolicy, image_env, seed=0, device="cpu", policy_kwargs=dict(net_arch=[]))
     forced = PPO(FastCnnPolicy, image_env, seed=0, device="cpu", policy_kwargs=dict(net_arch=[], bf16=True))
     assert auto.policy.bf16 is True and forced.policy.bf16 is True
     auto.save(tmp_path / "auto.zip")
     forced.save(tmp_path / "forced.zip")
-    monkeypatch.setattr(fast_module, "cpu_supports_bf16", lambda: False)  # another machine
+    monkeypatch.setattr(policies, "cpu_supports_bf16", lambda: False)  # another machine
     assert PPO.load(tmp_path / "auto.zip", device="cpu").policy.bf16 is False
     assert PPO.load(tmp_path / "forced.zip", device="cpu").policy.bf16 is True  # asked for: kept
 
 
 def test_extractor_precision_is_what_the_model_computes_in(image_env):
-    from zoo_rl.fast import extractor_precision, machine_line
+    from zoo_rl.machine import extractor_precision, machine_line
 
     plain, fast = twins(image_env, bf16=True)
     _, fast32 = twins(image_env, bf16=False)
@@ -202,7 +202,7 @@ def test_distribution_checks_come_back_after_an_error(image_env):
 
 _FAULTS_PROBE = """
 import resource, torch
-from zoo_rl.fast import reuse_freed_memory
+from zoo_rl.machine import reuse_freed_memory
 applied = reuse_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -231,7 +231,7 @@ def _faulting_40mb_tensors(malloc_env: str) -> tuple[bool, int]:
 def test_reuse_freed_memory_stops_page_faults_of_large_tensors():
     """Freed 40 MB tensors serve the next ones: once the heap has grown (2-4 tensors here), no fresh pages to
     fault in. ZOO_RL_MALLOC=0 leaves glibc's defaults (the comparison), under which every such tensor faults."""
-    import zoo_rl.fast as fast
+    import zoo_rl.machine as fast
 
     if fast._glibc_mallopt() is None:  # os.confstr raises off Linux: the function's own check
         pytest.skip("glibc only")  # the function is a no-op elsewhere, tested below
@@ -243,7 +243,7 @@ def test_reuse_freed_memory_stops_page_faults_of_large_tensors():
 
 
 def test_reuse_freed_memory_off_without_glibc_or_when_asked(monkeypatch):
-    import zoo_rl.fast as fast
+    import zoo_rl.machine as fast
 
     monkeypatch.setattr(fast, "_glibc_mallopt", lambda: None)
     assert fast.reuse_freed_memory(enable=True) is False  # enable=True: past the ZOO_RL_MALLOC check

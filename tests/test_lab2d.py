@@ -62,7 +62,7 @@ def test_unknown_level_lists_the_shipped_ones():
 def test_short_training_run(tmp_path):
     from stable_baselines3 import PPO
 
-    from zoo_rl.fast import FastCnnPolicy
+    from zoo_rl.policies import FastCnnPolicy
 
     env = make_lab2d("pushbox", n_envs=2, seed=0, monitor_dir=str(tmp_path))
     model = PPO(FastCnnPolicy, env, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")

@@ -64,10 +64,7 @@ def test_rank_sources_on_atari_plays_the_sources_that_have_heads(zoo_paths):
 
 @pytest.mark.slow
 def test_rank_script_writes_the_ranking_where_the_study_reads_it(tmp_path, capsys):
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import rank
 
     rank.main(["--target", "Breakout", "--mode", "4", "--steps", "16", "--out", str(tmp_path)])

@@ -14,7 +14,7 @@ from stable_baselines3 import A2C, DQN, PPO
 import zoo_rl.extractor as extractor_module
 from conftest import obs_batch, tmp_copy
 from zoo_rl import GateLogger, ZooExtractor, export_lite
-from zoo_rl.fast import FastCnnPolicy
+from zoo_rl.policies import FastCnnPolicy
 from zoo_rl.sources import LAYERS, SourceUnavailable, load_source
 
 ON_POLICY = {"ppo": PPO, "a2c": A2C}

@@ -14,11 +14,17 @@ import pytest
 import torch
 
 import zoo_rl.study as study_module
+import zoo_rl.study.config as config_module
+import zoo_rl.study.runs as runs_module
 from conftest import random_nature_state
+from envs.tasks import make_env, resolve
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
-from zoo_rl.metrics import area_under_curve, difference_interval, human_normalised, iqm, steps_to_threshold
+from zoo_rl.metrics import (area_under_curve, difference_interval, human_normalised, iqm_with_interval,
+                            steps_to_threshold)
 from zoo_rl.sources import write_compact
 from zoo_rl.study import RESULT_COLUMNS, StudyConfig, collect_results, cross_target, plan, run_study, summarise
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = dict(steps=512, eval_every=256, eval_episodes=1, n_envs=2, seeds=1, rank_steps=16, final_episodes=2)
 
@@ -29,7 +35,15 @@ def test_metrics_by_hand():
     assert area_under_curve(steps, returns) == pytest.approx(6.0)
     assert steps_to_threshold(steps, returns, 5.0) == 10
     assert math.isnan(steps_to_threshold(steps, returns, 11.0))
-    assert iqm(np.array([1, 2, 3, 4, 5, 6, 7, 100])) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    scores = {"m": np.array([1, 2, 3, 4, 5, 6, 7, 100.0])[:, None]}
+    np.random.seed(7)
+    expected_draw = np.random.rand()
+    np.random.seed(7)
+    point, low, high = iqm_with_interval(scores, reps=50)["m"]
+    assert point == pytest.approx(4.5) and low <= point <= high  # the mean of 3, 4, 5, 6
+    assert np.random.rand() == expected_draw  # the caller's global generator is handed back as it was
+    np.random.seed(8)  # and the interval does not depend on it
+    assert iqm_with_interval(scores, reps=50)["m"] == (point, low, high)
     assert human_normalised(-20.7, "Pong") == pytest.approx(0.0)
     assert human_normalised(14.6, "Pong") == pytest.approx(1.0)
     assert math.isnan(human_normalised(3.0, "NoSuchGame"))
@@ -122,11 +136,12 @@ def test_human_normalised_scores_are_recomputed_from_the_final_return(tmp_path):
 
 
 def test_cross_target_names_the_normalisation_each_run_trained_with(tmp_path):
-    """Pong's zoo-lite trained with softmax gates (a run from before the record), Breakout's with the
-    new default: two rows, and Pong's zoo-lite:sigmoid joins Breakout's zoo-lite."""
+    """Pong's zoo-lite trained with softmax gates, Breakout's with sigmoid: two rows, and Pong's
+    zoo-lite:sigmoid joins Breakout's zoo-lite; the same from published studies (tables and study.json only)."""
     from zoo_rl.study import canonical_method
 
-    runs = {"Pong": [("zoo-lite", None), ("zoo-lite:sigmoid", None)],
+    runs = {"Pong": [("zoo-lite", {"gate": "lite", "normalisation": "softmax"}),
+                     ("zoo-lite:sigmoid", {"gate": "lite", "normalisation": "sigmoid"})],
             "Breakout": [("zoo-lite", {"gate": "lite", "normalisation": "sigmoid"})]}
     for target, methods in runs.items():
         rows = []
@@ -143,14 +158,19 @@ def test_cross_target_names_the_normalisation_each_run_trained_with(tmp_path):
     assert sorted(out.index) == ["zoo-lite:sigmoid", "zoo-lite:softmax"]
     assert np.isfinite(out.loc["zoo-lite:sigmoid", "hns_iqm"])  # present on both targets
     assert math.isnan(out.loc["zoo-lite:softmax", "return_Breakout"])
+    for target, normalisation in (("Pong", "softmax"), ("Breakout", None)):  # published: no run folders
+        (tmp_path / "published" / target).mkdir(parents=True)
+        (tmp_path / "published" / target / "results.csv").write_bytes((tmp_path / target / "results.csv").read_bytes())
+        (tmp_path / "published" / target / "study.json").write_text(json.dumps({"normalisation": normalisation}))
+    published = cross_target([tmp_path / "published" / "Pong", tmp_path / "published" / "Breakout"], reps=100)
+    pd.testing.assert_frame_equal(published.set_index("method"), out)
     assert canonical_method("zoo-lite:sigmoid+noalign", "sigmoid") == "zoo-lite:noalign+sigmoid"
     assert canonical_method("zoo:gate-lr30", "softmax") == "zoo:gate-lr30+softmax"
     assert canonical_method("uniform", None) == "uniform" and canonical_method("scratch", "sigmoid") == "scratch"
 
 
 def test_plots_from_fixture_csv(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    from plot import make_plots
+    from zoo_rl.plots import make_plots
 
     curves = pd.DataFrame([(m, s, st, r + s + (m == "zoo") * st / 1000)
                            for m in ("scratch", "zoo") for s in range(3) for st, r in ((0, -21), (1000, -19))],
@@ -165,7 +185,7 @@ def test_plots_from_fixture_csv(tmp_path):
     written = {p.name for p in make_plots(tmp_path)}
     assert {"learning_curves.png", "learning_curves.svg", "summary.png", "summary.svg",
             "gates_zoo.png", "gates_zoo.svg"} <= written
-    from plot import method_styles
+    from zoo_rl.plots import method_styles
 
     methods = ["scratch", "uniform", "zoo", "zoo-lite", "ensemble"] + [f"finetune:s{i}" for i in range(4)]
     styles = method_styles(methods + ["zoo-lite:sigmoid", "zoo-lite:noalign"])  # 11 methods: past tab10
@@ -206,7 +226,7 @@ def test_default_zoo_leaves_out_the_target_task(tmp_path):
     for name, meta in (("pong", {"game": "Pong"}), ("pong-m1", {"game": "Pong", "mode": 1}),
                        ("breakout", {"game": "Breakout"})):
         write_compact(tmp_path / name, random_nature_state(0), {}, meta)
-    names = [p.split("/")[-1] for p in study_module.default_zoo(study_module.resolve("Pong"), tmp_path)]
+    names = [p.split("/")[-1] for p in study_module.default_zoo(resolve("Pong"), tmp_path)]
     assert names == ["breakout", "pong-m1"]
 
 
@@ -216,7 +236,7 @@ def test_zoo_folders_expand_to_members_minus_the_target_task(tmp_path):
     for level in ("chase_eat", "pushbox"):
         write_compact(lab / f"lab2d-{level}", random_nature_state(0), {}, {"game": f"lab2d:{level}"})
     single = str(atari / "breakout")
-    task = study_module.resolve("lab2d:pushbox")
+    task = resolve("lab2d:pushbox")
     zoo = study_module.expand_zoo([str(lab), str(atari), single], task)
     assert [p.split("/")[-1] for p in zoo] == ["lab2d-chase_eat", "breakout", "breakout"]
     assert study_module.default_zoo(task, lab) == [str(lab / "lab2d-chase_eat")]
@@ -237,7 +257,7 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     class Killed(Exception):
         pass
 
-    real_progress = study_module.ProgressFile
+    real_progress = runs_module.ProgressFile
 
     class KillAt300(real_progress):  # the zoo-lite run dies after its first checkpoint (256 steps)
         def _on_step(self) -> bool:
@@ -245,14 +265,14 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
                 raise Killed
             return super()._on_step()
 
-    monkeypatch.setattr(study_module, "ProgressFile", KillAt300)
+    monkeypatch.setattr(runs_module, "ProgressFile", KillAt300)
     with pytest.raises(Killed):
         run_study(config, progress=False)
     results = pd.read_csv(out / "results.csv")
     assert list(results["method"]) == ["scratch"]  # only the finished run, no half row
     scratch_result = (out / "scratch" / "seed0" / "result.json").stat().st_mtime
 
-    monkeypatch.setattr(study_module, "ProgressFile", real_progress)
+    monkeypatch.setattr(runs_module, "ProgressFile", real_progress)
     results, summary = run_study(config, progress=False)
     assert (out / "scratch" / "seed0" / "result.json").stat().st_mtime == scratch_result  # skipped
     assert json.loads((out / "zoo-lite" / "seed0" / "status.json").read_text())["resumed_from"] == 256
@@ -283,7 +303,6 @@ def test_tiny_study_end_to_end_and_resume(zoo_paths, tmp_path, monkeypatch):
     gates = pd.read_csv(out / "gates.csv")
     assert set(gates["source"]) == {"src0", "src1"}
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import publish
 
     written = {p.name for p in publish.publish(out, tmp_path / "published")}
@@ -342,11 +361,12 @@ def test_local_process_pool_runs_seeds_in_parallel(tmp_path):
 
 def test_results_say_which_precision_and_cpu_each_run_trained_on(tmp_path, monkeypatch):
     """--precision bf16 computes float32 on a CPU without native bf16: results.csv must say which it was."""
-    import zoo_rl.fast as fast_module
-    import zoo_rl.study as study_module
+    import zoo_rl.machine as machine
+    import zoo_rl.policies as policies
+    import zoo_rl.study.runs as runs_module
 
-    monkeypatch.setattr(fast_module, "cpu_supports_bf16", lambda: False)  # an AVX2 CPU, whatever runs the test
-    monkeypatch.setattr(study_module, "machine_info", lambda: {"cpu": "test", "cores": 2, "cpu_capability": "AVX2",
+    monkeypatch.setattr(policies, "cpu_supports_bf16", lambda: False)  # an AVX2 CPU, whatever runs the test
+    monkeypatch.setattr(runs_module, "machine_info", lambda: {"cpu": "test", "cores": 2, "cpu_capability": "AVX2",
                                                                "bf16_native": False})
     out = tmp_path / "study"
     config = StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=out, **dict(TINY, steps=256, eval_every=256))
@@ -355,7 +375,7 @@ def test_results_say_which_precision_and_cpu_each_run_trained_on(tmp_path, monke
     assert list(results["extractor_precision"]) == ["fp32"] and list(results["cpu_capability"]) == ["AVX2"]
     run_config = json.loads((out / "scratch" / "seed0" / "config.json").read_text())
     assert run_config["machine"]["cpu_capability"] == "AVX2"
-    assert run_config["malloc_reuse"] is fast_module.reuse_freed_memory()  # True on glibc unless ZOO_RL_MALLOC=0
+    assert run_config["malloc_reuse"] is machine.reuse_freed_memory()  # True on glibc unless ZOO_RL_MALLOC=0
     result_path = out / "scratch" / "seed0" / "result.json"
     row = json.loads(result_path.read_text())
     del row["extractor_precision"], row["cpu_capability"]  # a run from before the record: unknown, not guessed
@@ -368,7 +388,7 @@ def test_zoo_method_options_reach_the_extractor(zoo_paths, tmp_path):
     jobs = plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["zoo-lite:sigmoid+noalign", "zoo:align-conv"],
                             seeds=1, out=tmp_path))
     assert [j.method for j in jobs] == ["zoo-lite:sigmoid+noalign", "zoo:align-conv"]
-    env = study_module.make_env(jobs[0].task, 1)
+    env = make_env(jobs[0].task, 1)
     try:
         lite = study_module.build_model(jobs[0], env).policy.features_extractor
         sample = study_module.build_model(jobs[1], env).policy.features_extractor
@@ -392,14 +412,15 @@ def test_a_gated_run_continues_only_with_its_normalisation(zoo_paths, tmp_path):
     study = dict(target="Pong", zoo=zoo_paths, seeds=1, out=tmp_path)
     (job,) = plan(StudyConfig(methods=["zoo-lite"], **study))
     job.run_dir.mkdir(parents=True)
-    # A run from before normalisations were recorded trained with softmax.
-    (job.run_dir / "config.json").write_text(json.dumps({"method": "zoo-lite"}))
+    (job.run_dir / "config.json").write_text(json.dumps({"method": "zoo-lite", "extractor_kwargs": {
+        "gate": "lite", "normalisation": "softmax"}}))
     with pytest.raises(ValueError, match="trained with gate normalisation 'softmax'.*--gate-normalisation softmax"):
         plan(StudyConfig(methods=["zoo-lite"], normalisation="sigmoid", **study))
     plan(StudyConfig(methods=["zoo-lite"], normalisation="softmax", **study))
     (sigmoid_job,) = plan(StudyConfig(methods=["zoo-lite:sigmoid"], **study))  # its name says sigmoid
     sigmoid_job.run_dir.mkdir(parents=True)
-    (sigmoid_job.run_dir / "config.json").write_text(json.dumps({"method": "zoo-lite:sigmoid"}))
+    (sigmoid_job.run_dir / "config.json").write_text(json.dumps({"method": "zoo-lite:sigmoid", "extractor_kwargs": {
+        "gate": "lite", "normalisation": "sigmoid"}}))
     plan(StudyConfig(methods=["zoo-lite:sigmoid"], normalisation="softmax", **study))
     plan(StudyConfig(methods=["zoo-lite:sigmoid", "uniform", "scratch"], normalisation="sigmoid", **study))
     (job.run_dir / "config.json").write_text(json.dumps({"extractor_kwargs": {"gate": "lite", "normalisation": other}}))
@@ -414,7 +435,7 @@ def test_a_gated_run_continues_only_with_its_normalisation(zoo_paths, tmp_path):
     assert study_module.extractor_kwargs("uniform", "sigmoid") == {"gate": "uniform"}
     assert study_module.extractor_kwargs("finetune:src0", "sigmoid") == {}
     (job,) = plan(StudyConfig(methods=["zoo"], normalisation=other, **study))
-    env = study_module.make_env(job.task, 1)
+    env = make_env(job.task, 1)
     try:
         gate = study_module.build_model(job, env).policy.features_extractor.layers["cnn_0"].gate
     finally:
@@ -423,7 +444,6 @@ def test_a_gated_run_continues_only_with_its_normalisation(zoo_paths, tmp_path):
 
 
 def test_dry_run_lists_the_runs_and_trains_nothing(zoo_paths, tmp_path, capsys):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import transfer
 
     out = tmp_path / "study"
@@ -441,11 +461,14 @@ def test_dry_run_lists_the_runs_and_trains_nothing(zoo_paths, tmp_path, capsys):
 def test_a_run_resumes_only_on_the_backend_it_started_with(tmp_path):
     from zoo_rl.training import check_resume_backend
 
-    (tmp_path / "config.json").write_text(json.dumps({"method": "scratch"}))  # from before the choice: gym
+    (tmp_path / "config.json").write_text(json.dumps({"method": "scratch"}))  # no record: refused, with the fix
+    with pytest.raises(ValueError, match="records no env_backend.*delete the run folder"):
+        check_resume_backend(tmp_path, "gym", resumed=True)
+    check_resume_backend(tmp_path, "ale", resumed=False)  # nothing to resume: any backend
+    (tmp_path / "config.json").write_text(json.dumps({"env_backend": "gym"}))
     check_resume_backend(tmp_path, "gym", resumed=True)
     with pytest.raises(ValueError, match="--env-backend gym"):
         check_resume_backend(tmp_path, "ale", resumed=True)
-    check_resume_backend(tmp_path, "ale", resumed=False)  # nothing to resume: any backend
     (tmp_path / "config.json").write_text(json.dumps({"env_backend": "ale"}))
     with pytest.raises(ValueError, match="started with env_backend='ale'"):
         check_resume_backend(tmp_path, "gym", resumed=True)
@@ -453,7 +476,6 @@ def test_a_run_resumes_only_on_the_backend_it_started_with(tmp_path):
 
 
 def test_cost_note_says_which_runs_shared_the_machine():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import publish
 
     alone = pd.DataFrame({"method": ["scratch", "zoo-lite"], "parallel_runs": [1, 1]})
@@ -471,7 +493,6 @@ def test_cost_note_says_which_runs_shared_the_machine():
 
 
 def test_differences_are_printed_with_their_interval():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import publish
 
     row = pd.Series({"vs_scratch": 2.26, "vs_scratch_low": 1.7, "vs_scratch_high": 3.12, "auc_vs_scratch": math.nan})
@@ -487,10 +508,10 @@ def test_study_json_keeps_every_method_and_command(tmp_path, monkeypatch):
     from zoo_rl.study import write_study_json
 
     out = tmp_path / "study"
-    monkeypatch.setattr(study_module, "command_line", lambda: "python transfer.py --methods scratch,zoo-lite")
+    monkeypatch.setattr(config_module, "command_line", lambda: "python transfer.py --methods scratch,zoo-lite")
     write_study_json(StudyConfig(target="Pong", methods=["scratch", "zoo-lite"], out=out), 6)
     write_study_json(StudyConfig(target="Pong", methods=["scratch", "zoo-lite"], out=out), 6)  # a rerun
-    monkeypatch.setattr(study_module, "command_line", lambda: "python transfer.py --methods zoo-lite:noalign")
+    monkeypatch.setattr(config_module, "command_line", lambda: "python transfer.py --methods zoo-lite:noalign")
     write_study_json(StudyConfig(target="Pong", methods=["zoo-lite:noalign"], out=out), 3)
     record = json.loads((out / "study.json").read_text())
     assert record["methods"] == ["scratch", "zoo-lite", "zoo-lite:noalign"]
@@ -498,7 +519,6 @@ def test_study_json_keeps_every_method_and_command(tmp_path, monkeypatch):
                                   "python transfer.py --methods zoo-lite:noalign"]
     assert record["command"] == "python transfer.py --methods zoo-lite:noalign" and record["runs"] == 3
     assert record["out"] == str(out)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import publish
 
     text = publish.commands_markdown(record)
@@ -529,7 +549,6 @@ def test_the_final_games_give_the_final_return(tmp_path):
 
 
 def test_tables_say_where_the_final_returns_come_from():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import publish
 
     plain = pd.DataFrame({"final_episodes": [np.nan, np.nan], "last_evaluation_return": [1.0, 2.0]})
@@ -548,10 +567,10 @@ def test_a_ranked_method_starts_from_the_studys_top_ranked_source(zoo_paths, tmp
     names = [Path(z).name for z in zoo_paths]
     pd.DataFrame({"rank": [1, 2, 3], "source": [names[2], names[0], names[1]]}).to_csv(out / "ranking.csv",
                                                                                         index=False)
-    kwargs = study_module.run_extractor_kwargs(jobs[0])
+    kwargs = runs_module.run_extractor_kwargs(jobs[0])
     assert kwargs["init_gates"] == pytest.approx([0.005, 0.005, 0.99]) and kwargs["gate_lr"] == 30.0
-    assert study_module.run_extractor_kwargs(jobs[1])["init_gates"] == pytest.approx([0.495, 0.01, 0.495])
-    env = study_module.make_env(jobs[0].task, 1, seed=0)
+    assert runs_module.run_extractor_kwargs(jobs[1])["init_gates"] == pytest.approx([0.495, 0.01, 0.495])
+    env = make_env(jobs[0].task, 1, seed=0)
     try:
         model = study_module.build_model(jobs[0], env)
     finally:
@@ -570,7 +589,6 @@ def test_rl_zoo_plot_scripts_read_a_study(tmp_path):
     """The RL Baselines3 Zoo's own scripts read the layout experiments/rlzoo_logs.py writes."""
     import subprocess
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     import rlzoo_logs
 
     out = tmp_path / "study"
@@ -645,7 +663,7 @@ def test_the_plan_shows_done_and_partial_runs_and_estimates(tmp_path):
 def test_an_interrupted_study_says_where_it_stopped_and_resumes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
     config = StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=out, **dict(TINY, final_episodes=0))
-    real_progress = study_module.ProgressFile
+    real_progress = runs_module.ProgressFile
 
     class CtrlC(real_progress):
         def _on_step(self) -> bool:
@@ -653,13 +671,13 @@ def test_an_interrupted_study_says_where_it_stopped_and_resumes(tmp_path, monkey
                 raise KeyboardInterrupt
             return super()._on_step()
 
-    monkeypatch.setattr(study_module, "ProgressFile", CtrlC)
+    monkeypatch.setattr(runs_module, "ProgressFile", CtrlC)
     with pytest.raises(KeyboardInterrupt):
         run_study(config, progress=True)
     printed = capsys.readouterr().out
     assert "Stopped: 0/1 runs finished; scratch seed 0 at its checkpoint of step 256" in printed
     assert "Run the same command to resume" in printed
-    monkeypatch.setattr(study_module, "ProgressFile", real_progress)
+    monkeypatch.setattr(runs_module, "ProgressFile", real_progress)
     run_study(config, progress=True)
     printed = capsys.readouterr().out
     assert "partial 1" in printed and "resumes scratch seed 0 from step 256" in printed
@@ -711,3 +729,26 @@ def test_sigterm_stops_the_study_with_its_resume_line(tmp_path):
     assert process.returncode == 130, printed
     assert "Stopped: 0/1 runs finished; scratch seed 0 at its checkpoint of step" in printed
     assert "Run the same command to resume" in printed
+
+
+def test_published_tables_regenerate_exactly():
+    """Every published summary.csv is what the study runner computes from its results.csv today, and
+    results/cross_target.csv what --aggregate computes from the published studies: the tables in results/
+    stay reproducible by the code that ships with them."""
+    results = ROOT / "results"
+    for path in sorted(results.glob("*/results.csv")):
+        published = pd.read_csv(path.parent / "summary.csv")
+        pd.testing.assert_frame_equal(summarise(pd.read_csv(path)), published, check_dtype=False, atol=1e-9)
+    studies = [results / name for name in ("pong-100k", "breakout-loo-100k", "roadrunner-loo-100k")]
+    regenerated = cross_target(studies).sort_values("method").reset_index(drop=True)
+    committed = pd.read_csv(results / "cross_target.csv").sort_values("method").reset_index(drop=True)
+    pd.testing.assert_frame_equal(regenerated, committed, check_dtype=False, atol=1e-9)
+
+
+def test_figure_names_keep_the_dots_of_method_names(tmp_path):
+    from zoo_rl.plots import plt, save
+
+    fig, _ = plt.subplots()
+    assert [p.name for p in save(fig, tmp_path / "gates_zoo-lite-align-lr0.1")] == [
+        "gates_zoo-lite-align-lr0.1.png", "gates_zoo-lite-align-lr0.1.svg"]
+    assert (tmp_path / "gates_zoo-lite-align-lr0.1.png").is_file()

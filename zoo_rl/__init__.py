@@ -11,7 +11,7 @@ from zoo_rl.aggregate import zoo_conv2d, zoo_linear
 from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor
-from zoo_rl.fast import FastCnnPolicy
+from zoo_rl.policies import FastCnnPolicy
 from zoo_rl.layers import GATE_MODES, NORMALISATIONS, SourceGate, ZooLayer, ranked_gates
 from zoo_rl.optim import ZooAdam, zoo_optimizer
 from zoo_rl.ranking import rank_sources

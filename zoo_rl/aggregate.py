@@ -134,9 +134,8 @@ def zoo_linear(
     # where merging the aligned weights first costs K·O·O·I: for NatureCNN's 3136->512 layer
     # this path wins below a batch of about 500, so it serves per-sample gates and, with
     # alignment, batch-level gates too.
-    # (W (K*O, I) @ x^T (I, B))^T -> (B, K, O). The same products as x @ W^T, but MKL runs this orientation
-    # faster on an AVX2 EPYC (a probe of this function: 6.3 vs 10.6 ms at batch 8 without gradients, the
-    # rollouts of sample/batch modes; 138 vs 145 ms forward + backward at batch 256).
+    # (W (K*O, I) @ x^T (I, B))^T -> (B, K, O): the same products as x @ W^T, in the orientation MKL runs
+    # faster for these shapes (benchmarks/bench_extractor.py times the layer).
     per_source = (weights.reshape(k * o, i) @ x.t()).t().reshape(b, k, o)
     if biases is not None:
         per_source = per_source + biases

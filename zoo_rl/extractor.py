@@ -8,7 +8,7 @@
 The topology is NatureCNN's (conv 8x8/4 -> conv 4x4/2 -> conv 3x3/1 -> linear to 512, ReLU
 after each), every layer a :class:`~zoo_rl.layers.ZooLayer` initialised from the K sources.
 
-How it stays correct inside SB3 (see ``shared/METHOD.md``, section 3):
+How it stays correct inside SB3 (the traps are listed in ``docs/design.md``):
 
 - the bank is made of raw parameters, so ``ortho_init`` cannot overwrite it;
 - the zoo is read once per process and shared by every extractor SB3 builds (DQN's target

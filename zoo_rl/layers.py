@@ -34,17 +34,14 @@ Gate normalisation (``normalisation``):
 - ``sigmoid`` (default, the paper's): independent sigmoids, unnormalised. K gates at 0.5 sum the
   sources with weight 0.5. NatureCNN has no normalisation layer, so that scale is what the target
   starts from: for K copies of one network it is (K/2) per layer, compounding
-  (``tests/test_layers.py``), but independently trained sources are not copies, and their weighted
-  sum stays near their own scale: the last layer's activations at the start of training are 0.3x to
-  2.0x the sources' mean on every zoo we have (Pong, Breakout and RoadRunner from the Atari zoo,
-  K=4-5; Lab2D commons_harvest from the Lab2D zoo, K=3, and from the mixed zoo, K=8),
-  ``python experiments/feature_scale.py``.
+  (``tests/test_layers.py``); independently trained sources are not copies, and their weighted sum
+  stays nearer their own scale.
 - ``softmax``: gates sum to 1 (the usual mixture-of-experts choice). For K copies of one network
-  the aggregate is that network; but the *average* of independently trained networks has much
-  smaller features: 3-8% of the sources' mean on the same zoos (1.4% with K=8). On Lab2D
-  commons_harvest, zoo-lite learnt 127.7 with softmax gates against 323.2 with sigmoid gates and
-  220.9 from scratch (3 seeds, 100k steps; README Results); on Pong at 100k steps they ended alike
-  (-20.3 and -20.4). Softmax was the default until then.
+  the aggregate is that network, but the *average* of independently trained networks has much
+  smaller features than any of them.
+
+``python experiments/feature_scale.py`` measures both scales on a zoo; ``docs/results.md`` has the
+numbers and the studies behind sigmoid as the default.
 - ``sigmoid-sum``: independent sigmoids divided by their sum (the paper's gate, normalised; the
   same average as softmax at the start).
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 #: Random-policy and human scores per game (Mnih et al. 2015; Badia et al. 2020 tables),
 #: used for human-normalised scores: (score - random) / (human - random).
@@ -65,12 +64,6 @@ def steps_to_threshold(steps: np.ndarray, returns: np.ndarray, threshold: float)
     return float(np.asarray(steps)[hit[0]]) if hit.size else math.nan
 
 
-def iqm(scores: np.ndarray) -> float:
-    """Interquartile mean of all entries (the mean of the middle 50%)."""
-    flat = np.asarray(scores, dtype=float).ravel()
-    return float(stats.trim_mean(flat, proportiontocut=0.25)) if flat.size else math.nan
-
-
 def iqm_with_interval(score_matrices: dict[str, np.ndarray], reps: int = 2000, seed: int = 0
                       ) -> dict[str, tuple[float, float, float]]:
     """IQM and its 95% stratified-bootstrap interval per method (rliable).
@@ -81,10 +74,17 @@ def iqm_with_interval(score_matrices: dict[str, np.ndarray], reps: int = 2000, s
     from rliable import library as rly
     from rliable import metrics
 
-    np.random.seed(seed)  # rliable's bootstrap draws from numpy's global generator
-    point, intervals = rly.get_interval_estimates(
-        {m: np.asarray(s, dtype=float) for m, s in score_matrices.items()},
-        lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps)
+    # rliable's StratifiedBootstrap draws its resamples from numpy's global generator (update_indices calls
+    # np.random.choice, whatever random_state says): seed it for a repeatable interval, and hand the caller's
+    # state back afterwards.
+    outer = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        point, intervals = rly.get_interval_estimates(
+            {m: np.asarray(s, dtype=float) for m, s in score_matrices.items()},
+            lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps)
+    finally:
+        np.random.set_state(outer)
     return {m: (float(point[m][0]), float(intervals[m][0, 0]), float(intervals[m][1, 0])) for m in score_matrices}
 
 

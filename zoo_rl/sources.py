@@ -26,7 +26,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +33,19 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from zoo_rl.files import atomic_write_bytes
+
 #: The four NatureCNN layers, in SB3's names, in forward order.
 LAYERS: tuple[str, ...] = ("cnn.0", "cnn.2", "cnn.4", "linear.0")
 #: CleanRL's ``nn.Sequential`` indices for the same layers.
 _CLEANRL_LAYERS = {"network.0": "cnn.0", "network.2": "cnn.2", "network.4": "cnn.4", "network.7": "linear.0"}
-#: Prefixes of the extractor inside an SB3 ``policy.pth``, most specific first.
-_SB3_PREFIXES = (
+#: Prefixes of the features extractor(s) inside an SB3 policy's state dict: the shared one, the actor's
+#: and critic's when they are apart, and those of DQN's, QR-DQN's and the off-policy actors' networks.
+#: A source's extractor is the first of them that holds NatureCNN weights.
+SB3_EXTRACTOR_PREFIXES = (
     "features_extractor.",
     "pi_features_extractor.",
+    "vf_features_extractor.",
     "q_net.features_extractor.",
     "quantile_net.features_extractor.",
     "actor.features_extractor.",
@@ -127,10 +131,10 @@ def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def read_sb3_zip(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Extractor and full policy tensors of an SB3 zip, reading ``policy.pth`` only.
+def read_policy_pth(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of an SB3 model zip's ``policy.pth`` (nothing else of the zip is read or unpickled).
 
-    :return: ``(extractor_state, policy_state)``.
+    :raises ValueError: not a zip, or a zip without ``policy.pth``.
     """
     origin = str(path)
     try:
@@ -140,13 +144,22 @@ def read_sb3_zip(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, t
             data = archive.read("policy.pth")
     except zipfile.BadZipFile:
         raise ValueError(f"{origin} is not a valid zip file.") from None
-    policy = _read_tensors(data, f"{origin}:policy.pth")
-    for prefix in _SB3_PREFIXES:
+    return _read_tensors(data, f"{origin}:policy.pth")
+
+
+def read_sb3_zip(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Extractor and full policy tensors of an SB3 zip, reading ``policy.pth`` only.
+
+    :return: ``(extractor_state, policy_state)``.
+    """
+    origin = str(path)
+    policy = read_policy_pth(path)
+    for prefix in SB3_EXTRACTOR_PREFIXES:
         sub = _strip(policy, prefix)
         if any(k.startswith("cnn.") for k in sub):
             return _check_extractor(sub, origin), policy
     raise ValueError(
-        f"{origin} has no NatureCNN weights: none of the key prefixes {list(_SB3_PREFIXES)} hold "
+        f"{origin} has no NatureCNN weights: none of the key prefixes {list(SB3_EXTRACTOR_PREFIXES)} hold "
         "'cnn.*' tensors. Was it trained with CnnPolicy?"
     )
 
@@ -212,24 +225,6 @@ def _tensor_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
     return buffer.getvalue()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by others
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _from_hub(repo_id: str) -> Path:
     """Download ``<name>.zip`` of an RL Baselines3 Zoo repository (``sb3/ppo-PongNoFrameskip-v4``)."""
     try:
@@ -284,7 +279,7 @@ def load_source(spec: str | os.PathLike, name: str | None = None) -> Source:
     state = _read_tensors(path, str(path))
     if any(k.startswith("network.") for k in state):
         return Source(label, _from_cleanrl(state, str(path)), {"origin": str(path)})
-    for prefix in ("features.",) + _SB3_PREFIXES + ("",):
+    for prefix in ("features.",) + SB3_EXTRACTOR_PREFIXES + ("",):
         sub = _strip(state, prefix)
         if any(k.startswith("cnn.") for k in sub):
             return Source(label, _check_extractor(sub, str(path)), {"origin": str(path)})

@@ -1,11 +1,13 @@
 """Resumable SB3 training runs: hyperparameters from YAML, periodic evaluation, checkpoints.
 
-Used by ``agents/train.py`` (the source zoo) and ``experiments/transfer.py`` (studies).
-A run lives in one folder::
+Used by ``agents/train.py`` (the source zoo) and the study runner (:mod:`zoo_rl.study`), through
+:func:`hyperparams_for`, :func:`open_run` and :func:`train_run`. A run lives in one folder
+(file names in :mod:`zoo_rl.files`)::
 
     run_dir/
       config.json        resolved configuration and the command that started it
       checkpoint.zip     latest SB3 save (weights + optimizer + step count), written atomically
+      status.json        the checkpoint's step count and wall time
       evaluations.npz    SB3 EvalCallback layout: timesteps, results (n_evals, n_episodes), ep_lengths
       <i>.monitor.csv    Monitor CSVs of the training envs (unclipped full-game returns), where SB3's
                          load_results and the RL Baselines3 Zoo's plot scripts look for them
@@ -21,10 +23,9 @@ from __future__ import annotations
 import io
 import json
 import re
-import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,8 +38,11 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.atari import restart_games
-from zoo_rl.fast import algo_kwargs, reuse_freed_memory
-from zoo_rl.sources import atomic_write_bytes
+from envs.tasks import Task, env_backend, make_env
+from zoo_rl.files import (CHECKPOINT, CONFIG, EVALUATIONS, STATUS, atomic_write_bytes, command_line,
+                          save_model_atomic, write_json)
+from zoo_rl.machine import reuse_freed_memory
+from zoo_rl.policies import algo_kwargs, policy_class
 
 try:
     from sb3_contrib import QRDQN
@@ -51,13 +55,10 @@ if QRDQN is not None:
     ALGOS["qrdqn"] = QRDQN
 #: Algorithms whose rollouts are collected on-policy (evaluated with sampled actions).
 ON_POLICY = ("ppo", "a2c")
+#: Seed offset of a run's evaluation environments (training uses the run's seed itself).
+EVAL_SEED_OFFSET = 10_000
 
 _SCHEDULE = re.compile(r"^lin_(?P<value>[-+0-9.eE]+)$")
-CHECKPOINT = "checkpoint.zip"
-FINAL = "final.zip"
-EVALUATIONS = "evaluations.npz"
-CONFIG = "config.json"
-TENSORBOARD = "tensorboard"
 
 
 def algo_class(algo: str) -> type[BaseAlgorithm]:
@@ -105,33 +106,6 @@ def load_hyperparams(path: str | Path, game: str, family: str = "atari") -> dict
     for key in (game, f"{game}NoFrameskip-v4"):
         params.update(table.get(key, {}) or {})
     return params
-
-
-def to_jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, type):
-        return f"{value.__module__}.{value.__qualname__}"
-    return repr(value)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n").encode())
-
-
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
-
-
-def save_model_atomic(model: BaseAlgorithm, path: str | Path) -> None:
-    """``model.save`` into a temporary file, then rename: a reader never sees half a zip."""
-    buffer = io.BytesIO()
-    model.save(buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 class _EveryN(BaseCallback):
@@ -263,6 +237,7 @@ class RunSpec:
     :param total_steps: agent steps to train for (1 step = 4 frames, summed over envs).
     :param hyperparams: SB3 constructor arguments (``n_envs`` and ``policy`` excluded).
     :param policy: SB3 policy name or class.
+    :param policy_kwargs: SB3's ``policy_kwargs`` (a features extractor, its arguments, the optimizer).
     :param seed: SB3 seed.
     :param checkpoint_every: steps between checkpoints.
     :param eval_every: steps between evaluations (0: none during training).
@@ -277,6 +252,7 @@ class RunSpec:
     total_steps: int
     hyperparams: dict[str, Any]
     policy: Any = "CnnPolicy"
+    policy_kwargs: dict[str, Any] | None = None
     seed: int = 0
     checkpoint_every: int = 50_000
     eval_every: int = 0
@@ -285,18 +261,69 @@ class RunSpec:
     tensorboard_log: str | None = None
 
 
+def new_model(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorithm:
+    """A fresh model of ``spec`` on ``env`` (``lin_X`` hyperparameters as schedules, the channels-last
+    rollout buffer with :class:`zoo_rl.policies.FastCnnPolicy`)."""
+    kwargs = {k: parse_value(v) for k, v in spec.hyperparams.items()}
+    kwargs.update(algo_kwargs(spec.policy))
+    if spec.policy_kwargs is not None:
+        kwargs["policy_kwargs"] = spec.policy_kwargs
+    return algo_class(spec.algo)(spec.policy, env, seed=spec.seed, device=spec.device, verbose=verbose, **kwargs)
+
+
 def build_or_resume(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorithm:
     """A fresh model, or the one in ``run_dir/checkpoint.zip`` with its step count."""
-    cls = algo_class(spec.algo)
     checkpoint = Path(spec.run_dir) / CHECKPOINT
     if checkpoint.is_file():
-        model = cls.load(checkpoint, env=env, device=spec.device)
+        model = algo_class(spec.algo).load(checkpoint, env=env, device=spec.device)
         if verbose:
             print(f"Resuming {checkpoint} at {model.num_timesteps} steps", flush=True)
         return model
-    kwargs = {k: parse_value(v) for k, v in spec.hyperparams.items()}
-    kwargs.update(algo_kwargs(spec.policy))
-    return cls(spec.policy, env, seed=spec.seed, device=spec.device, verbose=verbose, **kwargs)
+    return new_model(spec, env, verbose)
+
+
+def hyperparams_for(path: str | Path, task: Task) -> tuple[dict[str, Any], int, Any]:
+    """``(hyperparams, n_envs, policy)`` of ``task`` from the YAML file ``path`` (:func:`load_hyperparams`):
+    the SB3 constructor arguments without ``n_envs`` and ``policy``, which come apart (``policy`` resolved by
+    :func:`zoo_rl.policies.policy_class`; 8 environments where the file names none)."""
+    params = load_hyperparams(path, task.game, family=task.family)
+    n_envs = int(params.pop("n_envs", 8))
+    return params, n_envs, policy_class(params.pop("policy", "CnnPolicy"))
+
+
+@dataclass
+class RunEnvs:
+    """The environments of a run (:func:`open_run`): ``env`` trains, ``eval_env`` evaluates."""
+
+    env: VecEnv
+    eval_env: VecEnv
+    backend: str
+    resumed: bool
+
+    def close(self) -> None:
+        for venv in (self.env, self.eval_env):
+            venv.close()
+
+
+def open_run(run_dir: str | Path, task: Task, *, n_envs: int, seed: int, backend: str, eval_episodes: int,
+             record: dict[str, Any]) -> RunEnvs:
+    """Set a run up: check that a checkpoint in ``run_dir`` resumes on ``backend``, make the training
+    environments (Monitor files in the run folder, appended to on a resume) and the evaluation ones (the
+    ``gym`` wrappers, seed ``seed +`` :data:`EVAL_SEED_OFFSET`), and write ``config.json``: ``record`` plus
+    the task, ``n_envs``, the backend, the command and the package versions.
+
+    :param backend: ``auto``, ``ale`` or ``gym`` (:func:`envs.tasks.env_backend` resolves it).
+    :raises ValueError: the checkpoint was trained on another backend (with the flag that resumes it).
+    """
+    run_dir = Path(run_dir)
+    resumed = (run_dir / CHECKPOINT).is_file()
+    backend = env_backend(task, backend)
+    check_resume_backend(run_dir, backend, resumed)
+    env = make_env(task, n_envs, seed=seed, monitor_dir=str(run_dir), monitor_append=resumed, backend=backend)
+    eval_env = make_env(task, eval_episodes, seed=seed + EVAL_SEED_OFFSET, backend="gym")
+    write_json(run_dir / CONFIG, {**record, "task": asdict(task), "n_envs": n_envs, "env_backend": backend,
+                                  "command": command_line(), "versions": env_versions()})
+    return RunEnvs(env, eval_env, backend, resumed)
 
 
 def train_run(
@@ -317,7 +344,7 @@ def train_run(
     :param evaluate_at_start: also evaluate before the first step (transfer's jumpstart).
     :return: the trained model and the evaluation callback (``None`` without ``eval_env``).
 
-    Sets glibc's allocator to reuse freed memory (:func:`zoo_rl.fast.reuse_freed_memory`; ``ZOO_RL_MALLOC=0``
+    Sets glibc's allocator to reuse freed memory (:func:`zoo_rl.machine.reuse_freed_memory`; ``ZOO_RL_MALLOC=0``
     leaves it alone): the same values, a faster Zoo-Tuning update.
     """
     reuse_freed_memory()
@@ -328,7 +355,7 @@ def train_run(
     # Time accounting that survives a kill: status.json is rewritten with each checkpoint, so the
     # wall time it holds always belongs to the steps the checkpoint holds. A killed call loses the
     # time since its last checkpoint, exactly like the steps that the resumed call trains again.
-    status_path = run_dir / "status.json"
+    status_path = run_dir / STATUS
     before = json.loads(status_path.read_text()) if status_path.is_file() else {}
     resumed_from = int(model.num_timesteps)
     started = time.time()
@@ -370,15 +397,18 @@ def _has_tensorboard() -> bool:
 
 
 def check_resume_backend(run_dir: Path, backend: str, resumed: bool) -> None:
-    """A checkpoint continues only on the environment it was trained on (runs from before the
-    choice existed, with no ``env_backend`` in their config, trained on ``gym``).
+    """A checkpoint continues only on the environment it was trained on (``env_backend`` of its config).
 
     :raises ValueError: the run started with another backend, with the flag that resumes it.
     """
-    config = Path(run_dir) / "config.json"
+    config = Path(run_dir) / CONFIG
     if not resumed or not config.is_file():
         return
-    started = json.loads(config.read_text()).get("env_backend") or ("lab2d" if backend == "lab2d" else "gym")
+    started = json.loads(config.read_text()).get("env_backend")
+    if started is None:
+        raise ValueError(f"{config} records no env_backend, so the environment its checkpoint trained on is "
+                         f"unknown: add it to the file (\"env_backend\": \"gym\" for the RL Baselines3 Zoo wrappers) "
+                         "or delete the run folder to start it again.")
     if started != backend:
         raise ValueError(f"{run_dir} was started with env_backend={started!r}, not {backend!r}: rerun with "
                          f"--env-backend {started}, or delete the run folder to start it again.")

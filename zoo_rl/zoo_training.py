@@ -22,19 +22,15 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.atari import restart_games
-from envs.tasks import Task, env_backend, make_env, resolve
-from zoo_rl.fast import policy_class
-from zoo_rl.sources import LAYERS, atomic_write_bytes, write_compact
-from zoo_rl.training import (
-    ON_POLICY, RunSpec, check_resume_backend, command_line, env_versions, load_hyperparams, train_run, write_json,
-)
+from envs.tasks import Task, make_env, resolve
+from zoo_rl.files import write_json
+from zoo_rl.sources import LAYERS, META_FILE, SB3_EXTRACTOR_PREFIXES, write_compact
+from zoo_rl.training import ON_POLICY, RunSpec, env_versions, hyperparams_for, open_run, train_run
 
 #: Episodes of the final evaluation and of the random-policy baseline.
 FINAL_EVAL_EPISODES = 10
 #: Observations collected to check that float16 storage keeps every greedy action.
 FP16_CHECK_OBS = 512
-_EXTRACTOR_PREFIXES = ("features_extractor.", "pi_features_extractor.", "vf_features_extractor.",
-                       "q_net.features_extractor.", "quantile_net.features_extractor.")
 
 
 @dataclass
@@ -85,7 +81,7 @@ def split_policy_state(model: BaseAlgorithm) -> tuple[dict[str, torch.Tensor], d
     for key, value in state.items():
         if "_target" in key:
             continue
-        prefix = next((p for p in _EXTRACTOR_PREFIXES if key.startswith(p)), None)
+        prefix = next((p for p in SB3_EXTRACTOR_PREFIXES if key.startswith(p)), None)
         if prefix is None:
             heads[key] = value
         elif prefix != "vf_features_extractor." and key[len(prefix):].split(".")[0] in ("cnn", "linear"):
@@ -150,19 +146,17 @@ def source_random_returns(spec: SourceSpec) -> list[float]:
 
 
 def refresh_random_returns(spec: SourceSpec, zoo_dir: str | Path = "agents/zoo") -> dict[str, Any]:
-    """Recompute the random-policy baseline in a committed source's ``meta.json`` (weights untouched).
-
-    Sources exported before :func:`random_returns` restarted the games recorded a baseline that
-    continued the trained agent's unfinished games on Atari games with lives (Breakout: 4.4
-    instead of about 1.5). ``python agents/train.py --zoo --refresh-random`` rewrites them.
+    """Recompute the random-policy baseline in a committed source's ``meta.json`` (weights untouched), with
+    :func:`random_returns` (new games, so that it never continues a trained agent's unfinished games);
+    ``python agents/train.py --zoo --refresh-random`` runs it for every source of a manifest.
     """
-    path = Path(zoo_dir) / spec.source_name / "meta.json"
+    path = Path(zoo_dir) / spec.source_name / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no committed source {spec.source_name!r} to refresh; train it first.")
     meta = json.loads(path.read_text())
     rand = source_random_returns(spec)
     meta.update(random_return_mean=float(np.mean(rand)), random_return_std=float(np.std(rand)))
-    atomic_write_bytes(path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    write_json(path, meta)
     return meta
 
 
@@ -191,21 +185,13 @@ def train_source(
     task = spec.task
     name = spec.source_name
     run_dir = Path(runs_dir) / name
-    params = load_hyperparams(Path(hyperparams_dir) / f"{spec.algo}.yml", task.game, family=task.family)
-    n_envs = int(params.pop("n_envs", 8))
-    policy = policy_class(params.pop("policy", "CnnPolicy"))
+    params, n_envs, policy = hyperparams_for(Path(hyperparams_dir) / f"{spec.algo}.yml", task)
     run = RunSpec(run_dir=run_dir, algo=spec.algo, total_steps=spec.steps, hyperparams=params, policy=policy,
                   seed=spec.seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
                   eval_episodes=eval_episodes, device=device)
-    resumed = (run_dir / "checkpoint.zip").is_file()
-    backend = env_backend(task, spec.env_backend)
-    check_resume_backend(run_dir, backend, resumed)
-    env = make_env(task, n_envs, seed=spec.seed, monitor_dir=str(run_dir), monitor_append=resumed,
-                   backend=backend)
-    eval_env = make_env(task, eval_episodes, seed=spec.seed + 10_000)  # evaluations: always the gym wrappers
-    write_json(run_dir / "config.json", {"source": asdict(spec), "task": asdict(task), "n_envs": n_envs,
-                                         "env_backend": backend, "hyperparams": params, "command": command_line(),
-                                         "versions": env_versions()})
+    envs = open_run(run_dir, task, n_envs=n_envs, seed=spec.seed, backend=spec.env_backend,
+                    eval_episodes=eval_episodes, record={"source": asdict(spec), "hyperparams": params})
+    env, eval_env, backend = envs.env, envs.eval_env, envs.backend
     started = time.time()
     model, evaluator = train_run(run, env, eval_env, verbose=verbose)
     train_seconds = time.time() - started

@@ -11,17 +11,16 @@ sees one network, not two.
 Use ``policy=FastCnnPolicy`` (or ``"FastCnnPolicy"`` through :func:`policy_class`) where you
 would write ``"CnnPolicy"``; ``bf16=False, channels_last=False`` gives back plain float32.
 Four more savings that change no value the policy sees: Adam runs fused (one kernel for all
-parameters: ``python benchmarks/profile_ppo.py`` reports its step per minibatch, about 1.2 ms
-against 5.3 ms with ``--plain``); the action distributions skip torch's argument checks
-(they ran at every rollout step, see :func:`_unchecked`); NatureCNN's ReLUs run in place; and on-policy
-algorithms can keep their rollouts channels-last with :class:`ChannelsLastRolloutBuffer` (pass
-:func:`algo_kwargs` to the algorithm), so that minibatches need a dtype cast but no transpose.
+parameters: ``python benchmarks/profile_ppo.py`` reports its step per minibatch against
+``--plain``); the action distributions skip torch's argument checks (they run at every rollout
+step, see :func:`_unchecked`); NatureCNN's ReLUs run in place; and on-policy algorithms can keep
+their rollouts channels-last with :class:`ChannelsLastRolloutBuffer` (pass :func:`algo_kwargs`
+to the algorithm), so that minibatches need a dtype cast but no transpose.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,103 +28,14 @@ import numpy as np
 import torch
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.distributions import Distribution
-from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from stable_baselines3.common.policies import ActorCriticCnnPolicy
 from stable_baselines3.common.preprocessing import is_image_space, preprocess_obs
 from stable_baselines3.common.torch_layers import NatureCNN
+from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from torch import nn
 from torch.distributions import Distribution as TorchDistribution
 
-
-def cpu_supports_bf16() -> bool:
-    """True where oneDNN has native bfloat16 kernels (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and slow
-    (on an AVX2-only AMD EPYC, one NatureCNN training step at batch 256 took 1971 ms under bf16 autocast against
-    139 ms in float32: ``python benchmarks/bench_extractor.py --fused-adam --channels-last [--bf16]``)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def machine_info() -> dict[str, Any]:
-    """The CPU a speed or a run's steps/s belongs to: its model name, core count, the vector instructions
-    torch dispatches to (``AVX2``, ``AVX512``, ...) and whether bfloat16 is native (what ``bf16=None`` picks)."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        import platform
-
-        model = platform.processor()
-    try:
-        capability = torch.backends.cpu.get_cpu_capability()
-    except AttributeError:  # older torch
-        capability = ""
-    return {"cpu": model, "cores": os.cpu_count(), "cpu_capability": capability, "bf16_native": cpu_supports_bf16()}
-
-
-def extractor_precision(model: Any) -> str:
-    """``"bf16"`` where ``model``'s policy runs its extractor under bf16 autocast (a :class:`FastCnnPolicy`
-    with ``bf16`` on, on the CPU), else ``"fp32"``: what the model computes in, not what was asked for."""
-    policy = getattr(model, "policy", model)
-    on_cpu = next(policy.parameters()).device.type == "cpu"
-    return "bf16" if isinstance(policy, FastCnnPolicy) and policy.bf16 and on_cpu else "fp32"
-
-
-def machine_line(model: Any = None) -> str:
-    """One line naming the machine (and ``model``'s extractor precision) for a benchmark's output."""
-    m = machine_info()
-    line = f"machine: {m['cpu']}, {m['cores']} cores, {m['cpu_capability']}, bf16 {'native' if m['bf16_native'] else 'not native'}"
-    return line if model is None else f"{line}, extractor {extractor_precision(model)}"
-
-
-#: glibc ``mallopt`` parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-#: Environment variable that turns :func:`reuse_freed_memory` off (``0``), for a plain-allocator comparison.
-MALLOC_ENV = "ZOO_RL_MALLOC"
-
-
-def _glibc_mallopt() -> Any:
-    """glibc's ``mallopt`` in this process, or ``None`` on another C library (musl, macOS, Windows)."""
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return None
-        import ctypes
-
-        return ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def reuse_freed_memory(enable: bool | None = None) -> bool:
-    """Let glibc's malloc hand freed tensor memory back to the next tensor instead of to the kernel.
-
-    By default glibc serves every allocation above its mmap threshold (at most 32 MB) with fresh pages
-    from the kernel and returns them on ``free``; each new page then costs a page fault when first
-    written. A Zoo-Tuning update allocates and frees tens of MB per minibatch (the gradient of the
-    3136->512 bank alone is K x 6.4 MB; per-sample gates build B kernels per convolution), so it kept
-    paying for page faults (one per 4 kB page, about 10240 for every fresh 40 MB tensor:
-    ``tests/test_fast.py`` counts them). This raises the mmap threshold to
-    1 GiB and stops the heap from being trimmed, so that freed blocks are reused (values are untouched;
-    the process keeps its peak memory instead of shrinking after it). Process-wide, glibc only:
-    elsewhere it does nothing. ``python benchmarks/bench_throughput.py --variants project,zoo-lite,zoo-sample
-    --plain-malloc`` measures it against glibc's defaults.
-
-    :param enable: ``None``: on unless the environment sets ``ZOO_RL_MALLOC=0``.
-    :return: whether the settings were applied.
-    """
-    if enable is None:
-        enable = os.environ.get(MALLOC_ENV, "1") != "0"
-    if not enable:
-        return False
-    mallopt = _glibc_mallopt()
-    if mallopt is None:
-        return False
-    ok = True
-    for option, value in ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (1 << 31) - 1), (_M_TOP_PAD, 64 << 20)):
-        ok = bool(mallopt(option, value)) and ok
-    return ok
+from zoo_rl.machine import cpu_supports_bf16
 
 
 @contextlib.contextmanager
@@ -187,8 +97,7 @@ class FastCnnPolicy(ActorCriticCnnPolicy):
             if type(extractor) is NatureCNN:
                 # Its forward is one nn.Sequential: each ReLU's input is a fresh conv/linear output that
                 # nothing else reads, so the ReLU may overwrite it (the same values and gradients; saves
-                # an allocation and a pass over each activation: 0.97x the time of a float32 training step in
-                # an interleaved probe on an AVX2 CPU, not a benchmark of the repository).
+                # an allocation and a pass over each activation).
                 # Not done for other extractors, whose forward may read a ReLU's input again.
                 for module in extractor.modules():
                     if isinstance(module, nn.ReLU):
@@ -252,7 +161,7 @@ class ChannelsLastRolloutBuffer(RolloutBuffer):
 
     The observations of a finished rollout are transposed to NHWC once; each minibatch is then a
     ``(batch, C, H, W)`` tensor whose memory is already NHWC, which :class:`FastCnnPolicy` casts
-    without a transpose (four epochs of minibatches used to transpose every image four times).
+    without a transpose (SB3's buffer would transpose every image once per epoch).
     Values, shapes and every other field are those of ``RolloutBuffer``.
     """
 

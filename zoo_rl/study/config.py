@@ -1,0 +1,263 @@
+"""A study's configuration (:class:`StudyConfig`), its zoo, and its plan: the runs it trains (:func:`plan`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from envs.atari import BACKENDS
+from envs.tasks import Task, make_env, resolve
+from zoo_rl.extractor import ZooExtractor, cached_zoo
+from zoo_rl.files import CONFIG, STUDY, command_line, write_json
+from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
+from zoo_rl.ranking import RANK_STEPS
+from zoo_rl.sources import META_FILE, Source
+from zoo_rl.study.methods import METHODS, expand_methods, extractor_kwargs
+from zoo_rl.training import ALGOS
+
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_ZOO_DIR = ROOT / "agents" / "zoo"
+#: The committed zoo of each task family: a target's default zoo is its own family's.
+ZOO_DIRS = {"atari": DEFAULT_ZOO_DIR, "lab2d": ROOT / "agents" / "zoo-lab2d"}
+HYPERPARAMS_DIR = ROOT / "agents" / "hyperparams"
+#: Games of the final evaluation: the published protocol.
+FINAL_EPISODES = 20
+
+
+def _option(help: str, default: Any = MISSING, *, flag: str | None = None, type: Callable | None = None,
+            choices: Sequence[str] | None = None, nargs: str | None = None, factory: Callable | None = None) -> Any:
+    """A :class:`StudyConfig` field with its command-line option: the field's default and help text are the
+    option's (:func:`add_study_arguments`); ``flag`` where the option's name is not the field's."""
+    metadata = dict(help=help, flag=flag, type=type, choices=choices, nargs=nargs)
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+@dataclass
+class StudyConfig:
+    """One transfer study: every method x seed on one target. Each field is an option of
+    ``experiments/transfer.py`` (``--eval-every`` for ``eval_every``), documented once, in its help text:
+    ``python experiments/transfer.py --help`` lists them with their defaults."""
+
+    target: str = _option("target: Atari short name (Pong) or full id (PongNoFrameskip-v4), or lab2d:<level>")
+    mode: int | None = _option("ALE mode of the target (default: the game's)", None, type=int)
+    difficulty: int | None = _option("ALE difficulty of the target (default: the game's)", None, type=int)
+    zoo: list[str] | None = _option(
+        "sources (source folders, SB3 zips, hub ids) or whole zoos (agents/zoo agents/zoo-lab2d: their members "
+        "minus the target task's own source); default: the committed zoo of the target's family minus the "
+        "target task's own source", None, nargs="+")
+    methods: list[str] = _option("comma-separated methods (default: all); see below", type=_comma_list,
+                                 factory=lambda: list(METHODS))
+    seeds: int = _option("seeds per method (0 .. seeds-1)", 3)
+    algo: str = _option("SB3 algorithm: ppo, a2c, dqn or qrdqn", "ppo")
+    steps: int = _option("agent steps per run (100k: the Atari-100k budget)", 100_000)
+    lr: float = _option("learning rate of the optimizer, constant (Adam at 1e-4: the paper's)", 1e-4)
+    out: Path | None = _option("study folder (default: runs/transfer/<target>-<algo>)", None, type=Path)
+    eval_every: int = _option("steps between evaluations (also the checkpoint interval)", 10_000)
+    eval_episodes: int = _option("episodes per evaluation", 5)
+    final_episodes: int = _option("new games the final model of each run plays; their mean is the run's final "
+                                  "return (0: the last evaluation's mean instead)", FINAL_EPISODES)
+    threshold: float | None = _option("return for steps-to-threshold (default: scratch's mean final return)", None,
+                                      type=float)
+    precision: str = _option("bf16: FastCnnPolicy (bf16 channels-last extractor where the CPU has native bf16); "
+                             "fp32: plain CnnPolicy", "bf16", choices=("bf16", "fp32"))
+    workers: int = _option("runs in parallel with the local launcher", 1)
+    launcher: str = _option("local (this process, or a process pool with --workers) or ray", "local",
+                            choices=("local", "ray"))
+    ray_address: str | None = _option("Ray cluster address (default: start a local Ray)", None)
+    n_envs: int | None = _option("environments per run (default: the algorithm's YAML)", None, type=int)
+    env_backend: str = _option("Atari training environments: auto (ale-py's vector env where it applies), ale, or "
+                               "gym (the RL Baselines3 Zoo wrappers; evaluations always use these). A run resumes "
+                               "only with the backend it started with", "auto", choices=BACKENDS)
+    normalisation: str | None = _option(
+        "gate normalisation of zoo and zoo-lite where the method names none (zoo-lite:sigmoid does); default: the "
+        f"library's ({DEFAULT_NORMALISATION}). A study folder continues only with the normalisation its runs were "
+        "trained with", None, flag="--gate-normalisation", choices=NORMALISATIONS)
+    rank_steps: int = _option("agent steps per source of the source ranking written to ranking.csv before "
+                              "training (zoo_rl.ranking; the ranked and top<k> methods start from it)", RANK_STEPS)
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """One option per :class:`StudyConfig` field, with the field's default and help text (``--target`` is
+    required unless ``required`` is False)."""
+    for f in fields(StudyConfig):
+        meta = dict(f.metadata)
+        flag = meta.pop("flag") or "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        kwargs = {k: v for k, v in meta.items() if v is not None}
+        if "type" not in kwargs and isinstance(default, (int, float)) and not isinstance(default, bool):
+            kwargs["type"] = type(default)
+        if default is MISSING:
+            parser.add_argument(flag, dest=f.name, required=required, **kwargs)
+        else:
+            shown = ",".join(default) if isinstance(default, list) else default
+            parser.add_argument(flag, dest=f.name, default=default, **dict(kwargs, help=f"{kwargs['help']} "
+                                                                                   f"(default: {shown})"
+                                if shown is not None and "default:" not in kwargs["help"] else kwargs["help"]))
+
+
+def study_from_args(args: argparse.Namespace) -> StudyConfig:
+    """The :class:`StudyConfig` of parsed :func:`add_study_arguments` options."""
+    return StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
+
+
+@dataclass
+class RunJob:
+    """One (method, seed) run of a study; everything a worker process needs, picklable."""
+
+    study: StudyConfig
+    task: Task
+    zoo: list[str]
+    method: str
+    seed: int
+
+    @property
+    def run_dir(self) -> Path:
+        return run_path(self.study.out, self.method, self.seed)
+
+
+def run_path(out: Path, method: str, seed: int) -> Path:
+    """Folder of one run of the study in ``out`` (no colons in folder names: ``zoo-lite:sigmoid``
+    lives in ``zoo-lite-sigmoid/seed0``)."""
+    return Path(out) / method.replace(":", "-") / f"seed{seed}"
+
+
+def write_study_json(study: StudyConfig, runs: int) -> None:
+    """``study.json`` of a study folder: the resolved configuration and the command.
+
+    A folder trained by several commands (e.g. ablations added later with their own ``--methods``) keeps
+    the record of every one: ``methods`` is the union in the order first asked for, ``commands`` every
+    distinct command in order; ``command`` and ``runs`` (the runs it planned) are the latest command's.
+    """
+    path = Path(study.out) / STUDY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        earlier = {}
+    record = {**asdict(study), "out": str(study.out), "command": command_line(), "runs": runs}
+    record["methods"] = list(dict.fromkeys([*earlier.get("methods", []), *record["methods"]]))
+    before = earlier.get("commands", [earlier["command"]] if "command" in earlier else [])
+    record["commands"] = list(dict.fromkeys([*before, record["command"]]))
+    write_json(path, record)
+
+
+def committed_zoo(zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[Path]:
+    """Every exported source folder (with ``meta.json``) under ``zoo_dir``."""
+    return sorted(p.parent for p in Path(zoo_dir).glob(f"*/{META_FILE}"))
+
+
+def default_zoo(task: Task, zoo_dir: Path | None = None) -> list[str]:
+    """The committed zoo of ``task``'s family minus any source trained on exactly ``task``
+    (empty while that zoo has no trained source)."""
+    zoo_dir = Path(zoo_dir or ZOO_DIRS[task.family])
+    return expand_zoo([str(zoo_dir)], task) if is_zoo_folder(zoo_dir) else []
+
+
+def is_zoo_folder(path: Path) -> bool:
+    """A folder of sources (``<path>/<name>/meta.json``) rather than one source."""
+    return path.is_dir() and not (path / META_FILE).is_file() and any(path.glob(f"*/{META_FILE}"))
+
+
+def expand_zoo(entries: list[str], task: Task) -> list[str]:
+    """Sources named by ``entries``; a zoo folder (e.g. ``agents/zoo``) stands for its members,
+    minus those trained on exactly ``task`` (leave-one-out). Single sources are kept as given."""
+    out: list[str] = []
+    for entry in entries:
+        path = Path(entry)
+        members = committed_zoo(path) if path.is_dir() and not (path / META_FILE).is_file() else None
+        if members is None:  # one source: a source folder, an SB3 zip, a hub id
+            out.append(entry)
+            continue
+        if not members:
+            hint = (f": train it with `python agents/train.py --zoo --manifest {path / 'manifest.yml'}`"
+                    if (path / "manifest.yml").is_file() else "")
+            raise ValueError(f"{entry} is neither a source (no meta.json) nor a zoo of sources "
+                             f"(no <name>/meta.json inside){hint}.")
+        for folder in members:
+            meta = json.loads((folder / META_FILE).read_text())
+            if not resolve(meta["game"], meta.get("mode"), meta.get("difficulty")).same_task(task):
+                out.append(str(folder))
+    return out
+
+
+def trained_normalisation(run_dir: Path, method: str) -> str | None:
+    """The gate normalisation a started run trained with (``None``: not started, or not gated).
+
+    :raises ValueError: the run's ``config.json`` records no ``extractor_kwargs`` (a run of another version
+        of zoo-rl), with how to go on.
+    """
+    config = Path(run_dir) / CONFIG
+    if not config.is_file():
+        return None
+    recorded = json.loads(config.read_text()).get("extractor_kwargs")
+    if recorded is None:
+        raise ValueError(f"{config} records no extractor_kwargs, so the gates {method} trained with are unknown: "
+                         f"add them to it (e.g. \"extractor_kwargs\": {json.dumps(extractor_kwargs(method))}) or "
+                         f"delete {run_dir} to train the run again.")
+    return recorded.get("normalisation")
+
+
+def check_normalisation(job: RunJob) -> None:
+    """A gated run continues (or counts in the tables) only under the normalisation it was trained with.
+
+    :raises ValueError: the run folder holds a run with another normalisation, with the flag that continues it.
+    """
+    wanted = extractor_kwargs(job.method, job.study.normalisation).get("normalisation")
+    started = trained_normalisation(job.run_dir, job.method)
+    if wanted is not None and started is not None and started != wanted:
+        raise ValueError(f"{job.run_dir} ({job.method}) was trained with gate normalisation {started!r}, this study "
+                         f"asks for {wanted!r}: rerun with --gate-normalisation {started}, or write the study to "
+                         f"another --out (a method name can also fix it: {job.method.partition(':')[0]}:{wanted}).")
+
+
+def plan(study: StudyConfig) -> list[RunJob]:
+    """Resolve and check everything before any training: target, zoo, methods, algorithm.
+
+    :raises ValueError / FileNotFoundError: with what to fix.
+    """
+    if study.algo.lower() not in ALGOS:
+        raise ValueError(f"Unknown algorithm {study.algo!r}; choose one of {sorted(ALGOS)}.")
+    if study.seeds < 1 or study.steps < 1:
+        raise ValueError("--seeds and --steps must be positive.")
+    if study.precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'bf16' or 'fp32', got {study.precision!r}.")
+    if study.launcher not in ("local", "ray"):
+        raise ValueError(f"launcher must be 'local' or 'ray', got {study.launcher!r}.")
+    task = resolve(study.target, study.mode, study.difficulty)
+    zoo = expand_zoo(study.zoo, task) if study.zoo is not None else default_zoo(task)
+    needs_zoo = any(m.partition(":")[0] != "scratch" for m in study.methods)
+    sources: list[Source] = []
+    if needs_zoo:
+        if not zoo:
+            manifest = (ZOO_DIRS[task.family] / "manifest.yml").relative_to(ROOT)
+            raise ValueError(f"No zoo sources for target {task.slug}: train some with `python agents/train.py "
+                             f"--zoo --manifest {manifest}`, pass --zoo, or run only --methods scratch.")
+        sources = cached_zoo(zoo)
+        env = make_env(task, 1, seed=0)
+        try:
+            from stable_baselines3.common.vec_env import VecTransposeImage
+
+            space = VecTransposeImage(env).observation_space
+            ZooExtractor(space, zoo=zoo, gate="uniform")  # raises if the zoo does not fit the env
+        finally:
+            env.close()
+    methods = expand_methods(study.methods, sources)
+    if study.out is None:
+        study.out = ROOT / "runs" / "transfer" / f"{task.slug}-{study.algo}"
+    if study.normalisation is not None and study.normalisation not in NORMALISATIONS:
+        raise ValueError(f"Unknown gate normalisation {study.normalisation!r}; choose from {', '.join(NORMALISATIONS)}.")
+    # Seed-major: a study stopped part-way has every method at the same number of seeds.
+    jobs = [RunJob(study, task, list(zoo), m, s) for s in range(study.seeds) for m in methods]
+    for job in jobs:
+        check_normalisation(job)
+    return jobs

@@ -1,0 +1,145 @@
+"""The study methods and their names: ``scratch``, ``finetune:<source>``, ``uniform``, ``zoo``, ``zoo-lite`` and
+``ensemble``, with the zoo methods' options (``zoo-lite:sigmoid+gate-lr100+ranked``).
+
+A name says everything a run of the method needs besides the study: :func:`extractor_kwargs` turns it into
+:class:`zoo_rl.ZooExtractor` arguments, :func:`expand_methods` checks a list of names against a zoo.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from zoo_rl.layers import DEFAULT_NORMALISATION
+from zoo_rl.sources import Source
+
+
+#: Method name -> one-line description (``finetune:<source>`` is expanded per source).
+METHODS: dict[str, str] = {
+    "scratch": "NatureCNN from random initialisation",
+    "finetune": "NatureCNN initialised from one source (finetune:<source>, one run per source)",
+    "uniform": "average of the source weights, no gates (gate='uniform')",
+    "zoo": "Zoo-Tuning with per-sample gates (gate='sample'), the paper's layer",
+    "zoo-lite": "lite Zoo-Tuning (gate='lite'), evaluated as the merged single NatureCNN",
+    "ensemble": "the K frozen source extractors side by side with a learned head",
+}
+
+
+ZOO_GATES = {"uniform": "uniform", "zoo": "sample", "zoo-lite": "lite"}
+
+
+#: Options of the zoo methods, ``<method>:<option>[+<option>]``, e.g. ``zoo-lite:sigmoid`` (the paper's
+#: gate normalisation) or ``zoo-lite:noalign`` (no channel alignment). Also, with a number N:
+#: ``gate-lr<N>``, ``align-lr<N>``, ``bank-lr<N>``: that group's learning rate is N times the study's
+#: (:mod:`zoo_rl.optim`); and ``ranked`` / ``top<k>``: the gates start with 0.99 of the weight on the
+#: best-ranked source (shared by the top k), from the study's ``ranking.csv`` (:mod:`zoo_rl.ranking`).
+ZOO_OPTIONS: dict[str, dict[str, Any]] = {
+    "softmax": dict(normalisation="softmax"),
+    "sigmoid": dict(normalisation="sigmoid"),
+    "sigmoid-sum": dict(normalisation="sigmoid-sum"),
+    "noalign": dict(align=False),
+    "align-conv": dict(align="conv"),
+}
+
+
+_LR_OPTION = re.compile(r"(gate|align|bank)-lr(\d+(?:\.\d+)?(?:e-?\d+)?)")
+
+
+_TOP_OPTION = re.compile(r"ranked|top(\d+)")
+
+
+#: Share of the start gates on the top-ranked source(s) of the ``ranked`` / ``top<k>`` options.
+RANKED_WEIGHT = 0.99
+
+
+def zoo_options(method: str) -> dict[str, Any]:
+    """ZooExtractor keyword arguments of a zoo method's options: ``zoo-lite:sigmoid+noalign+gate-lr30`` ->
+    ``{"normalisation": "sigmoid", "align": False, "gate_lr": 30.0}``. A ranked start is not among them
+    (it needs the study's ranking): see :func:`ranked_top`.
+
+    :raises ValueError: an unknown option (the valid ones are listed).
+    """
+    _, _, arg = method.partition(":")
+    kwargs: dict[str, Any] = {}
+    for option in filter(None, arg.split("+")):
+        rate = _LR_OPTION.fullmatch(option)
+        if rate and float(rate[2]) > 0:
+            kwargs[f"{rate[1]}_lr"] = float(rate[2])
+            continue
+        top = _TOP_OPTION.fullmatch(option)
+        if top and (top[1] is None or int(top[1]) >= 1):
+            continue
+        if option not in ZOO_OPTIONS:
+            hint = " (gate-x<N> became gate-lr<N>: a real learning rate per parameter group)" if option.startswith(
+                "gate-x") else ""
+            raise ValueError(f"Unknown option {option!r} in method {method!r}{hint}; options of zoo, zoo-lite and "
+                             f"uniform (joined with '+'): {', '.join(ZOO_OPTIONS)}, gate-lr<N>, align-lr<N>, "
+                             "bank-lr<N> (that group's learning rate x N), ranked or top<k> (start from the "
+                             "best-ranked source(s)).")
+        kwargs.update(ZOO_OPTIONS[option])
+    return kwargs
+
+
+def ranked_top(method: str) -> int | None:
+    """How many best-ranked sources a method starts from (``ranked``: 1, ``top<k>``: k), else None."""
+    for option in method.partition(":")[2].split("+"):
+        top = _TOP_OPTION.fullmatch(option)
+        if top:
+            return int(top[1] or 1)
+    return None
+
+
+def extractor_kwargs(method: str, normalisation: str | None = None) -> dict[str, Any]:
+    """ZooExtractor keyword arguments (all but the zoo) of a zoo method: ``gate``, its options and,
+    for the gated methods, the normalisation: the method's own option, else ``normalisation``, else
+    the library default. Empty for methods without a ZooExtractor."""
+    base = method.partition(":")[0]
+    if base not in ZOO_GATES:
+        return {}
+    kwargs = dict(gate=ZOO_GATES[base], **zoo_options(method))
+    if base != "uniform":
+        kwargs.setdefault("normalisation", normalisation or DEFAULT_NORMALISATION)
+    return kwargs
+
+
+def canonical_method(method: str, normalisation: str | None) -> str:
+    """A method's name with its gate normalisation spelt out and its options sorted, so that runs of
+    one method from studies with different defaults compare: ``zoo-lite`` trained with sigmoid gates
+    and ``zoo-lite:sigmoid`` are both ``zoo-lite:sigmoid``; ``zoo-lite:noalign`` with softmax gates is
+    ``zoo-lite:noalign+softmax``. Other methods are unchanged."""
+    base, _, arg = method.partition(":")
+    if base not in ZOO_GATES or normalisation is None:
+        return method
+    options = {o for o in arg.split("+") if o and ZOO_OPTIONS.get(o, {}).get("normalisation") is None}
+    return f"{base}:{'+'.join(sorted(options | {normalisation}))}"
+
+
+def expand_methods(methods: list[str], sources: list[Source]) -> list[str]:
+    """Validate method names and expand ``finetune`` into one entry per source.
+
+    :raises ValueError: an unknown method, or ``finetune:<name>`` naming no source.
+    """
+    names = [s.name for s in sources]
+    out: list[str] = []
+    for method in methods:
+        base, _, arg = method.partition(":")
+        if base not in METHODS:
+            raise ValueError(f"Unknown method {method!r}; choose from: "
+                             + "; ".join(f"{k} ({v})" for k, v in METHODS.items()))
+        if base in ZOO_GATES and arg:
+            zoo_options(method)  # raises on an unknown option
+            top = ranked_top(method)
+            if top is not None and base == "uniform":
+                raise ValueError(f"{method}: uniform gates are fixed at 1/K; a ranked start needs zoo or zoo-lite.")
+            if top is not None and sources and top > len(sources):
+                raise ValueError(f"{method} starts from the top {top} sources, but the zoo has {len(sources)}.")
+            out.append(method)
+        elif base == "finetune" and arg:
+            if arg not in names:
+                raise ValueError(f"finetune:{arg} names no source of the zoo; sources are: {', '.join(names)}.")
+            out.append(method)
+        elif base == "finetune":
+            out += [f"finetune:{n}" for n in names]
+        else:
+            out.append(method)
+    return list(dict.fromkeys(out))

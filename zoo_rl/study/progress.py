@@ -1,0 +1,222 @@
+"""What a study says while it runs: its plan with time and disk estimates, the progress line, and where it
+stopped."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from zoo_rl.files import CHECKPOINT, PROGRESS, RESULT, STATUS
+from zoo_rl.study.config import RunJob, StudyConfig
+from zoo_rl.study.methods import ZOO_GATES, zoo_options
+from zoo_rl.study.tables import parallel_runs
+
+
+#: Training cost per agent step of each method relative to scratch's, for estimates before a study has
+#: measured its own (``benchmarks/bench_throughput.py`` measures them on a machine).
+RELATIVE_COST = {"scratch": 1.0, "finetune": 1.0, "uniform": 1.6, "zoo-lite": 1.6, "zoo": 2.8, "ensemble": 1.9}
+
+
+#: Scratch's agent steps per second in one single-thread process, for estimates before any run has finished.
+REFERENCE_STEPS_PER_SECOND = 250.0
+
+
+_NATURE_PARAMS = 8_224 + 32_832 + 36_928 + 1_606_144
+
+
+_ALIGN_PARAMS = {True: 32 ** 2 + 64 ** 2 * 2 + 512 ** 2, "conv": 32 ** 2 + 64 ** 2 * 2, False: 0}
+
+
+def run_bytes(method: str, n_sources: int) -> int:
+    """About the size of a finished run on disk: its final model (weights and Adam's two moments, 4 bytes
+    each); the logs are small. A run in training holds a checkpoint of the same size besides."""
+    base = method.partition(":")[0]
+    if base in ZOO_GATES:
+        align = zoo_options(method).get("align", True)
+        return 12 * n_sources * (_NATURE_PARAMS + _ALIGN_PARAMS[align])
+    if base == "ensemble":  # frozen sources: weights only
+        return 4 * n_sources * _NATURE_PARAMS + 12 * 600 * n_sources
+    return 12 * _NATURE_PARAMS
+
+
+def _run_state(job: RunJob) -> tuple[str, int]:
+    """``("done", steps)``, ``("partial", step of its checkpoint)`` or ``("to do", 0)``."""
+    if (job.run_dir / RESULT).is_file():
+        return "done", job.study.steps
+    status = job.run_dir / STATUS
+    if (job.run_dir / CHECKPOINT).is_file() and status.is_file():
+        try:
+            return "partial", int(json.loads(status.read_text())["num_timesteps"])
+        except (json.JSONDecodeError, KeyError, ValueError):
+            pass
+    return "to do", 0
+
+
+def method_seconds_per_step(jobs: list[RunJob]) -> dict[str, float]:
+    """Seconds per agent step of each method of ``jobs``, for one run alone on the machine: measured by the
+    study's finished runs where there are any (their ``timesteps_per_second`` times the runs that shared the
+    machine), else scaled from the measured methods (or :data:`REFERENCE_STEPS_PER_SECOND`) by
+    :data:`RELATIVE_COST`."""
+    measured: dict[str, list[float]] = {}
+    for job in jobs:
+        path = job.run_dir / RESULT
+        if path.is_file():
+            row = json.loads(path.read_text())
+            rate = float(row.get("timesteps_per_second") or 0)
+            if rate > 0:
+                shared = parallel_runs(job.study.out, job.method, job.seed)
+                measured.setdefault(job.method, []).append(1.0 / (rate * shared))
+    cost = {j.method: RELATIVE_COST.get(j.method.partition(":")[0], 1.0) for j in jobs}
+    scratch_equivalent = [np.mean(v) / cost[m] for m, v in measured.items()]
+    unit = float(np.mean(scratch_equivalent)) if scratch_equivalent else 1.0 / REFERENCE_STEPS_PER_SECOND
+    return {m: float(np.mean(measured[m])) if m in measured else unit * cost[m] for m in cost}
+
+
+def _parallel_speedup(workers: int) -> float:
+    """Machine throughput of ``workers`` single-thread runs against one: each core past the first adds about
+    half a run (the emulators and memory are shared)."""
+    return 1.0 + 0.5 * (max(1, min(workers, os.cpu_count() or 1)) - 1)
+
+
+def format_duration(seconds: float) -> str:
+    """``1 h 52 min``, ``7 min``, ``40 s``."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
+
+
+def describe_plan(study: StudyConfig, jobs: list[RunJob]) -> str:
+    """The plan of a study in a few lines: target, zoo, methods x seeds = runs, steps, output folder, what is
+    done, partial and to do, and estimates of time and disk."""
+    task, zoo = jobs[0].task, jobs[0].zoo
+    methods = list(dict.fromkeys(j.method for j in jobs))
+    states = {(j.method, j.seed): _run_state(j) for j in jobs}
+    done = [k for k, (state, _) in states.items() if state == "done"]
+    partial = {k: step for k, (state, step) in states.items() if state == "partial"}
+    seconds = method_seconds_per_step(jobs)
+    remaining = sum(seconds[m] * (study.steps - step) for (m, _), (state, step) in states.items() if state != "done")
+    if study.final_episodes > 0:  # the final games, about a minute a run
+        remaining += 60.0 * (len(jobs) - len(done))
+    workers = 1 if study.launcher == "ray" else study.workers
+    n_sources = len(zoo)
+    disk = sum(run_bytes(m, n_sources) for m in methods) * study.seeds
+    lines = [
+        f"Transfer study: {study.algo.upper()} on {task.slug} ({task.env_id}), {study.steps:,} agent steps per run, "
+        f"Adam at {study.lr:g}",
+        "zoo: " + (f"{n_sources} sources: " + ", ".join(Path(z).name.rstrip("/") for z in zoo) if zoo else "none"),
+        f"{len(methods)} methods x {study.seeds} seeds = {len(jobs)} runs -> {study.out}",
+        "  methods: " + ", ".join(methods),
+        f"done {len(done)}, partial {len(partial)}, to do {len(jobs) - len(done) - len(partial)}"
+        + "".join(f"\n  resumes {m} seed {s} from step {step:,}" for (m, s), step in partial.items()),
+        f"estimate: about {format_duration(remaining / _parallel_speedup(workers))} of training "
+        f"({workers} worker{'s' if workers > 1 else ''}; from "
+        + ("this study's finished runs" if done else "reference speeds, refined as runs finish")
+        + f"), about {disk / 1e9:.1f} GB on disk when finished",
+    ]
+    return "\n".join(lines)
+
+
+class StudyProgress:
+    """The study's progress line: done share, the runs in training and their steps, and an ETA.
+
+    Work is counted in seconds of training (steps times each method's :func:`method_seconds_per_step`),
+    so the ETA allows for the cost of every remaining method; the rate is measured on what this process
+    has trained since it started (finished runs skipped, and steps a resumed run trains again after its
+    checkpoint, do not count).
+    """
+
+    def __init__(self, study: StudyConfig, jobs: list[RunJob], enabled: bool = True) -> None:
+        self.jobs, self.study = jobs, study
+        self.seconds = method_seconds_per_step(jobs)
+        self.total = sum(self.seconds[j.method] * study.steps for j in jobs)
+        self.start_steps = {(j.method, j.seed): _run_state(j)[1] for j in jobs}
+        self.steps = dict(self.start_steps)
+        self.started = time.monotonic()
+        self.running: dict[tuple[str, int], int] = {}
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, bar_format="{percentage:3.0f}%|{bar:20}| {desc}", dynamic_ncols=True)
+        self.refresh()
+
+    def work(self, steps: dict[tuple[str, int], int]) -> float:
+        return sum(self.seconds[m] * n for (m, _), n in steps.items())
+
+    def update(self, job: RunJob, steps: int) -> None:
+        """One run reports its step count (from its own process, or read from its progress.json)."""
+        key = (job.method, job.seed)
+        self.steps[key] = min(int(steps), self.study.steps)
+        self.running[key] = self.steps[key]
+        self.refresh()
+
+    def poll(self) -> None:
+        """Read every unfinished run's progress.json (runs in other processes)."""
+        for job in self.jobs:
+            key = (job.method, job.seed)
+            if (job.run_dir / RESULT).is_file():
+                self.running.pop(key, None)
+                self.steps[key] = self.study.steps
+                continue
+            path = job.run_dir / PROGRESS
+            if path.is_file():
+                try:
+                    steps = int(json.loads(path.read_text())["steps"])
+                except (json.JSONDecodeError, KeyError, ValueError, OSError):
+                    continue
+                if steps != self.steps[key] and path.stat().st_mtime >= time.time() - 600:
+                    self.steps[key] = min(steps, self.study.steps)
+                    self.running[key] = self.steps[key]
+        self.refresh()
+
+    def finished(self, job: RunJob) -> None:
+        key = (job.method, job.seed)
+        self.steps[key] = self.study.steps
+        self.running.pop(key, None)
+        self.refresh()
+
+    def eta(self) -> float:
+        # Only forward progress since this process started counts; a run resumed from its checkpoint
+        # starts at the checkpoint's step, so replayed steps are not counted twice.
+        gained = sum(self.seconds[method] * max(0, steps - self.start_steps[(method, seed)])
+                     for (method, seed), steps in self.steps.items())
+        elapsed = time.monotonic() - self.started
+        remaining = self.total - self.work(self.steps)
+        if gained <= 0 or elapsed < 20:
+            workers = 1 if self.study.launcher == "ray" else self.study.workers
+            return remaining / _parallel_speedup(workers)
+        return remaining * elapsed / gained
+
+    def refresh(self) -> None:
+        if self.bar is None:
+            return
+        done = sum(1 for j in self.jobs if self.steps[(j.method, j.seed)] >= self.study.steps)
+        running = ", ".join(f"{m} seed {s} at {n:,}" for (m, s), n in self.running.items() if n < self.study.steps)
+        self.bar.n = int(1000 * self.work(self.steps) / max(self.total, 1e-9))
+        self.bar.set_description_str(f"{self.jobs[0].task.slug}: {done}/{len(self.jobs)} runs"
+                                     + (f" | {running}" if running else "")
+                                     + f" | ETA {format_duration(self.eta())}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def stop_message(study: StudyConfig, jobs: list[RunJob]) -> str:
+    """What a stopped study says: where each unfinished run stands, and that the same command resumes it."""
+    done = sum(1 for j in jobs if (j.run_dir / RESULT).is_file())
+    partial = [(j, step) for j in jobs for state, step in [_run_state(j)] if state == "partial"]
+    where = "; ".join(f"{j.method} seed {j.seed} at its checkpoint of step {step:,}" for j, step in partial)
+    return (f"Stopped: {done}/{len(jobs)} runs finished" + (f"; {where}" if where else "") + ". "
+            f"Run the same command to resume: each interrupted run continues from its last checkpoint and trains "
+            f"at most {study.eval_every:,} steps again.")
