@@ -163,6 +163,11 @@ if [[ $stage == all || $stage == choose-align ]]; then
     #     that fine-tune is what the other sources and the alignments add at a matched step.
     run pong-choose-100k --target Pong --env-backend gym --seeds 3 \
         --methods zoo-lite:gate-lr100,zoo-lite:ranked+gate-lr100,zoo-lite:ranked+gate-lr100+align-lr0.1
+    python experiments/compare.py --run results/pong-choose-100k zoo-lite:ranked+gate-lr100 \
+        --run results/pong-choose-100k zoo-lite:ranked+gate-lr100+align-lr0.1 --run results/pong-100k finetune:pong-m1 \
+        --run results/pong-100k-lr1e-3 finetune:pong-m1 --run results/pong-choose-100k zoo-lite:gate-lr100 \
+        --run results/pong-100k zoo-lite:sigmoid --run results/pong-100k scratch \
+        --out results/pong-choose-compare --plot > /dev/null
 fi
 if [[ $stage == all || $stage == choose-loo ]]; then
     # 3c. Negative transfer: the leave-one-out targets (no related source), the new methods beside the
@@ -170,6 +175,9 @@ if [[ $stage == all || $stage == choose-loo ]]; then
     for target in Breakout RoadRunner; do
         name="$(echo "$target" | tr '[:upper:]' '[:lower:]')"
         run "$name-loo-choose-100k" --target "$target" --methods zoo-lite:ranked+gate-lr100,zoo-lite:gate-lr100
+        python experiments/compare.py --run "results/$name-loo-choose-100k" zoo-lite:ranked+gate-lr100 \
+            --run "results/$name-loo-choose-100k" zoo-lite:gate-lr100 --run "results/$name-loo-100k" scratch \
+            --run "results/$name-loo-100k" zoo-lite --out "results/$name-loo-choose-compare" --plot > /dev/null
     done
 fi
 if [[ $stage == all || $stage == ranking ]]; then
