@@ -752,3 +752,10 @@ def test_figure_names_keep_the_dots_of_method_names(tmp_path):
     assert [p.name for p in save(fig, tmp_path / "gates_zoo-lite-align-lr0.1")] == [
         "gates_zoo-lite-align-lr0.1.png", "gates_zoo-lite-align-lr0.1.svg"]
     assert (tmp_path / "gates_zoo-lite-align-lr0.1.png").is_file()
+
+
+def test_a_study_that_names_no_method_runs_every_method_and_the_ranked_start(zoo_paths, tmp_path):
+    jobs = plan(StudyConfig(target="Pong", zoo=zoo_paths, seeds=1, out=tmp_path))
+    methods = [j.method for j in jobs]
+    assert {"scratch", "uniform", "zoo", "zoo-lite", "ensemble", "zoo-lite:ranked+gate-lr100"} <= set(methods)
+    assert sum(m.startswith("finetune:") for m in methods) == len(zoo_paths)

@@ -33,7 +33,7 @@ from zoo_rl.study.config import (DEFAULT_ZOO_DIR, FINAL_EPISODES, HYPERPARAMS_DI
                                  committed_zoo, default_zoo, expand_zoo, plan, run_path, trained_normalisation,
                                  write_study_json)
 from zoo_rl.study.launch import run_study
-from zoo_rl.study.methods import (METHODS, RANKED_WEIGHT, ZOO_GATES, ZOO_OPTIONS, canonical_method, expand_methods,
+from zoo_rl.study.methods import (DEFAULT_METHODS, METHODS, RANKED_WEIGHT, ZOO_GATES, ZOO_OPTIONS, canonical_method, expand_methods,
                                   extractor_kwargs, ranked_top, zoo_options)
 from zoo_rl.study.progress import RELATIVE_COST, StudyProgress, describe_plan, format_duration, stop_message
 from zoo_rl.study.runs import build_model, evaluate_final, run_job, run_lock, run_spec, study_ranking
@@ -41,7 +41,7 @@ from zoo_rl.study.tables import (RESULT_COLUMNS, best_finetune, collect_results,
                                  gate_history, learning_curves, summarise, write_tables)
 
 __all__ = [
-    "DEFAULT_ZOO_DIR", "FINAL_EPISODES", "HYPERPARAMS_DIR", "METHODS", "RANKED_WEIGHT", "RELATIVE_COST",
+    "DEFAULT_METHODS", "DEFAULT_ZOO_DIR", "FINAL_EPISODES", "HYPERPARAMS_DIR", "METHODS", "RANKED_WEIGHT", "RELATIVE_COST",
     "RESULT_COLUMNS", "ZOO_DIRS", "ZOO_GATES", "ZOO_OPTIONS", "RunJob", "StudyConfig", "StudyProgress",
     "best_finetune", "build_model", "canonical_method", "collect_results", "committed_zoo", "compact_summary",
     "cross_target", "default_zoo", "describe_plan", "evaluate_final", "expand_methods", "expand_zoo",

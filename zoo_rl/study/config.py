@@ -15,7 +15,7 @@ from zoo_rl.files import CONFIG, STUDY, command_line, write_json
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.ranking import RANK_STEPS
 from zoo_rl.sources import META_FILE, Source
-from zoo_rl.study.methods import METHODS, expand_methods, extractor_kwargs
+from zoo_rl.study.methods import DEFAULT_METHODS, expand_methods, extractor_kwargs
 from zoo_rl.training import ALGOS
 
 
@@ -55,8 +55,8 @@ class StudyConfig:
         "sources (source folders, SB3 zips, hub ids) or whole zoos (agents/zoo agents/zoo-lab2d: their members "
         "minus the target task's own source); default: the committed zoo of the target's family minus the "
         "target task's own source", None, nargs="+")
-    methods: list[str] = _option("comma-separated methods (default: all); see below", type=_comma_list,
-                                 factory=lambda: list(METHODS))
+    methods: list[str] = _option("comma-separated methods; see below", type=_comma_list,
+                                 factory=lambda: list(DEFAULT_METHODS))
     seeds: int = _option("seeds per method (0 .. seeds-1)", 3)
     algo: str = _option("SB3 algorithm: ppo, a2c, dqn or qrdqn", "ppo")
     steps: int = _option("agent steps per run (100k: the Atari-100k budget)", 100_000)

@@ -25,6 +25,10 @@ METHODS: dict[str, str] = {
 }
 
 
+#: The methods a study runs when it names none: every method above, and Zoo-Tuning started from the
+#: top-ranked source with its gates at 100x the learning rate (docs/choosing.md: above the best single-source
+#: fine-tune on the targets with a related source, not below scratch without one).
+DEFAULT_METHODS: list[str] = [*METHODS, "zoo-lite:ranked+gate-lr100"]
 ZOO_GATES = {"uniform": "uniform", "zoo": "sample", "zoo-lite": "lite"}
 
 
