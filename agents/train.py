@@ -25,6 +25,7 @@ from pathlib import Path
 
 
 from envs.atari import BACKENDS
+from zoo_rl.files import CHECKPOINT, CONFIG, EVALUATIONS, STATUS
 from zoo_rl.zoo_training import SourceSpec, read_manifest, refresh_random_returns, train_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def is_done(zoo_dir: Path, spec: SourceSpec) -> bool:
 
 
 #: Files of a run needed to resume it elsewhere (the checkpoint holds weights and optimizer).
-RESUME_FILES = ("checkpoint.zip", "evaluations.npz", "config.json", "status.json")
+RESUME_FILES = (CHECKPOINT, EVALUATIONS, CONFIG, STATUS)
 
 
 def copy_run(src: Path, dest: Path) -> None:
@@ -98,7 +99,7 @@ def park(runs_dir: Path, parked_dir: Path, zoo_dir: Path, specs: list[SourceSpec
     """Copy every unfinished run's resume state to ``parked_dir`` (committed, so that another machine can resume them)."""
     for spec in specs:
         run = runs_dir / spec.source_name
-        if (run / "checkpoint.zip").is_file() and not is_done(zoo_dir, spec):
+        if (run / CHECKPOINT).is_file() and not is_done(zoo_dir, spec):
             copy_run(run, parked_dir / spec.source_name)
             print(f"{spec.source_name}: parked in {parked_dir / spec.source_name}", flush=True)
 
@@ -106,7 +107,7 @@ def park(runs_dir: Path, parked_dir: Path, zoo_dir: Path, specs: list[SourceSpec
 def unpark(runs_dir: Path, parked_dir: Path, spec: SourceSpec) -> None:
     """Resume from a parked run when this machine has no checkpoint of its own."""
     parked, run = parked_dir / spec.source_name, runs_dir / spec.source_name
-    if (parked / "checkpoint.zip").is_file() and not (run / "checkpoint.zip").is_file():
+    if (parked / CHECKPOINT).is_file() and not (run / CHECKPOINT).is_file():
         copy_run(parked, run)
         print(f"{spec.source_name}: resuming the parked run from {parked}", flush=True)
 

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from zoo_rl.files import CURVES, GATES, SUMMARY
+from zoo_rl.files import CURVES, GATES, RESULTS, SUMMARY
 
 matplotlib.use("Agg")  # files only, no display
 matplotlib.rcParams["svg.hashsalt"] = "zoo-rl"  # stable element ids: republishing the same data changes no file
@@ -132,8 +132,8 @@ def make_plots(study_dir: Path, out: Path | None = None) -> list[Path]:
         if not (study_dir / name).is_file():
             raise FileNotFoundError(f"{study_dir / name} is missing: run experiments/transfer.py first.")
     target = ""
-    if (study_dir / "results.csv").is_file():
-        results = pd.read_csv(study_dir / "results.csv")
+    if (study_dir / RESULTS).is_file():
+        results = pd.read_csv(study_dir / RESULTS)
         target = ", ".join(results["target"].unique()) if not results.empty else ""
     written = []
     curves = pd.read_csv(study_dir / CURVES)
