@@ -759,3 +759,18 @@ def test_a_study_that_names_no_method_runs_every_method_and_the_ranked_start(zoo
     methods = [j.method for j in jobs]
     assert {"scratch", "uniform", "zoo", "zoo-lite", "ensemble", "zoo-lite:ranked+gate-lr100"} <= set(methods)
     assert sum(m.startswith("finetune:") for m in methods) == len(zoo_paths)
+
+
+def test_the_library_never_imports_the_study_machinery():
+    """The layers, extractor, export, sources, callbacks, baselines, policies, optimizers, ranking and the
+    measures of a network load without the study runner or the training machinery."""
+    import subprocess
+    import sys
+
+    library = ["aggregate", "baselines", "callbacks", "diagnostics", "export", "extractor", "files", "layers",
+               "machine", "metrics", "optim", "policies", "ranking", "sources"]
+    code = ("import sys, zoo_rl\n" + "".join(f"import zoo_rl.{m}\n" for m in library)
+            + "print(sorted(m for m in sys.modules if m.startswith(('zoo_rl.study', 'zoo_rl.training', "
+              "'zoo_rl.zoo_training'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

@@ -5,6 +5,9 @@ Public API: :class:`ZooExtractor` (plug into any SB3 algorithm through ``policy_
 :func:`load_source` (read SB3 zips, compact zoo folders, CleanRL checkpoints, hub ids),
 :class:`GateLogger` (gates to the SB3 logger), :func:`rank_sources` (which source will transfer, before
 training), :class:`ZooAdam` (learning rates per parameter group, e.g. faster gates), and the layers themselves.
+
+These modules never import the experiment machinery: resumable training runs (:mod:`zoo_rl.training`), the
+source trainer (:mod:`zoo_rl.zoo_training`) and the study runner (:mod:`zoo_rl.study`) build on them.
 """
 
 from zoo_rl.aggregate import zoo_conv2d, zoo_linear
