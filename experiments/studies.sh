@@ -12,8 +12,8 @@
 #                                          pong-long-lr | loo-ablation | pong-ablation | pong-long-align |
 #                                          choose-gates | choose | choose-align | choose-loo | ranking
 #
-# The pong-100k and lab2d studies started under softmax gates (then the default) and pin it, so that
-# their "zoo" and "zoo-lite" keep one meaning whatever the library default becomes.
+# The pong-100k and lab2d studies pin softmax gates, with which they were published, so that their "zoo"
+# and "zoo-lite" keep one meaning whatever the library default is.
 #
 # Runs go two at a time, one torch thread each (WORKERS=1 for one run at a time on all cores): on this
 # 2-core machine two single-thread runs together train 1.5x (plain NatureCNN) and 1.3x (zoo-lite) the
@@ -41,7 +41,7 @@ reevaluate() {  # reevaluate <study folder> <transfer.py arguments...>: Atari fi
 
 if [[ $stage == all || $stage == pong ]]; then
     # 1. Pong (default flavour) from the Atari zoo (pong-m1 is the one related source): every method,
-    #    3 seeds, 100k steps. Started before ale-py's vector env was the default: it stays on gym.
+    #    3 seeds, 100k steps, on the gym wrappers (--env-backend gym), as its published runs were trained.
     # 1a. The paper's sigmoid gates (zoo-lite:sigmoid) belong here: evidence for the default normalisation
     #     of the later studies (softmax collapsed the features on Lab2D: README Results).
     run pong-100k --target Pong --env-backend gym --gate-normalisation softmax \
