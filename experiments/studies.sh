@@ -10,7 +10,8 @@
 #   bash experiments/studies.sh            # everything, in order (about 19 CPU-hours on 2 cores)
 #   bash experiments/studies.sh pong       # one stage: pong | lab2d | parity | loo | cross | pong-long |
 #                                          pong-long-lr | loo-ablation | pong-ablation | pong-long-align |
-#                                          choose-gates | choose | choose-align | choose-loo | ranking
+#                                          choose-gates | choose | choose-align | choose-loo |
+#                                          pong-long-choose | ranking
 #
 # The pong-100k and lab2d studies pin softmax gates, with which they were published, so that their "zoo"
 # and "zoo-lite" keep one meaning whatever the library default is.
@@ -179,6 +180,17 @@ if [[ $stage == all || $stage == choose-loo ]]; then
             --run "results/$name-loo-choose-100k" zoo-lite:gate-lr100 --run "results/$name-loo-100k" scratch \
             --run "results/$name-loo-100k" zoo-lite --out "results/$name-loo-choose-compare" --plot > /dev/null
     done
+fi
+if [[ $stage == all || $stage == pong-long-choose ]]; then
+    # 3e. The ranked start at 500k steps on Pong, beside the published fine-tunes of pong-m1 at 1e-4 and 2.5e-4
+    #     (the ranked start's layers move between a fine-tune's at 1e-4 and at 1e-3: docs/choosing.md), the
+    #     paper's zoo-lite and scratch. SEEDS=2 trains two seeds (a later call with SEEDS=3 adds the third).
+    run pong-500k-choose --target Pong --steps 500000 --eval-every 25000 --seeds "${SEEDS:-3}" \
+        --methods zoo-lite:ranked+gate-lr100
+    python experiments/compare.py --run results/pong-500k-choose zoo-lite:ranked+gate-lr100 \
+        --run results/pong-500k finetune:pong-m1 --run results/pong-500k-lr2.5e-4 finetune:pong-m1 \
+        --run results/pong-500k zoo-lite --run results/pong-500k scratch \
+        --out results/pong-500k-choose-compare --plot > /dev/null
 fi
 if [[ $stage == all || $stage == ranking ]]; then
     # 3d. The ranking against every study's fine-tunes (ranking.csv of each study, then one table).
