@@ -80,6 +80,17 @@ def resolve(name: str, mode: int | None = None, difficulty: int | None = None) -
     return resolve_task(name, mode, difficulty)
 
 
+def task_from_record(record: dict) -> Task:
+    """The task a run recorded as ``dataclasses.asdict(task)`` in its ``config.json`` (Lab2D settings included).
+
+    :raises ValueError: a game or level this version does not know.
+    """
+    if "level" in record:
+        settings = tuple((str(k), str(v)) for k, v in record.get("settings") or ())
+        return Lab2DTask(check_level(record["level"]), tuple(sorted(settings)))
+    return resolve(record["game"], record.get("mode"), record.get("difficulty"))
+
+
 def env_backend(task: Task, backend: str = "auto") -> str:
     """The environment implementation ``make_env(task, backend=backend)`` uses: ``ale`` or ``gym``
     for Atari (see :func:`envs.atari.make_atari`), ``lab2d`` for Lab2D levels (one implementation).

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 
-from envs.tasks import resolve
+from envs.tasks import task_from_record
 from zoo_rl.files import CONFIG, FINAL, FINAL_EVALUATION, RESULT, command_line, write_csv_atomic, write_json
 from zoo_rl.study import FINAL_EPISODES, evaluate_final
 from zoo_rl.training import ALGOS
@@ -51,9 +51,7 @@ def reevaluate_run(run: Path, episodes: int | None) -> dict:
         data = json.loads(cached.read_text())
         if len(data["returns"]) == n:
             return data
-    spec = config["task"]
-    task = resolve(spec["game"], spec.get("mode"), spec.get("difficulty")) if "game" in spec else resolve(
-        "lab2d:" + spec["level"])
+    task = task_from_record(config["task"])
     model = ALGOS[study["algo"]].load(run / FINAL, device="cpu")
     data = evaluate_final(model, task, config["method"], study["algo"], int(config["seed"]), n)
     write_json(cached, {**data, "command": command_line()})

@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from envs.tasks import resolve
+from envs.tasks import task_from_record
 from zoo_rl.study import run_path
 from zoo_rl.files import CONFIG, EVALUATIONS
 
@@ -33,8 +33,7 @@ def run_folders(study: Path) -> list[Path]:
 def env_name(task: dict) -> str:
     """The RL Zoo's name of a task: the gym id of a default Atari game (``PongNoFrameskip-v4``), else the slug
     (``Breakout-m4``, ``lab2d-commons_harvest``), which ``-e`` matches as a substring either way."""
-    resolved = resolve(task["game"], task.get("mode"), task.get("difficulty")) if "game" in task else resolve(
-        "lab2d:" + task["level"])
+    resolved = task_from_record(task)
     flavoured = getattr(resolved, "mode", None) is not None or getattr(resolved, "difficulty", None) is not None
     return resolved.env_id if resolved.family == "atari" and not flavoured else resolved.slug
 

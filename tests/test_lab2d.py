@@ -164,3 +164,16 @@ def test_lab2d_tasks_take_any_backend_and_their_resolved_one():
     assert make_env(task, 1, seed=0, backend=env_backend(task, "auto")).reset().shape == (1, 84, 84, 4)
     with pytest.raises(ValueError, match="Unknown environment backend"):
         env_backend(task, "envpool")
+
+
+def test_a_recorded_task_is_the_task_again():
+    import json
+    from dataclasses import asdict
+
+    from envs.tasks import resolve, task_from_record
+
+    for name in ("lab2d:clean_up+simulation.thresholdDepletion=1", "lab2d:commons_harvest:probabilistic_apples"):
+        task = resolve(name)
+        assert task_from_record(json.loads(json.dumps(asdict(task)))) == task  # through config.json
+    flavoured = resolve("Pong", mode=1)
+    assert task_from_record(asdict(flavoured)) == flavoured
