@@ -93,10 +93,10 @@ def run_spec(job: RunJob) -> RunSpec:
                    tensorboard_log=str(job.run_dir / TENSORBOARD))
 
 
-def build_model(job: RunJob, env) -> Any:
-    """The SB3 model for ``job.method`` on ``env`` (fresh, before any checkpoint is applied): a fine-tune
-    starts from its source's extractor."""
-    model = new_model(run_spec(job), env)
+def build_model(job: RunJob, env, spec: RunSpec | None = None) -> Any:
+    """The SB3 model for ``job.method`` on ``env`` (fresh, before any checkpoint is applied; ``spec``: its
+    :func:`run_spec`, computed when not given): a fine-tune starts from its source's extractor."""
+    model = new_model(spec or run_spec(job), env)
     base, _, arg = job.method.partition(":")
     if base == "finetune":
         source = next(s for s in cached_zoo(job.zoo) if s.name == arg)
@@ -195,28 +195,37 @@ def run_job(job: RunJob, threads: int | None = None,
         return _train_job(job, on_progress)
 
 
+def _zoo_extractor_kwargs(spec: RunSpec) -> dict[str, Any]:
+    if spec.policy_kwargs.get("features_extractor_class") is not ZooExtractor:
+        return {}
+    return {k: v for k, v in spec.policy_kwargs["features_extractor_kwargs"].items() if k != "zoo"}
+
+
 def _train_job(job: RunJob, on_progress: Callable[[RunJob, int], None] | None) -> dict[str, Any]:
     run_dir = job.run_dir
     study = job.study
-    params, n_envs = _hyperparams(job)
+    _, n_envs = _hyperparams(job)
+    spec = run_spec(job)
     if (run_dir / CHECKPOINT).is_file():
         _check_checkpoint(job)
     envs = open_run(run_dir, job.task, n_envs=n_envs, seed=job.seed, backend=study.env_backend,
                     eval_episodes=study.eval_episodes,
                     record={"study": asdict(study), "method": job.method, "seed": job.seed, "zoo": job.zoo,
-                            "hyperparams": params, "extractor_kwargs": run_extractor_kwargs(job),
+                            "hyperparams": spec.hyperparams,
+                            # the ZooExtractor options, a ranked start's init_gates included ({} without one)
+                            "extractor_kwargs": _zoo_extractor_kwargs(spec),
                             "machine": machine_info(),
                             # steps/s depend on it: train_run sets it again
                             "malloc_reuse": reuse_freed_memory()})
     env, eval_env = envs.env, envs.eval_env
-    model = None if envs.resumed else build_model(job, env)
+    model = None if envs.resumed else build_model(job, env, spec)
     report = (lambda steps: on_progress(job, steps)) if on_progress is not None else None
     callbacks: list[BaseCallback] = [ProgressFile(run_dir / PROGRESS, on_progress=report)]
     base = job.method.partition(":")[0]
     if base in ZOO_GATES:
         callbacks.append(GateLogger(csv_path=run_dir / GATES, every=max(study.eval_every // 4, 1)))
     try:
-        model, _ = train_run(run_spec(job), env, eval_env, callbacks=callbacks, model=model,
+        model, _ = train_run(spec, env, eval_env, callbacks=callbacks, model=model,
                              evaluate_as=export_lite if base == "zoo-lite" else None, evaluate_at_start=True)
     finally:
         envs.close()
