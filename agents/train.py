@@ -18,17 +18,21 @@ on a fresh clone picks it up from there and continues the step count.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import zipfile
 from pathlib import Path
 
 
+import torch
+
 from envs.atari import BACKENDS
 from zoo_rl.files import CHECKPOINT, CONFIG, EVALUATIONS, STATUS
 from zoo_rl.zoo_training import SourceSpec, read_manifest, refresh_random_returns, train_source
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_EVAL_EVERY, DEFAULT_EVAL_EPISODES = 250_000, 5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,51 +51,93 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--env-backend", choices=BACKENDS, default="gym",
                         help="training environments: gym (default; the committed zoo was trained on it), or ale-py's "
                              "vector env (ale, or auto where it applies: about 20%% faster training)")
+    parser.add_argument("--init", default=None,
+                        help="continue from a compact zoo source (e.g. agents/zoo/pong-m1): its weights, and its step "
+                             "count as the start of the lin_X schedules, which then run to --steps")
+    parser.add_argument("--target-return", type=float, default=None,
+                        help="stop once an evaluation's mean return reaches this (default: train all --steps)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice; two runs on two cores: 1 each)")
     parser.add_argument("--manifest", type=Path, default=ROOT / "agents" / "zoo" / "manifest.yml",
                         help="zoo manifest (agents/zoo/manifest.yml: Atari; agents/zoo-lab2d/manifest.yml: Lab2D)")
     parser.add_argument("--zoo-dir", type=Path, default=None,
                         help="where sources are exported (default: the manifest's folder)")
-    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "zoo", help="checkpoints and logs")
-    parser.add_argument("--eval-every", type=int, default=250_000, help="steps between evaluations")
-    parser.add_argument("--eval-episodes", type=int, default=5)
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="checkpoints and logs (default: runs/<the zoo folder's name>, e.g. runs/zoo)")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="steps between evaluations (default: the manifest entry's, else 250000)")
+    parser.add_argument("--eval-episodes", type=int, default=None,
+                        help="games per evaluation (default: the manifest entry's, else 5)")
     parser.add_argument("--checkpoint-every", type=int, default=50_000, help="steps between checkpoints")
     parser.add_argument("--refresh-random", action="store_true",
                         help="instead of training, recompute the random-policy baseline in the selected committed "
                              "sources' meta.json (10 games on fresh environments; weights untouched)")
     parser.add_argument("--restart", action="store_true", help="discard an existing checkpoint instead of resuming")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", default=None,
+                        help="with --zoo or --park: only these sources of the manifest (comma-separated names)")
     args = parser.parse_args(argv)
     if args.zoo_dir is None:
         args.zoo_dir = args.manifest.parent
+    if args.runs_dir is None:
+        args.runs_dir = ROOT / "runs" / args.zoo_dir.name
     return args
 
 
 def is_done(zoo_dir: Path, spec: SourceSpec) -> bool:
-    meta = zoo_dir / spec.source_name / "meta.json"
-    return meta.is_file() and json.loads(meta.read_text()).get("steps", 0) >= spec.steps
+    """The source is exported with all its steps, or stopped at its target return."""
+    path = zoo_dir / spec.source_name / "meta.json"
+    if not path.is_file():
+        return False
+    meta = json.loads(path.read_text())
+    return meta.get("steps", 0) >= spec.steps or (spec.target_return is not None and bool(meta.get("stopped_at_target")))
 
 
 #: Files of a run needed to resume it elsewhere (the checkpoint holds weights and optimizer).
 RESUME_FILES = (CHECKPOINT, EVALUATIONS, CONFIG, STATUS)
 
 
-def copy_run(src: Path, dest: Path) -> None:
+def copy_run(src: Path, dest: Path, optimizer_dtype: torch.dtype | None = None) -> None:
+    """Copy a run's resume state; the checkpoint deflated, its optimizer state cast to ``optimizer_dtype``."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in (*RESUME_FILES, *sorted(p.name for p in src.glob("*.monitor.csv"))):
         if (src / name).is_dir():
             shutil.copytree(src / name, dest / name, dirs_exist_ok=True)
         elif name.endswith(".zip") and (src / name).is_file():
-            deflate_zip(src / name, dest / name)
+            deflate_zip(src / name, dest / name, optimizer_dtype)
         elif (src / name).is_file():
             shutil.copy2(src / name, dest / name)
 
 
-def deflate_zip(src: Path, dest: Path) -> None:
-    """Copy an SB3 zip (stored uncompressed by SB3) with deflate: about 10% smaller to commit."""
+#: SB3's file of the optimizer's state inside a saved model.
+OPTIMIZER_FILE = "policy.optimizer.pth"
+#: Parked checkpoints keep the optimizer's moments in bfloat16: half their size, and Adam's moments are
+#: running averages whose last bits do not matter to the steps they make (torch casts them back on load).
+PARKED_OPTIMIZER_DTYPE = torch.bfloat16
+
+
+def cast_optimizer_state(data: bytes, dtype: torch.dtype) -> bytes:
+    """An optimizer ``state_dict`` file with its floating state tensors (not step counts) cast to ``dtype``."""
+    state = torch.load(io.BytesIO(data), weights_only=True)
+    for per_param in state.get("state", {}).values():
+        for key, value in per_param.items():
+            if key != "step" and torch.is_tensor(value) and value.is_floating_point():
+                per_param[key] = value.to(dtype)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def deflate_zip(src: Path, dest: Path, optimizer_dtype: torch.dtype | None = None) -> None:
+    """Copy an SB3 zip (stored uncompressed by SB3) with deflate, its optimizer state cast to
+    ``optimizer_dtype`` when given (``None``: unchanged)."""
     tmp = dest.with_suffix(".tmp")
     with zipfile.ZipFile(src) as archive, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out:
         for name in archive.namelist():
-            out.writestr(name, archive.read(name))
+            data = archive.read(name)
+            if name == OPTIMIZER_FILE and optimizer_dtype is not None:
+                data = cast_optimizer_state(data, optimizer_dtype)
+            out.writestr(name, data)
     tmp.replace(dest)
 
 
@@ -100,7 +146,7 @@ def park(runs_dir: Path, parked_dir: Path, zoo_dir: Path, specs: list[SourceSpec
     for spec in specs:
         run = runs_dir / spec.source_name
         if (run / CHECKPOINT).is_file() and not is_done(zoo_dir, spec):
-            copy_run(run, parked_dir / spec.source_name)
+            copy_run(run, parked_dir / spec.source_name, PARKED_OPTIMIZER_DTYPE)
             print(f"{spec.source_name}: parked in {parked_dir / spec.source_name}", flush=True)
 
 
@@ -108,21 +154,31 @@ def unpark(runs_dir: Path, parked_dir: Path, spec: SourceSpec) -> None:
     """Resume from a parked run when this machine has no checkpoint of its own."""
     parked, run = parked_dir / spec.source_name, runs_dir / spec.source_name
     if (parked / CHECKPOINT).is_file() and not (run / CHECKPOINT).is_file():
-        copy_run(parked, run)
+        copy_run(parked, run, torch.float32)
         print(f"{spec.source_name}: resuming the parked run from {parked}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     parked_dir = args.zoo_dir / "_inprogress"
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.zoo or args.park:
         specs = read_manifest(args.manifest)
+        if args.only:
+            wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+            unknown = sorted(set(wanted) - {s.source_name for s in specs})
+            if unknown:
+                raise SystemExit(f"--only: {unknown} not in {args.manifest}; its sources: "
+                                 f"{', '.join(s.source_name for s in specs)}.")
+            specs = [s for s in specs if s.source_name in wanted]
     else:
         specs = [SourceSpec(game=args.game, algo=args.algo, steps=args.steps, seed=args.seed,
                             mode=args.mode, difficulty=args.difficulty, name=args.name,
-                            env_backend=args.env_backend)]
+                            env_backend=args.env_backend, init=args.init, target_return=args.target_return)]
     for spec in specs:
         spec.task  # validate every entry before training anything
+        spec.init_folder()
     if args.park:
         park(args.runs_dir, parked_dir, args.zoo_dir, specs)
         return
@@ -142,9 +198,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             unpark(args.runs_dir, parked_dir, spec)
         print(f"{spec.source_name}: training {spec.algo} for {spec.steps} steps", flush=True)
-        meta = train_source(spec, zoo_dir=args.zoo_dir, runs_dir=args.runs_dir, eval_every=args.eval_every,
-                            eval_episodes=args.eval_episodes, checkpoint_every=args.checkpoint_every,
-                            device=args.device)
+        meta = train_source(spec, zoo_dir=args.zoo_dir, runs_dir=args.runs_dir,
+                            eval_every=args.eval_every or DEFAULT_EVAL_EVERY,
+                            eval_episodes=args.eval_episodes or DEFAULT_EVAL_EPISODES,
+                            checkpoint_every=args.checkpoint_every, device=args.device)
         shutil.rmtree(parked_dir / spec.source_name, ignore_errors=True)
         print(f"{spec.source_name}: {meta['steps']} steps, return {meta['eval_return_mean']:.1f} "
               f"± {meta['eval_return_std']:.1f} (random {meta['random_return_mean']:.1f}), "

@@ -205,7 +205,7 @@ class EvalEvery(_EveryN):
 
     def _on_training_start(self) -> None:
         super()._on_training_start()
-        if self.at_start and self.num_timesteps == 0:
+        if self.at_start and (self.num_timesteps == 0 or not self.evaluations["timesteps"]):
             self.evaluate_now()
 
     def evaluate_now(self) -> np.ndarray:
@@ -226,6 +226,27 @@ class EvalEvery(_EveryN):
 
     def _fire(self) -> None:
         self.evaluate_now()
+
+
+class StopAtReturn(BaseCallback):
+    """Ends training once an evaluation of ``evaluator`` has a mean return of at least ``target``.
+
+    Placed after the evaluator in a ``CallbackList``, it sees an evaluation in the same step
+    that made it.
+    """
+
+    def __init__(self, evaluator: EvalEvery, target: float) -> None:
+        super().__init__()
+        self.evaluator, self.target = evaluator, float(target)
+
+    def _on_step(self) -> bool:
+        return not reached(self.evaluator.evaluations, self.target)
+
+
+def reached(evaluations: dict[str, list], target: float | None) -> bool:
+    """True when the last evaluation's mean return is at least ``target``."""
+    results = evaluations["results"]
+    return target is not None and bool(results) and float(np.mean(results[-1])) >= target
 
 
 @dataclass
@@ -335,13 +356,16 @@ def train_run(
     model: BaseAlgorithm | None = None,
     evaluate_as: Callable[[BaseAlgorithm], BaseAlgorithm] | None = None,
     evaluate_at_start: bool = False,
+    stop_at_return: float | None = None,
 ) -> tuple[BaseAlgorithm, EvalEvery | None]:
     """Train (or resume) ``spec`` to ``total_steps``; checkpoints and evaluations on the way.
 
     :param model: a model built by the caller (e.g. with a custom extractor); ignored when a
         checkpoint exists, which always wins so that a rerun resumes.
     :param evaluate_as: evaluate ``evaluate_as(model)`` instead of the model (e.g. ``export_lite``).
-    :param evaluate_at_start: also evaluate before the first step (transfer's jumpstart).
+    :param evaluate_at_start: also evaluate before the first step (transfer's jumpstart, or the start
+        of a run that continues a trained agent), unless the run already has evaluations.
+    :param stop_at_return: end training once an evaluation's mean return reaches it (:class:`StopAtReturn`).
     :return: the trained model and the evaluation callback (``None`` without ``eval_env``).
 
     Sets glibc's allocator to reuse freed memory (:func:`zoo_rl.machine.reuse_freed_memory`; ``ZOO_RL_MALLOC=0``
@@ -353,18 +377,20 @@ def train_run(
     if (run_dir / CHECKPOINT).is_file() or model is None:
         model = build_or_resume(spec, env, verbose)
     # Time accounting that survives a kill: status.json is rewritten with each checkpoint, so the
-    # wall time it holds always belongs to the steps the checkpoint holds. A killed call loses the
+    # wall time it holds always belongs to the steps the checkpoint holds (CPU time: this process's threads,
+    # environment worker processes not included). A killed call loses the
     # time since its last checkpoint, exactly like the steps that the resumed call trains again.
     status_path = run_dir / STATUS
     before = json.loads(status_path.read_text()) if status_path.is_file() else {}
     resumed_from = int(model.num_timesteps)
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
 
     def record_status(saved: BaseAlgorithm) -> None:
-        seconds = time.time() - started
+        seconds, cpu = time.time() - started, time.process_time() - cpu_started
         write_json(status_path, {"num_timesteps": int(saved.num_timesteps), "resumed_from": resumed_from,
                                  "seconds_this_call": round(seconds, 1),
-                                 "wall_seconds": round(before.get("wall_seconds", 0.0) + seconds, 1)})
+                                 "wall_seconds": round(before.get("wall_seconds", 0.0) + seconds, 1),
+                                 "cpu_seconds": round(before.get("cpu_seconds", 0.0) + cpu, 1)})
 
     all_callbacks: list[BaseCallback] = [CheckpointEvery(run_dir / CHECKPOINT, spec.checkpoint_every,
                                                          on_save=record_status)]
@@ -375,6 +401,8 @@ def train_run(
                               deterministic=spec.algo not in ON_POLICY, evaluate_as=evaluate_as,
                               at_start=evaluate_at_start)
         all_callbacks.append(evaluator)
+        if stop_at_return is not None:
+            all_callbacks.append(StopAtReturn(evaluator, stop_at_return))
     all_callbacks += callbacks or []
     remaining = spec.total_steps - resumed_from
     model.tensorboard_log = spec.tensorboard_log if spec.tensorboard_log and _has_tensorboard() else None

@@ -23,9 +23,10 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from envs.atari import restart_games
 from envs.tasks import Task, make_env, resolve
-from zoo_rl.files import write_json
-from zoo_rl.sources import LAYERS, META_FILE, SB3_EXTRACTOR_PREFIXES, write_compact
-from zoo_rl.training import ON_POLICY, RunSpec, env_versions, hyperparams_for, open_run, train_run
+from zoo_rl.files import EVALUATIONS, STATUS, write_json
+from zoo_rl.sources import LAYERS, META_FILE, SB3_EXTRACTOR_PREFIXES, read_compact, write_compact
+from zoo_rl.training import (ON_POLICY, RunSpec, env_versions, hyperparams_for, load_evaluations, new_model, open_run,
+                             reached, train_run)
 
 #: Episodes of the final evaluation and of the random-policy baseline.
 FINAL_EVAL_EPISODES = 10
@@ -47,6 +48,14 @@ class SourceSpec:
     #: training environments: ``gym`` (default: the committed zoos were trained on it, so their
     #: reproduction commands stay exact), ``ale`` or ``auto`` (ale-py's vector env, faster)
     env_backend: str = "gym"
+    #: a compact zoo folder to continue from (its weights, and its step count as the start of the
+    #: schedules: a ``lin_X`` schedule continues as if the run had been ``steps`` long from the start)
+    init: str | None = None
+    #: stop once an evaluation's mean return reaches this (``None``: train all ``steps``)
+    target_return: float | None = None
+    #: steps between evaluations and games per evaluation (``None``: the command line's)
+    eval_every: int | None = None
+    eval_episodes: int | None = None
 
     @property
     def task(self) -> Task:
@@ -55,6 +64,30 @@ class SourceSpec:
     @property
     def source_name(self) -> str:
         return self.name or self.task.slug.lower()
+
+    def init_folder(self, root: str | Path | None = None) -> Path | None:
+        """The folder of :attr:`init` (relative paths from the repository root), checked against the task.
+
+        :raises FileNotFoundError: no compact source there.
+        :raises ValueError: it plays another game or flavour, or was trained with another algorithm.
+        """
+        if self.init is None:
+            return None
+        folder = Path(self.init)
+        if not folder.is_absolute():
+            folder = Path(root or Path(__file__).resolve().parents[1]) / folder
+        meta_path = folder / META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{self.source_name}: init={self.init!r} is not a compact zoo source ({meta_path} "
+                                    "is missing); name a folder such as agents/zoo/pong-m1.")
+        meta = json.loads(meta_path.read_text())
+        task = self.task
+        theirs = (meta.get("game"), meta.get("mode"), meta.get("difficulty"), meta.get("algo"))
+        ours = (task.game, task.mode, task.difficulty, self.algo)
+        if theirs != ours:
+            raise ValueError(f"{self.source_name}: init={self.init!r} is (game, mode, difficulty, algo) = {theirs}, "
+                             f"the source to train is {ours}; continue from a source of the same task and algorithm.")
+        return folder
 
 
 def read_manifest(path: str | Path) -> list[SourceSpec]:
@@ -70,6 +103,10 @@ def read_manifest(path: str | Path) -> list[SourceSpec]:
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)} in entry {entry}; allowed: {sorted(known)}.")
         specs.append(SourceSpec(**entry))
+    names = [spec.source_name for spec in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{path}: sources {twice} appear more than once; give each entry its own name.")
     return specs
 
 
@@ -87,6 +124,27 @@ def split_policy_state(model: BaseAlgorithm) -> tuple[dict[str, torch.Tensor], d
         elif prefix != "vf_features_extractor." and key[len(prefix):].split(".")[0] in ("cnn", "linear"):
             extractor.setdefault(key[len(prefix):], value)
     return extractor, heads
+
+
+def load_policy_state(model: BaseAlgorithm, folder: str | Path) -> None:
+    """Set ``model``'s whole policy (every extractor copy and the heads) from a compact zoo folder.
+
+    :raises ValueError: the folder's tensors do not cover the policy, or their shapes differ (naming the keys).
+    """
+    state, _ = read_compact(folder)
+    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    heads = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    target = model.policy.state_dict()
+    full: dict[str, torch.Tensor] = {}
+    for key in target:
+        prefix = next((p for p in SB3_EXTRACTOR_PREFIXES if key.startswith(p)), None)
+        full[key] = features.get(key[len(prefix):]) if prefix is not None else heads.get(key)
+    missing = sorted(k for k, v in full.items() if v is None)
+    wrong = sorted(f"{k}: {tuple(v.shape)} in {folder}, {tuple(target[k].shape)} in the model"
+                   for k, v in full.items() if v is not None and v.shape != target[k].shape)
+    if missing or wrong:
+        raise ValueError(f"{folder} does not fit the policy to train: missing {missing}, shapes {wrong}.")
+    model.policy.load_state_dict({k: v.to(target[k].device, target[k].dtype) for k, v in full.items()})
 
 
 def collect_observations(env: VecEnv, n: int, seed: int = 0) -> np.ndarray:
@@ -160,6 +218,14 @@ def refresh_random_returns(spec: SourceSpec, zoo_dir: str | Path = "agents/zoo")
     return meta
 
 
+def _cost(run_dir: Path) -> dict[str, float]:
+    """Wall and CPU time of the whole run, all calls (``status.json``), in hours."""
+    status_path = run_dir / STATUS
+    status = json.loads(status_path.read_text()) if status_path.is_file() else {}
+    return {"wall_hours": round(status.get("wall_seconds", 0.0) / 3600, 2),
+            "cpu_hours": round(status.get("cpu_seconds", 0.0) / 3600, 2)}
+
+
 def _zoo_dir_flag(zoo_dir: str | Path) -> str:
     """`` --zoo-dir <dir>`` for the reproduction command, unless it is the default ``agents/zoo``."""
     root = Path(__file__).resolve().parents[1]
@@ -185,6 +251,9 @@ def train_source(
     task = spec.task
     name = spec.source_name
     run_dir = Path(runs_dir) / name
+    init = spec.init_folder()
+    eval_every = spec.eval_every or eval_every
+    eval_episodes = spec.eval_episodes or eval_episodes
     params, n_envs, policy = hyperparams_for(Path(hyperparams_dir) / f"{spec.algo}.yml", task)
     run = RunSpec(run_dir=run_dir, algo=spec.algo, total_steps=spec.steps, hyperparams=params, policy=policy,
                   seed=spec.seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
@@ -192,8 +261,21 @@ def train_source(
     envs = open_run(run_dir, task, n_envs=n_envs, seed=spec.seed, backend=spec.env_backend,
                     eval_episodes=eval_episodes, record={"source": asdict(spec), "hyperparams": params})
     env, eval_env, backend = envs.env, envs.eval_env, envs.backend
+    model = None
+    init_meta: dict[str, Any] = {}
+    if init is not None:
+        init_meta = json.loads((init / META_FILE).read_text())
+        if not envs.resumed:
+            model = new_model(run, env)
+            load_policy_state(model, init)
+            # The schedules read progress as num_timesteps / total_steps: starting the count at the
+            # source's steps continues a lin_X schedule exactly as a run of total_steps would have it.
+            model.num_timesteps = int(init_meta["steps"])
+    if reached(load_evaluations(run_dir / EVALUATIONS), spec.target_return):
+        run.total_steps = 0  # a resumed run that already stopped at its target trains no further
     started = time.time()
-    model, evaluator = train_run(run, env, eval_env, verbose=verbose)
+    model, evaluator = train_run(run, env, eval_env, verbose=verbose, model=model, evaluate_at_start=init is not None,
+                                 stop_at_return=spec.target_return)
     train_seconds = time.time() - started
 
     final_env = make_env(task, FINAL_EVAL_EPISODES, seed=spec.seed + 20_000)
@@ -227,11 +309,21 @@ def train_source(
         "layers": list(LAYERS),
         "env_backend": backend,
         "train_seconds_last_call": round(train_seconds, 1),
+        **_cost(run_dir),
+        **({} if init is None else {"init": {"folder": spec.init, "steps": init_meta.get("steps"),
+                                             "sha256": init_meta.get("sha256")}}),
+        **({} if spec.target_return is None else {
+            "target_return": spec.target_return,
+            "stopped_at_target": reached(load_evaluations(run_dir / EVALUATIONS), spec.target_return)}),
         "command": f"python agents/train.py --game {task.game} --algo {spec.algo} --steps {spec.steps} --seed {spec.seed}"
                    + (f" --mode {task.mode}" if task.mode is not None else "")
                    + (f" --difficulty {task.difficulty}" if task.difficulty is not None else "")
                    + (f" --name {spec.name}" if spec.name else "")
                    + (f" --env-backend {spec.env_backend}" if spec.env_backend != "gym" else "")
+                   + (f" --init {spec.init}" if spec.init else "")
+                   + (f" --target-return {spec.target_return:g}" if spec.target_return is not None else "")
+                   + (f" --eval-every {eval_every}" if spec.eval_every else "")
+                   + (f" --eval-episodes {eval_episodes}" if spec.eval_episodes else "")
                    + _zoo_dir_flag(zoo_dir),
         "versions": env_versions(),
         **(extra_meta or {}),
