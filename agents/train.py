@@ -84,6 +84,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def manifest_command(manifest: Path, spec: SourceSpec) -> str:
+    """The command that trains ``spec`` from its manifest (recorded in its ``meta.json``)."""
+    path = manifest.resolve()
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return f"python agents/train.py --zoo --manifest {shown} --only {spec.source_name}"
+
+
 def is_done(zoo_dir: Path, spec: SourceSpec) -> bool:
     """The source is exported with all its steps, or stopped at its target return."""
     path = zoo_dir / spec.source_name / "meta.json"
@@ -201,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         meta = train_source(spec, zoo_dir=args.zoo_dir, runs_dir=args.runs_dir,
                             eval_every=args.eval_every or DEFAULT_EVAL_EVERY,
                             eval_episodes=args.eval_episodes or DEFAULT_EVAL_EPISODES,
-                            checkpoint_every=args.checkpoint_every, device=args.device)
+                            checkpoint_every=args.checkpoint_every, device=args.device,
+                            extra_meta={"command": manifest_command(args.manifest, spec)} if args.zoo else None)
         shutil.rmtree(parked_dir / spec.source_name, ignore_errors=True)
         print(f"{spec.source_name}: {meta['steps']} steps, return {meta['eval_return_mean']:.1f} "
               f"± {meta['eval_return_std']:.1f} (random {meta['random_return_mean']:.1f}), "
