@@ -411,7 +411,7 @@ def train_run(
                     progress_bar=False, tb_log_name=spec.algo.upper())
     save_model_atomic(model, run_dir / CHECKPOINT)
     record_status(model)
-    if evaluator is not None and evaluator.model is None:
+    if evaluator is not None and getattr(evaluator, "model", None) is None:  # set by learn(), which may not have run
         evaluator.init_callback(model)
     return model, evaluator
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -23,11 +24,13 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from envs.atari import restart_games
 from envs.tasks import Task, make_env, resolve
-from zoo_rl.files import EVALUATIONS, STATUS, write_json
+from zoo_rl.files import EVALUATIONS, STATUS, write_csv_atomic, write_json
 from zoo_rl.sources import LAYERS, META_FILE, SB3_EXTRACTOR_PREFIXES, read_compact, write_compact
 from zoo_rl.training import (ON_POLICY, RunSpec, env_versions, hyperparams_for, load_evaluations, new_model, open_run,
                              reached, train_run)
 
+#: A source's learning curve in its zoo folder: its run's evaluations (steps, mean, std, games).
+CURVE_FILE = "curve.csv"
 #: Episodes of the final evaluation and of the random-policy baseline.
 FINAL_EVAL_EPISODES = 10
 #: Observations collected to check that float16 storage keeps every greedy action.
@@ -218,6 +221,20 @@ def refresh_random_returns(spec: SourceSpec, zoo_dir: str | Path = "agents/zoo")
     return meta
 
 
+def evaluation_curve(evaluations: dict[str, list]) -> pd.DataFrame:
+    """``steps, return_mean, return_std, episodes``: one row per evaluation of a run (``evaluations.npz``)."""
+    return pd.DataFrame({"steps": [int(t) for t in evaluations["timesteps"]],
+                         "return_mean": [float(np.mean(r)) for r in evaluations["results"]],
+                         "return_std": [float(np.std(r)) for r in evaluations["results"]],
+                         "episodes": [len(r) for r in evaluations["results"]]},
+                        columns=["steps", "return_mean", "return_std", "episodes"])
+
+
+def write_curve(path: Path, evaluations: dict[str, list]) -> None:
+    """A source's learning curve (:func:`evaluation_curve`) beside its weights, atomically."""
+    write_csv_atomic(evaluation_curve(evaluations), path)
+
+
 def _cost(run_dir: Path) -> dict[str, float]:
     """Wall and CPU time of the whole run, all calls (``status.json``), in hours."""
     status_path = run_dir / STATUS
@@ -329,6 +346,7 @@ def train_source(
         **(extra_meta or {}),
     }
     meta = write_compact(Path(zoo_dir) / name, extractor, heads, meta, dtype=dtype)
+    write_curve(Path(zoo_dir) / name / CURVE_FILE, load_evaluations(run_dir / EVALUATIONS))
     for venv in (env, eval_env, final_env):
         venv.close()
     return meta
