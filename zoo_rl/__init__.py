@@ -4,7 +4,8 @@ Public API: :class:`ZooExtractor` (plug into any SB3 algorithm through ``policy_
 :func:`export_lite` (a lite model as one plain NatureCNN), :func:`load_zoo` /
 :func:`load_source` (read SB3 zips, compact zoo folders, CleanRL checkpoints, hub ids),
 :class:`GateLogger` (gates to the SB3 logger), :func:`rank_sources` (which source will transfer, before
-training), :class:`ZooAdam` (learning rates per parameter group, e.g. faster gates), and the layers themselves.
+training), :class:`ZooAdam` (learning rates per parameter group, e.g. faster gates), :class:`KickstartPPO` /
+:class:`KickstartA2C` with :func:`load_teacher` (distil zoo policies into a student), and the layers themselves.
 
 These modules never import the experiment machinery: resumable training runs (:mod:`zoo_rl.training`), the
 source trainer (:mod:`zoo_rl.zoo_training`) and the study runner (:mod:`zoo_rl.study`) build on them.
@@ -14,6 +15,7 @@ from zoo_rl.aggregate import zoo_conv2d, zoo_linear
 from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor
+from zoo_rl.kickstart import KickstartA2C, KickstartPPO, load_teacher, ranking_weights
 from zoo_rl.policies import FastCnnPolicy
 from zoo_rl.layers import GATE_MODES, NORMALISATIONS, SourceGate, ZooLayer, ranked_gates
 from zoo_rl.optim import ZooAdam, zoo_optimizer
@@ -24,6 +26,8 @@ __all__ = [
     "FastCnnPolicy",
     "GATE_MODES",
     "GateLogger",
+    "KickstartA2C",
+    "KickstartPPO",
     "NORMALISATIONS",
     "Source",
     "SourceGate",
@@ -33,9 +37,11 @@ __all__ = [
     "ZooLayer",
     "export_lite",
     "load_source",
+    "load_teacher",
     "load_zoo",
     "rank_sources",
     "ranked_gates",
+    "ranking_weights",
     "zoo_conv2d",
     "zoo_linear",
     "zoo_optimizer",

@@ -1,0 +1,151 @@
+"""Kickstarting: the distillation term's gradient by hand, its place in PPO's and A2C's loss, the weight's
+schedule, teachers frozen and never saved, action maps by meaning, and bad input refused."""
+
+import copy
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.distributions import CategoricalDistribution
+
+from zoo_rl.kickstart import (KickstartA2C, KickstartPPO, Teacher, distillation_kl, load_teacher, ranking_weights)
+
+ROOT = Path(__file__).resolve().parents[1]
+PONG_MEANINGS = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
+
+
+class LinearTeacher(Teacher):
+    """A fixed softmax-linear policy over CartPole's two actions."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.register_buffer("w", torch.randn(4, 2, generator=torch.Generator().manual_seed(seed)))
+
+    def probs(self, obs):
+        return torch.softmax(obs.float() @ self.w, dim=-1)
+
+
+def categorical(logits):
+    return CategoricalDistribution(logits.shape[-1]).proba_distribution(logits)
+
+
+def test_distillation_gradient_by_hand():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 3, requires_grad=True)
+    p1, p2 = torch.softmax(torch.randn(5, 3), -1), torch.tensor([[1.0, 0.0, 0.0]] * 5)
+    kl = distillation_kl(categorical(logits), [p1, p2], [0.25, 0.75])
+    kl.mean().backward()
+    # d/dz KL(p || softmax(z)) = softmax(z) - p, per sample, over the batch mean
+    expected = (torch.softmax(logits.detach(), -1) - (0.25 * p1 + 0.75 * p2)) / 5
+    assert torch.allclose(logits.grad, expected, atol=1e-6)
+    # the value: cross-entropy minus the teacher's entropy (0 for the one-hot teacher, xlogy(0, 0) = 0)
+    log_pi = torch.log_softmax(logits.detach(), -1)
+    by_hand = 0.25 * (p1 * (p1.log() - log_pi)).sum(-1) + 0.75 * -log_pi[:, 0]
+    assert torch.allclose(kl.detach(), by_hand, atol=1e-6)
+
+
+def sgd_model(cls, seed=0, **kwargs):
+    """One PPO/A2C update on one full-batch minibatch with plain SGD: the parameter step is -lr * gradient."""
+    extra = dict(n_steps=32, batch_size=32, n_epochs=1) if issubclass(cls, PPO) else dict(n_steps=32)
+    return cls("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", learning_rate=0.01, max_grad_norm=1e9,
+               ent_coef=0.01, policy_kwargs=dict(optimizer_class=torch.optim.SGD, net_arch=[8]), **extra, **kwargs)
+
+
+@pytest.mark.parametrize("plain, kick", [(PPO, KickstartPPO), (A2C, KickstartA2C)], ids=["ppo", "a2c"])
+def test_the_update_is_the_algorithms_plus_the_weighted_distillation_gradient(plain, kick):
+    teacher = LinearTeacher()
+    base = sgd_model(plain)  # the constructor seeds the global generators: build each model just before it learns
+    base_start = copy.deepcopy(base.policy)
+    base.learn(32)
+    student = sgd_model(kick, teachers=[teacher], kickstart_coef=0.5, kickstart_steps=64)
+    start = copy.deepcopy(student.policy)
+    assert all(torch.equal(a, b) for a, b in zip(base_start.parameters(), start.parameters()))
+    student.learn(32)
+    weight = 0.5 * (1 - 32 / 64)  # the weight at the update, 32 steps into its 64-step decay
+    obs = torch.as_tensor(student.rollout_buffer.observations.reshape(32, 4))
+    assert np.array_equal(obs.numpy(), base.rollout_buffer.observations.reshape(32, 4))  # the same rollout
+    kl = distillation_kl(start.get_distribution(obs), [teacher.probs(obs)], [1.0])
+    grads = torch.autograd.grad(weight * kl.mean(), list(start.parameters()), allow_unused=True)
+    for p_base, p_kick, p0, g in zip(base.policy.parameters(), student.policy.parameters(), start.parameters(), grads):
+        g = torch.zeros_like(p0) if g is None else g
+        assert torch.allclose(p_kick - p0, (p_base - p0) - 0.01 * g, atol=1e-6)
+    assert any(g is not None and g.abs().max() > 1e-4 for g in grads)  # the term did something
+
+
+def test_weight_zero_is_exactly_the_algorithm():
+    base = sgd_model(PPO)
+    base.learn(64)
+    student = sgd_model(KickstartPPO, teachers=[LinearTeacher()], kickstart_coef=0.0)
+    student.learn(64)
+    assert all(torch.equal(a, b) for a, b in zip(base.policy.parameters(), student.policy.parameters()))
+    # and the class's own methods are back after train()
+    assert "evaluate_actions" not in vars(student.policy) and "_get_action_dist_from_latent" not in vars(student.policy)
+
+
+def test_weight_decays_linearly_from_the_first_training_step():
+    model = sgd_model(KickstartPPO, teachers=[LinearTeacher()], kickstart_coef=2.0)
+    assert model.kickstart_weight() == 2.0
+    model.learn(128)
+    assert model.kickstart_steps == 64  # half of the first learn() call
+    assert model.kickstart_weight() == 0.0
+    model.kickstart_start, model.num_timesteps = 0, 16
+    assert model.kickstart_weight() == pytest.approx(2.0 * (1 - 16 / 64))
+
+
+def test_teachers_are_frozen_and_never_saved(tmp_path):
+    teacher = LinearTeacher()
+    model = sgd_model(KickstartPPO, teachers=[teacher], kickstart_coef=1.0, kickstart_steps=1000)
+    before = teacher.w.clone()
+    model.learn(64)
+    assert torch.equal(teacher.w, before) and not any(p.requires_grad for p in teacher.parameters())
+    model.save(tmp_path / "student.zip")
+    with zipfile.ZipFile(tmp_path / "student.zip") as archive:
+        assert not any("teacher" in n for n in archive.namelist())
+        state = torch.load(archive.open("policy.pth"), weights_only=True)
+    assert set(state) == set(model.policy.state_dict())
+    loaded = KickstartPPO.load(tmp_path / "student.zip", device="cpu")
+    assert loaded.teachers == [] and loaded.kickstart_coef == 1.0
+    obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    assert np.array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+    loaded.set_env(model.get_env())
+    loaded.learn(32)  # without teachers it trains as plain PPO
+
+
+def test_bad_input_is_refused():
+    model = sgd_model(KickstartPPO, teachers=[LinearTeacher()])
+    model.ent_coef = 0.0
+    with pytest.raises(ValueError, match="ent_coef > 0"):
+        model.learn(32)
+    with pytest.raises(ValueError, match="one weight >= 0 per teacher"):
+        sgd_model(KickstartPPO, teachers=[LinearTeacher()], teacher_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="kickstart_coef"):
+        sgd_model(KickstartPPO, kickstart_coef=-1.0)
+    with pytest.raises(ValueError, match="discrete policies"):
+        from stable_baselines3.common.distributions import DiagGaussianDistribution
+
+        distillation_kl(DiagGaussianDistribution(2).proba_distribution(torch.zeros(3, 2), torch.zeros(2)),
+                        [torch.ones(3, 2) / 2], [1.0])
+
+
+def test_a_zoo_source_teaches_by_the_meaning_of_its_actions():
+    teacher = load_teacher(ROOT / "agents" / "zoo" / "breakout", PONG_MEANINGS)
+    # Breakout's NOOP, FIRE, RIGHT, LEFT are Pong's first four actions; RIGHTFIRE and LEFTFIRE get nothing
+    assert teacher.mapping.tolist() == [0, 1, 2, 3]
+    obs = torch.rand(6, 4, 84, 84)
+    probs = teacher.probs(obs)
+    assert probs.shape == (6, 6) and torch.allclose(probs.sum(-1), torch.ones(6)) and (probs[:, 4:] == 0).all()
+    lab2d = sorted((ROOT / "agents" / "zoo-lab2d").glob("*/meta.json"))[0].parent
+    with pytest.raises(ValueError, match="cannot teach this target"):
+        load_teacher(lab2d, PONG_MEANINGS)
+
+
+def test_ranking_weights_follow_the_zero_shot_evidence():
+    ranking = pd.DataFrame({"source": ["a", "b", "c"], "zero_shot_z": [6.0, -2.0, 2.0]})
+    assert ranking_weights(ranking, ["a", "b", "c"]) == [0.75, 0.0, 0.25]
+    assert ranking_weights(ranking.assign(zero_shot_z=[-1.0, np.nan, 0.0]), ["a", "b", "c"]) == [1 / 3] * 3
+    with pytest.raises(ValueError, match="not in the ranking"):
+        ranking_weights(ranking, ["a", "d"])

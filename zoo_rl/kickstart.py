@@ -1,0 +1,274 @@
+"""Kickstarting (Schmitt et al., 2018): distil the zoo's policies into a student while it learns.
+
+The student's loss gains a distillation term towards one or more frozen teachers' action
+distributions, on the student's own states (the minibatches of its rollouts):
+
+    loss = PPO's (or A2C's) loss + lambda(t) * mean_i  sum_k w_k KL(teacher_k(x_i) || student(x_i))
+
+For discrete actions KL(p || pi) differs from the cross-entropy -sum_a p(a) log pi(a) by the
+teacher's entropy, a constant: the two have the same gradient. ``lambda(t)`` decays linearly
+from ``kickstart_coef`` to 0 over ``kickstart_steps`` agent steps (default: half of the
+``learn()`` call's steps), so the student ends on its own reward. The teacher weights ``w_k`` sum
+to 1: one teacher (``kickstart``), or the whole zoo weighted by the ranking's zero-shot evidence
+(:func:`ranking_weights`: the Kickstarting paper's population variant with weights from the
+ranking instead of population-based training).
+
+How the term enters SB3's loss without rewriting its ``train()``: PPO and A2C both add
+``ent_coef * -mean(entropy)`` with the entropy returned by ``policy.evaluate_actions``. During
+``train()`` the student's ``evaluate_actions`` returns
+
+    entropy - (lambda / ent_coef) * (KL - stopgrad(KL))
+
+whose value is the entropy itself (the logged entropy loss is unchanged) and whose gradient adds
+exactly ``lambda * grad mean(KL)`` to the loss's. The student's action distribution is the one
+``evaluate_actions`` built (captured from ``_get_action_dist_from_latent``), so the features are
+computed once. This needs ``ent_coef > 0`` (SB3's Atari default is 0.01); with ``ent_coef=0`` the
+algorithm refuses to start. Between calls of ``train()`` nothing of the policy is changed.
+
+Teachers are frozen, live beside the policy (never inside it), and are not saved: a saved
+kickstarted model loads as its algorithm with the teachers' files gone, and continues training
+only if teachers are given again (or the weight has decayed to 0).
+
+Teachers whose actions differ from the target's are mapped by meaning, as the ranking maps them
+(:func:`zoo_rl.ranking.action_map`): each source action's probability goes to the target action of
+the same meaning (or its largest Atari part the target has, else ``NOOP``). A teacher none of
+whose actions (other than ``NOOP``) has a meaning among the target's is refused.
+
+DQN and QR-DQN are not covered: their loss has no policy distribution and no entropy term to carry
+the distillation gradient; QDagger's distillation towards a teacher's Q-values needs a loss of its
+own (a subclass of their ``train()``), which this module does not provide.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
+from stable_baselines3.common.preprocessing import preprocess_obs
+from torch import nn
+
+from zoo_rl.sources import LAYERS, load_source
+
+#: The strides of NatureCNN's three convolutions.
+_STRIDES = (4, 2, 1)
+
+
+class Teacher(nn.Module):
+    """A frozen policy over the *target's* discrete actions: :meth:`probs` maps preprocessed
+    observations ``(B, ...)`` to action probabilities ``(B, n_actions)``. Subclass it for other
+    architectures; :class:`SourceTeacher` is a zoo source."""
+
+    name: str = "teacher"
+
+    def probs(self, obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SourceTeacher(Teacher):
+    """A NatureCNN zoo source with its action head, its actions mapped onto the target's.
+
+    :param name: the source's name.
+    :param extractor: NatureCNN tensors in :data:`zoo_rl.sources.LAYERS` naming.
+    :param head: ``(weight (S, 512), bias (S,))`` of the source's action head.
+    :param mapping: ``(S,)`` target action of each source action.
+    :param n_actions: the target's number of actions.
+    """
+
+    def __init__(self, name: str, extractor: dict[str, torch.Tensor], head: tuple[torch.Tensor, torch.Tensor],
+                 mapping: np.ndarray, n_actions: int) -> None:
+        super().__init__()
+        self.name = name
+        for layer in LAYERS:  # buffers: frozen, and out of every optimizer
+            self.register_buffer(f"{layer.replace('.', '_')}_weight", extractor[f"{layer}.weight"].float().clone())
+            self.register_buffer(f"{layer.replace('.', '_')}_bias", extractor[f"{layer}.bias"].float().clone())
+        self.register_buffer("head_weight", head[0].float().clone())
+        self.register_buffer("head_bias", head[1].float().clone())
+        mapping = torch.as_tensor(np.asarray(mapping), dtype=torch.long)
+        if mapping.numel() != self.head_weight.shape[0] or int(mapping.max()) >= n_actions or int(mapping.min()) < 0:
+            raise ValueError(f"{name}: the action map {mapping.tolist()} does not fit {self.head_weight.shape[0]} source "
+                             f"and {n_actions} target actions.")
+        self.register_buffer("mapping", mapping)
+        self.n_actions = int(n_actions)
+
+    @torch.no_grad()
+    def probs(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float()
+        for layer, stride in zip(LAYERS[:3], _STRIDES):
+            key = layer.replace(".", "_")
+            x = F.relu(F.conv2d(x, getattr(self, f"{key}_weight"), getattr(self, f"{key}_bias"), stride))
+        x = F.relu(F.linear(x.flatten(1), self.linear_0_weight, self.linear_0_bias))
+        source = torch.softmax(F.linear(x, self.head_weight, self.head_bias), dim=-1)
+        return torch.zeros(len(source), self.n_actions, dtype=source.dtype).index_add_(1, self.mapping, source)
+
+
+def load_teacher(spec: str | os.PathLike, target_meanings: Sequence[str], name: str | None = None) -> SourceTeacher:
+    """A zoo source (compact folder or SB3 zip with its action head) as a teacher of a target whose
+    actions are named ``target_meanings`` (``env.unwrapped.get_action_meanings()``).
+
+    :raises ValueError: the source has no action head, does not say which game it plays, or none of its
+        actions has a meaning among the target's.
+    """
+    from envs.tasks import make_env
+    from zoo_rl.ranking import action_map, action_meanings, source_head, source_task
+
+    source = load_source(spec, name)
+    head = source_head(spec)
+    if head is None:
+        raise ValueError(f"{source.name}: no action head in {spec}; a teacher needs the source's policy "
+                         "(a compact zoo folder or an SB3 zip of a PPO/A2C agent).")
+    task = source_task(source)
+    if task is None:
+        raise ValueError(f"{source.name}: its metadata names no game, so its actions cannot be mapped onto the "
+                         "target's; use a compact zoo source (meta.json) or leave it out of the teachers.")
+    env = make_env(task, 1, seed=0)
+    try:
+        meanings = action_meanings(env)
+    finally:
+        env.close()
+    mapping, shared = action_map(meanings, list(target_meanings))
+    if shared == 0:
+        raise ValueError(f"{source.name}: none of its actions {meanings} has a meaning among the target's "
+                         f"{list(target_meanings)}; it cannot teach this target.")
+    return SourceTeacher(source.name, source.state, head, mapping, len(target_meanings))
+
+
+def ranking_weights(ranking: pd.DataFrame, names: Sequence[str]) -> list[float]:
+    """Teacher weights from a ranking (``ranking.csv`` of :func:`zoo_rl.ranking.rank_sources`): each source's
+    zero-shot evidence above random play (``zero_shot_z``, its standard errors over the random policy's
+    reward rate), floored at 0, normalised to sum 1; equal weights when no source plays above random.
+
+    :raises ValueError: a name missing from the ranking.
+    """
+    by_name = ranking.set_index("source")
+    missing = [n for n in names if n not in by_name.index]
+    if missing:
+        raise ValueError(f"sources {missing} are not in the ranking (it has {list(by_name.index)}).")
+    z = np.array([max(0.0, float(by_name.loc[n, "zero_shot_z"])) if pd.notna(by_name.loc[n, "zero_shot_z"]) else 0.0
+                  for n in names])
+    if z.sum() <= 0:
+        return [1.0 / len(names)] * len(names)
+    return (z / z.sum()).tolist()
+
+
+def distillation_kl(student: Distribution, teacher_probs: Sequence[torch.Tensor], weights: Sequence[float]
+                    ) -> torch.Tensor:
+    """Per-sample ``sum_k w_k KL(teacher_k || student)`` ``(B,)``, differentiable in the student.
+
+    :param student: SB3's categorical distribution of the student on the batch.
+    :param teacher_probs: ``(B, A)`` probabilities per teacher.
+    """
+    if not isinstance(student, CategoricalDistribution):
+        raise ValueError(f"Kickstarting distils discrete policies; the student's distribution is "
+                         f"{type(student).__name__}.")
+    log_pi = student.distribution.logits  # normalised log-probabilities
+    total = torch.zeros(log_pi.shape[0], dtype=log_pi.dtype, device=log_pi.device)
+    for p, w in zip(teacher_probs, weights):
+        p = p.to(log_pi.device, log_pi.dtype)
+        total = total + w * (torch.xlogy(p, p) - p * log_pi).sum(-1)
+    return total
+
+
+class KickstartMixin:
+    """Adds the kickstarting term to an SB3 on-policy algorithm whose loss has an entropy bonus (PPO, A2C).
+
+    :param teachers: :class:`Teacher` modules (e.g. from :func:`load_teacher`); empty: plain training.
+    :param teacher_weights: one weight per teacher (normalised to sum 1); default: equal.
+    :param kickstart_coef: the distillation weight at the start, ``lambda(0)``.
+    :param kickstart_steps: agent steps over which the weight decays linearly to 0, counted from the
+        model's step count when it first trains (default: half of the first ``learn()`` call's steps).
+    """
+
+    def __init__(self, *args: Any, teachers: Sequence[Teacher] = (), teacher_weights: Sequence[float] | None = None,
+                 kickstart_coef: float = 1.0, kickstart_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_teachers(teachers, teacher_weights)
+        if kickstart_coef < 0 or not math.isfinite(kickstart_coef):
+            raise ValueError(f"kickstart_coef must be a finite number >= 0, got {kickstart_coef}.")
+        if kickstart_steps is not None and kickstart_steps <= 0:
+            raise ValueError(f"kickstart_steps must be positive (or None: half of learn()'s steps), got {kickstart_steps}.")
+        self.kickstart_coef = float(kickstart_coef)
+        self.kickstart_steps = kickstart_steps
+        self.kickstart_start: int | None = None
+
+    def set_teachers(self, teachers: Sequence[Teacher], weights: Sequence[float] | None = None) -> None:
+        """Give (or give again, after ``load``) the teachers and their weights."""
+        teachers = list(teachers)
+        if weights is None:
+            weights = [1.0] * len(teachers)
+        weights = [float(w) for w in weights]
+        if len(weights) != len(teachers) or any(w < 0 for w in weights) or (teachers and sum(weights) <= 0):
+            raise ValueError(f"teacher_weights must be one weight >= 0 per teacher, not all 0; got {weights} for "
+                             f"{len(teachers)} teachers.")
+        for teacher in teachers:
+            teacher.requires_grad_(False).eval().to(self.device)
+        self.teachers = teachers
+        self.teacher_weights = [w / sum(weights) for w in weights] if teachers else []
+
+    def _excluded_save_params(self) -> list[str]:
+        return super()._excluded_save_params() + ["teachers"]
+
+    def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> Any:
+        out = super()._setup_learn(total_timesteps, *args, **kwargs)
+        if self.kickstart_start is None:
+            self.kickstart_start = int(self.num_timesteps)
+            if self.kickstart_steps is None:
+                self.kickstart_steps = max(1, int(self._total_timesteps - self.num_timesteps) // 2)
+        if self.teachers and self.kickstart_coef > 0 and self.ent_coef <= 0:
+            raise ValueError("Kickstarting adds its gradient where SB3 adds the entropy bonus: it needs ent_coef > 0 "
+                             f"(got {self.ent_coef}); e.g. ent_coef=0.01 as the RL Baselines3 Zoo's Atari settings.")
+        return out
+
+    def kickstart_weight(self) -> float:
+        """``lambda(t)``: ``kickstart_coef`` decaying linearly to 0 over ``kickstart_steps`` steps."""
+        if self.kickstart_start is None or not self.kickstart_steps:
+            return self.kickstart_coef
+        done = (self.num_timesteps - self.kickstart_start) / self.kickstart_steps
+        return self.kickstart_coef * max(0.0, 1.0 - done)
+
+    def train(self) -> None:
+        weight = self.kickstart_weight() if self.teachers else 0.0
+        self.logger.record("train/kickstart_weight", weight)
+        if weight <= 0:
+            return super().train()
+        policy = self.policy
+        evaluate, get_distribution = policy.evaluate_actions, policy._get_action_dist_from_latent
+        built: list[Distribution] = []
+        kls: list[float] = []
+
+        def capture(latent_pi: torch.Tensor) -> Distribution:
+            distribution = get_distribution(latent_pi)
+            built.append(distribution)
+            return distribution
+
+        def evaluate_actions(obs: torch.Tensor, actions: torch.Tensor):
+            built.clear()
+            values, log_prob, entropy = evaluate(obs, actions)
+            if len(built) != 1 or entropy is None:
+                raise RuntimeError("Kickstarting expects evaluate_actions to build one action distribution with an "
+                                   "entropy (SB3's ActorCriticPolicy); this policy does otherwise.")
+            x = preprocess_obs(obs, self.observation_space, normalize_images=policy.normalize_images)
+            kl = distillation_kl(built[0], [t.probs(x) for t in self.teachers], self.teacher_weights)
+            kls.append(float(kl.detach().mean()))
+            return values, log_prob, entropy - (weight / self.ent_coef) * (kl - kl.detach())
+
+        policy.evaluate_actions, policy._get_action_dist_from_latent = evaluate_actions, capture
+        try:
+            super().train()
+        finally:  # back to the class's methods
+            del policy.evaluate_actions, policy._get_action_dist_from_latent
+        self.logger.record("train/kickstart_kl", float(np.mean(kls)) if kls else math.nan)
+
+
+class KickstartPPO(KickstartMixin, PPO):
+    """SB3's PPO with the kickstarting term (:class:`KickstartMixin`)."""
+
+
+class KickstartA2C(KickstartMixin, A2C):
+    """SB3's A2C with the kickstarting term (:class:`KickstartMixin`)."""
