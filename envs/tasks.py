@@ -1,10 +1,11 @@
 """One entry point for every task family: ``Pong``, ``Pong-m1``, ``lab2d:pushbox``,
 ``lab2d:commons_harvest:probabilistic_apples`` (a level with an argument, here its map),
-``lab2d:clean_up+simulation.thresholdDepletion=1`` (a level with settings, ``+key=value`` each).
+``lab2d:clean_up+simulation.thresholdDepletion=1`` (a level with settings, ``+key=value`` each),
+``mujoco:halfcheetah+mass=1.5`` (a MuJoCo body with changed dynamics, :mod:`envs.mujoco`).
 
 A task knows its name (``game``), a file-system ``slug``, its flavour, and how to build its
-vectorised, 4-frame-stacked environment (``(n_envs, 84, 84, 4)`` uint8 for every family), so
-source training and transfer studies treat Atari games and Lab2D levels alike.
+vectorised environment: 4-frame-stacked ``(n_envs, 84, 84, 4)`` uint8 images for Atari games and
+Lab2D levels alike, so that NatureCNN zoos work across both; the body's state vector for MuJoCo.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from envs.atari import BACKENDS, AtariTask, atari_backend, make_atari, resolve_task
 from envs.lab2d import check_level, make_lab2d, parse_settings
+from envs.mujoco import PREFIX as MUJOCO_PREFIX
+from envs.mujoco import MujocoTask, make_mujoco, resolve_mujoco
 
 LAB2D_PREFIX = "lab2d:"
 
@@ -58,7 +61,7 @@ class Lab2DTask:
         return isinstance(other, Lab2DTask) and (other.level, other.settings) == (self.level, self.settings)
 
 
-Task = AtariTask | Lab2DTask
+Task = AtariTask | Lab2DTask | MujocoTask
 
 
 def resolve(name: str, mode: int | None = None, difficulty: int | None = None) -> Task:
@@ -68,6 +71,11 @@ def resolve(name: str, mode: int | None = None, difficulty: int | None = None) -
     :raises ValueError: unknown game or level (with the valid names), malformed settings, or a
         flavour given for Lab2D.
     """
+    if name.startswith(MUJOCO_PREFIX) or name.startswith("mujoco-"):
+        if mode is not None or difficulty is not None:
+            raise ValueError("MuJoCo bodies have no ALE mode or difficulty; change their dynamics with +name=value, "
+                             "e.g. mujoco:halfcheetah+mass=1.5.")
+        return resolve_mujoco(name)
     if name.startswith(LAB2D_PREFIX) or name.startswith("lab2d-"):
         if mode is not None or difficulty is not None:
             raise ValueError("Lab2D levels have no ALE mode or difficulty; drop --mode/--difficulty, or pick a "
@@ -85,6 +93,9 @@ def task_from_record(record: dict) -> Task:
 
     :raises ValueError: a game or level this version does not know.
     """
+    if "body" in record:
+        return resolve_mujoco(MUJOCO_PREFIX + record["body"]
+                              + "".join(f"+{k}={v}" for k, v in record.get("settings") or ()))
     if "level" in record:
         settings = tuple((str(k), str(v)) for k, v in record.get("settings") or ())
         return Lab2DTask(check_level(record["level"]), tuple(sorted(settings)))
@@ -97,6 +108,10 @@ def env_backend(task: Task, backend: str = "auto") -> str:
 
     :raises ValueError: an unknown backend, or ``ale`` for a flavoured Atari task.
     """
+    if isinstance(task, MujocoTask):
+        if backend not in (*BACKENDS, "mujoco"):
+            raise ValueError(f"Unknown environment backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+        return "mujoco"
     if isinstance(task, Lab2DTask):
         if backend not in (*BACKENDS, "lab2d"):  # "lab2d": the resolved name, as make_env receives it
             raise ValueError(f"Unknown environment backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
@@ -106,12 +121,16 @@ def env_backend(task: Task, backend: str = "auto") -> str:
 
 def make_env(task: Task, n_envs: int, seed: int | None = 0, *, monitor_dir: str | None = None,
              monitor_append: bool = False, backend: str = "gym") -> VecEnv:
-    """The training/evaluation environment of ``task``: ``(n_envs, 84, 84, 4)`` uint8 observations.
+    """The training/evaluation environment of ``task``: ``(n_envs, 84, 84, 4)`` uint8 observations (Atari,
+    Lab2D), or the body's state vector (MuJoCo).
 
     :param backend: for Atari tasks, ``gym`` (the RL Baselines3 Zoo wrappers, used for every
         evaluation), ``ale`` (ale-py's vector environment, faster; the default for training) or
         ``auto``; Lab2D levels have one implementation and ignore it.
     """
+    if isinstance(task, MujocoTask):
+        env_backend(task, backend)
+        return make_mujoco(task, n_envs, seed, monitor_dir=monitor_dir, monitor_append=monitor_append)
     if isinstance(task, Lab2DTask):
         env_backend(task, backend)
         return make_lab2d(task.level, n_envs, seed, monitor_dir=monitor_dir, monitor_append=monitor_append,
