@@ -24,6 +24,7 @@ for after such edits. Out-of-range values and unknown names are refused with the
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,8 +157,23 @@ def apply_changes(env: gym.Env, task: MujocoTask) -> gym.Env:
     return env
 
 
+def _warn(message: str) -> None:
+    warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+
+def route_warnings() -> None:
+    """Send MuJoCo's warnings to Python's ``warnings`` (shown once per place) instead of its default, which
+    prints them and appends them to ``MUJOCO_LOG.TXT`` in the working directory: gymnasium's v5 bodies use
+    a compiler attribute (``settotalmass``) that MuJoCo 4 reports as deprecated every time one is built."""
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is not _warn:
+        mujoco.set_mju_user_warning(_warn)
+
+
 def make_mujoco_env(task: MujocoTask, **kwargs: Any) -> gym.Env:
     """One gymnasium environment of ``task`` (``kwargs`` go to ``gym.make``)."""
+    route_warnings()
     if task.direction == "backward":
         kwargs = {"forward_reward_weight": -1.0, **kwargs}
     return apply_changes(gym.make(task.env_id, **kwargs), task)

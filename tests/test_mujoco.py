@@ -80,3 +80,13 @@ def test_one_entry_point_for_every_family():
     venv = make_env(task, 1, seed=0)
     assert venv.observation_space.shape == (17,)
     venv.close()
+
+
+def test_mujoco_warnings_leave_no_log_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(RuntimeWarning, match="MuJoCo: "):
+        import warnings
+
+        warnings.simplefilter("always")
+        make_mujoco_env(resolve_mujoco("mujoco:halfcheetah"))
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
