@@ -6,19 +6,39 @@
     python experiments/transfer.py --target Pong --methods zoo-lite,zoo-lite:sigmoid,zoo-lite:noalign
     python experiments/transfer.py --aggregate runs/transfer/Pong-ppo runs/transfer/Breakout-ppo
 
-Rerunning the same command skips finished runs and resumes interrupted ones.
+Rerunning the same command skips finished runs and resumes interrupted ones; Ctrl-C stops it at any moment
+with a line that says where it stopped.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
+import signal
 import sys
-from pathlib import Path
 
-from zoo_rl.files import RANKING, RESULT, RESULTS, SUMMARY, write_csv_atomic
-from zoo_rl.study import (METHODS, ZOO_OPTIONS, StudyConfig, compact_summary, cross_target, describe_plan,
-                          extractor_kwargs, plan, run_study)
-from zoo_rl.study.config import ROOT, add_study_arguments, study_from_args
+
+def _stopped_while_starting(signum, frame):  # until the study machinery is imported (a few seconds)
+    os.write(2, b"\nStopped while starting, before anything was written: run the same command to start.\n")
+    os._exit(130)
+
+
+if __name__ == "__main__":
+    for _signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signal, _stopped_while_starting)
+
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from zoo_rl.files import RANKING, RESULT, RESULTS, SUMMARY, write_csv_atomic  # noqa: E402
+from zoo_rl.study import (METHODS, ZOO_OPTIONS, StudyConfig, WorkersLost, compact_summary, cross_target,  # noqa: E402
+                          describe_plan, extractor_kwargs, plan, run_study)
+from zoo_rl.study.config import ROOT, add_study_arguments, study_from_args  # noqa: E402
+from zoo_rl.study.launch import DISK_FULL  # noqa: E402
+from zoo_rl.study.signals import second_signal_exits  # noqa: E402
+
+if __name__ == "__main__":  # run_study handles both in every phase
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 METHODS_HELP = ("methods: " + "; ".join(f"{k}: {v}" for k, v in METHODS.items())
                 + ". Options of zoo, zoo-lite and uniform: <method>:<option>[+<option>] with options "
@@ -58,7 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
     except KeyboardInterrupt:
+        second_signal_exits()
         sys.exit(130)  # run_study has said where it stopped and how to resume
+    except WorkersLost:
+        sys.exit(1)  # run_study has named the runs and said how to resume
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            sys.exit(1)  # run_study has said so, and how to resume
+        raise
     if summary.empty:
         return
     print("\n" + compact_summary(summary).to_string(index=False))

@@ -26,7 +26,14 @@ from zoo_rl.study import RESULT_COLUMNS, StudyConfig, collect_results, cross_tar
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = dict(steps=512, eval_every=256, eval_episodes=1, n_envs=2, seeds=1, rank_steps=16, final_episodes=2)
+TINY = dict(steps=512, eval_every=256, eval_episodes=1, n_envs=2, seeds=1, rank_steps=16, final_episodes=2, workers=1)
+
+
+@pytest.fixture(autouse=True)
+def own_registry(tmp_path, monkeypatch):
+    """Studies trained here register in a folder of the test's own (zoo_rl.study.cores), one torch thread a run."""
+    monkeypatch.setenv("ZOO_RL_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def test_metrics_by_hand():
@@ -351,8 +358,8 @@ def test_ray_launcher_with_local_ray(zoo_paths, tmp_path):
 @pytest.mark.slow
 def test_local_process_pool_runs_seeds_in_parallel(tmp_path):
     out = tmp_path / "study"
-    config = StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=out, workers=2,
-                         **dict(TINY, seeds=2, steps=256, eval_every=256))
+    config = StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=out,
+                         **dict(TINY, workers=2, seeds=2, steps=256, eval_every=256))
     results, summary = run_study(config, progress=False)
     assert sorted(results["seed"]) == [0, 1]
     assert summary.loc[0, "runs"] == 2
@@ -690,7 +697,7 @@ def scratch_study(out: Path, seeds: int, steps: int, eval_every: int):
     command = [sys.executable, str(Path(__file__).resolve().parents[1] / "experiments" / "transfer.py"),
                "--target", "Pong", "--methods", "scratch", "--seeds", str(seeds), "--steps", str(steps),
                "--eval-every", str(eval_every), "--eval-episodes", "1", "--n-envs", "2", "--final-episodes", "0",
-               "--out", str(out)]
+               "--workers", "1", "--out", str(out)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
 

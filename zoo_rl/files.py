@@ -6,8 +6,8 @@ content, never half of it: every writer here writes a temporary file in the same
 A run folder (:mod:`zoo_rl.training`) holds :data:`CONFIG`, :data:`CHECKPOINT`, :data:`STATUS`,
 :data:`EVALUATIONS`, Monitor CSVs, :data:`TENSORBOARD` and, once finished, :data:`FINAL`. A study run adds
 :data:`PROGRESS`, :data:`GATES`, :data:`FINAL_EVALUATION`, :data:`RESULT` and :data:`LOCK`; a study folder
-(:mod:`zoo_rl.study`) holds :data:`STUDY`, :data:`RANKING` and the tables :data:`RESULTS`, :data:`SUMMARY`,
-:data:`CURVES` and :data:`GATES`.
+(:mod:`zoo_rl.study`) holds :data:`STUDY`, :data:`RANKING` (with :data:`RANKING_PARTIAL` while the ranking is
+not finished) and the tables :data:`RESULTS`, :data:`SUMMARY`, :data:`CURVES` and :data:`GATES`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ LOCK = ".lock"  #: held by the process that trains the run
 # A study's files.
 STUDY = "study.json"  #: the resolved StudyConfig and every command that trained the folder
 RANKING = "ranking.csv"  #: the sources ranked for the target (zoo_rl.ranking)
+RANKING_PARTIAL = "ranking.partial.csv"  #: the sources scored so far by a ranking not finished yet
 RESULTS = "results.csv"  #: one row per finished run
 SUMMARY = "summary.csv"  #: one row per method
 CURVES = "curves.csv"  #: every evaluation of every run

@@ -22,6 +22,10 @@ whose play is useless may still fine-tune well), effects that need more than ``s
 show (rare rewards), and sources without an action head (a bare extractor, a CleanRL file) or
 whose actions share no meaning with the target's (another family): those are ranked by the
 probe alone. Validation against the fine-tunes of the published studies: ``docs/results.md``.
+
+Every source is scored on its own (against the same seeded random-policy run), so a ranking stopped part-way
+can go on from the sources it scored: ``rank_sources(..., scored=rows)`` plays only the others, and
+``on_scored`` hands each row over as soon as it exists (the study runner keeps them in ``ranking.partial.csv``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -54,6 +58,10 @@ PROBE_RIDGE = 100.0
 Z_THRESHOLD = 2.0
 RANKING_COLUMNS = ["rank", "source", "basis", "zero_shot_rate", "zero_shot_se", "zero_shot_z", "zero_shot_return",
                    "zero_shot_episodes", "probe_r2", "shared_actions", "random_rate", "agent_steps", "seconds"]
+#: The columns of one scored source, before the ranking orders them (``rank`` and ``basis`` come last).
+SCORE_COLUMNS = [c for c in RANKING_COLUMNS if c not in ("rank", "basis")]
+#: Name under which the shared random-policy run reports its progress (``on_play``).
+RANDOM_POLICY = "random policy"
 _ATARI_PARTS = re.compile(r"UP|DOWN|LEFT|RIGHT|FIRE")
 
 
@@ -137,22 +145,29 @@ def features(source: Source, observations: np.ndarray) -> torch.Tensor:
     return F.relu(F.linear(x.flatten(1), source.state["linear.0.weight"], source.state["linear.0.bias"]))
 
 
-def play(venv: VecEnv, steps: int, act, keep_observations: bool = False) -> Rollout:
-    """Run ``act(observations (n, C, H, W) uint8) -> actions (n,)`` for ``steps`` agent steps in total."""
+def play(venv: VecEnv, steps: int, act, keep_observations: bool = False,
+         on_step: Callable[[int], None] | None = None, report_every: int = 256) -> Rollout:
+    """Run ``act(observations (n, C, H, W) uint8) -> actions (n,)`` for ``steps`` agent steps in total;
+    ``on_step(agent steps so far)`` at the start, about every ``report_every`` agent steps, and at the end."""
     n = venv.num_envs
     per_env = max(1, steps // n)
+    every = max(1, report_every // n)
     obs = venv.reset()
     rewards = np.zeros((per_env, n), dtype=np.float32)
     dones = np.zeros((per_env, n), dtype=bool)
     kept = np.zeros((per_env, n, obs.shape[-1], *obs.shape[1:3]), dtype=np.uint8) if keep_observations else None
     returns: list[float] = []
     for t in range(per_env):
+        if on_step is not None and t % every == 0:
+            on_step(t * n)
         chw = np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
         if kept is not None:
             kept[t] = chw
         obs, reward, done, infos = venv.step(act(chw))
         rewards[t], dones[t] = np.sign(reward), done
         returns += [float(i["episode"]["r"]) for i in infos if "episode" in i]
+    if on_step is not None:
+        on_step(per_env * n)
     return Rollout(rewards, dones, kept, returns)
 
 
@@ -186,12 +201,20 @@ def probe_r2(feats: np.ndarray, targets: np.ndarray, ridge: float = PROBE_RIDGE)
 
 
 def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: int = RANK_STEPS,
-                 n_envs: int = RANK_ENVS, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+                 n_envs: int = RANK_ENVS, seed: int = 0, progress: bool = False,
+                 scored: pd.DataFrame | None = None, on_scored: Callable[[dict[str, Any]], None] | None = None,
+                 on_play: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
     """Score and rank the sources in ``zoo`` for ``target`` (see the module docstring).
 
     :param target: a task or a task name (``Pong``, ``Breakout-m4``, ``lab2d:commons_harvest``).
     :param zoo: sources as :func:`zoo_rl.load_source` reads them.
     :param steps: agent steps per source (and for the random policy).
+    :param scored: rows (:data:`SCORE_COLUMNS`) of sources scored already by a call with the same target,
+        ``steps``, ``n_envs`` and ``seed``: kept as they are, those sources are not played again (the random
+        policy is, unless every source is kept: its seeded run is the same).
+    :param on_scored: called with each newly scored source's row as soon as it is scored.
+    :param on_play: ``on_play(name, agent steps so far, steps)`` while a policy plays (the random policy is
+        named :data:`RANDOM_POLICY`).
     :return: one row per source, best first: columns :data:`RANKING_COLUMNS`.
     :raises ValueError: an empty zoo, or ``steps`` smaller than ``n_envs`` x 2.
     """
@@ -202,25 +225,36 @@ def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: in
         raise ValueError(f"steps ({steps}) must be at least 2 x n_envs and n_envs ({n_envs}) at least 2: the "
                          "standard errors and the probe's held-out half come from the separate environments.")
     rng = np.random.default_rng(seed)
+    kept = {str(r["source"]): {c: r.get(c, np.nan) for c in SCORE_COLUMNS}
+            for r in (scored.to_dict("records") if scored is not None else [])}
+    loaded = [(spec, load_source(spec)) for spec in zoo]
 
     def fresh_env() -> VecEnv:
         return make_env(task, n_envs, seed=seed, backend="gym")
 
-    venv = fresh_env()
-    try:
-        meanings = action_meanings(venv)
-        start = time.perf_counter()
-        random = play(venv, steps, lambda obs: rng.integers(len(meanings), size=len(obs)), keep_observations=True)
-        random_seconds = time.perf_counter() - start
-    finally:
-        venv.close()
-    random_rate, random_se = random.rate()
-    targets = returns_to_go(random.rewards, random.dones)
-    frames = random.observations.reshape(-1, *random.observations.shape[2:])
-    rows = []
-    for spec in zoo:
+    def reporter(name: str):
+        return None if on_play is None else (lambda done: on_play(name, done, steps))
+
+    rows: list[dict[str, Any]] = []
+    random_seconds = float("nan")
+    if any(source.name not in kept for _, source in loaded):  # the probe's frames and the zero-shot baseline
+        venv = fresh_env()
+        try:
+            meanings = action_meanings(venv)
+            start = time.perf_counter()
+            random = play(venv, steps, lambda obs: rng.integers(len(meanings), size=len(obs)), keep_observations=True,
+                          on_step=reporter(RANDOM_POLICY))
+            random_seconds = time.perf_counter() - start
+        finally:
+            venv.close()
+        random_rate, random_se = random.rate()
+        targets = returns_to_go(random.rewards, random.dones)
+        frames = random.observations.reshape(-1, *random.observations.shape[2:])
+    for spec, source in loaded:
+        if source.name in kept:
+            rows.append(kept[source.name])
+            continue
         started = time.perf_counter()
-        source = load_source(spec)
         feats = features(source, frames).numpy().reshape(*random.rewards.shape, -1)
         row = dict(source=source.name, probe_r2=probe_r2(feats, targets), random_rate=random_rate,
                    shared_actions=0, zero_shot_rate=np.nan, zero_shot_se=np.nan, zero_shot_z=np.nan,
@@ -242,7 +276,7 @@ def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: in
 
                 venv = fresh_env()
                 try:
-                    rollout = play(venv, steps, act)
+                    rollout = play(venv, steps, act, on_step=reporter(source.name))
                 finally:
                     venv.close()
                 rate, se = rollout.rate()
@@ -253,6 +287,8 @@ def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: in
                            agent_steps=int(rollout.rewards.size))
         row["seconds"] = round(time.perf_counter() - started, 1)
         rows.append(row)
+        if on_scored is not None:
+            on_scored(dict(row))
         if progress:
             print(f"  {source.name}: zero-shot z {row['zero_shot_z']:.1f}, probe R² {row['probe_r2']:.3f} "
                   f"({row['seconds']:.0f} s)", flush=True)

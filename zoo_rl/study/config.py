@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zipfile
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -11,7 +12,8 @@ from typing import Any, Callable, Sequence
 from envs.atari import BACKENDS
 from envs.tasks import Task, make_env, resolve
 from zoo_rl.extractor import ZooExtractor, cached_zoo
-from zoo_rl.files import CONFIG, STUDY, command_line, write_json
+from zoo_rl.files import (CONFIG, EVALUATIONS, FINAL_EVALUATION, RESULT, STATUS, STUDY, command_line,
+                          write_json)
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.ranking import RANK_STEPS
 from zoo_rl.sources import META_FILE, Source
@@ -70,7 +72,10 @@ class StudyConfig:
                                       type=float)
     precision: str = _option("bf16: FastCnnPolicy (bf16 channels-last extractor where the CPU has native bf16); "
                              "fp32: plain CnnPolicy", "bf16", choices=("bf16", "fp32"))
-    workers: int = _option("runs in parallel with the local launcher", 1)
+    workers: int | None = _option(
+        "runs trained at a time by the local launcher, each with cores/runs torch threads (default: one per core "
+        "that other study processes on this machine leave free, at most the runs left: on 2 cores two single-thread "
+        "runs train about 1.35x the steps/s of one two-thread run)", None, type=int)
     launcher: str = _option("local (this process, or a process pool with --workers) or ray", "local",
                             choices=("local", "ray"))
     ray_address: str | None = _option("Ray cluster address (default: start a local Ray)", None)
@@ -199,12 +204,83 @@ def trained_normalisation(run_dir: Path, method: str) -> str | None:
     config = Path(run_dir) / CONFIG
     if not config.is_file():
         return None
-    recorded = json.loads(config.read_text()).get("extractor_kwargs")
+    recorded = _read_json(config, Path(run_dir)).get("extractor_kwargs")
     if recorded is None:
         raise ValueError(f"{config} records no extractor_kwargs, so the gates {method} trained with are unknown: "
                          f"add them to it (e.g. \"extractor_kwargs\": {json.dumps(extractor_kwargs(method))}) or "
                          f"delete {run_dir} to train the run again.")
     return recorded.get("normalisation")
+
+
+def _unreadable(path: Path, reason: str, fix: str) -> ValueError:
+    return ValueError(f"{path} is unreadable ({reason}): {fix}. Every other run is untouched, and the same command "
+                      "resumes the study.")
+
+
+def _retrain(run_dir: Path) -> str:
+    return f"delete the folder {run_dir} to train this run again from the start"
+
+
+def _read_json(path: Path, run_dir: Path, fix: str | None = None) -> dict[str, Any]:
+    """A run file's JSON object.
+
+    :raises ValueError: the file is not a JSON object, naming it and ``fix`` (default: train the run again).
+    """
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _unreadable(path, str(exc), fix or _retrain(run_dir)) from None
+    if not isinstance(value, dict):
+        raise _unreadable(path, "not a JSON object", fix or _retrain(run_dir))
+    return value
+
+
+def check_run_files(job: RunJob) -> None:
+    """Check the files of a run that the study reads back (its state and its tables come from them) before
+    anything trains: a truncated or corrupt file stops the study with its name and the fix, instead of a
+    traceback later or a table silently built from it. Every file is written atomically, so a kill does not
+    corrupt one: a full disk, a copy cut short or a hand edit can. (The checkpoint is checked when its run
+    resumes; the study's own tables are rebuilt from these files.)
+
+    :raises ValueError: naming the file and the fix.
+    """
+    run_dir = job.run_dir
+    finished = (run_dir / RESULT).is_file()
+    config = run_dir / CONFIG
+    if config.is_file():
+        _read_json(config, run_dir, None if finished else
+                   f"delete {config}, which the rerun writes again (it then cannot check that the run resumes on "
+                   f"the environment backend and gate normalisation it started with), or {_retrain(run_dir)}")
+    if finished:
+        row = _read_json(run_dir / RESULT, run_dir)
+        missing = [k for k in ("target", "method", "seed", "final_return") if k not in row]
+        if missing:
+            raise _unreadable(run_dir / RESULT, f"no {', '.join(missing)}", _retrain(run_dir))
+    final = run_dir / FINAL_EVALUATION
+    if final.is_file():
+        fix = (f"delete it and run `python experiments/reevaluate.py {job.study.out}`, which plays the same seeded "
+               "final games again" if finished else "delete it: the rerun plays the run's final games again")
+        returns = _read_json(final, run_dir, fix).get("returns")
+        if not isinstance(returns, list) or not returns:
+            raise _unreadable(final, "no returns", fix)
+    status = run_dir / STATUS
+    if status.is_file() and not finished:
+        fix = (f"{_retrain(run_dir)}, or delete {status} to resume from its checkpoint without the training time "
+               "recorded before it (its steps/s would then be too high)")
+        record = _read_json(status, run_dir, fix)
+        if not isinstance(record.get("num_timesteps"), int) or "wall_seconds" not in record:
+            raise _unreadable(status, "no num_timesteps or wall_seconds", fix)
+    evaluations = run_dir / EVALUATIONS
+    if evaluations.is_file():
+        import numpy as np
+
+        try:
+            with np.load(evaluations) as data:
+                lengths = {len(data[k]) for k in ("timesteps", "results", "ep_lengths")}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise _unreadable(evaluations, str(exc) or type(exc).__name__, _retrain(run_dir)) from None
+        if len(lengths) != 1 or (finished and lengths == {0}):
+            raise _unreadable(evaluations, "timesteps, results and ep_lengths disagree", _retrain(run_dir))
 
 
 def check_normalisation(job: RunJob) -> None:
@@ -221,7 +297,9 @@ def check_normalisation(job: RunJob) -> None:
 
 
 def plan(study: StudyConfig) -> list[RunJob]:
-    """Resolve and check everything before any training: target, zoo, methods, algorithm.
+    """Resolve and check everything before any training: target, zoo, methods, algorithm, the files of the runs
+    started before (:func:`check_run_files`), and the runs to train at a time where ``study.workers`` is None
+    (:func:`zoo_rl.study.cores.default_workers`).
 
     :raises ValueError / FileNotFoundError: with what to fix.
     """
@@ -259,5 +337,13 @@ def plan(study: StudyConfig) -> list[RunJob]:
     # Seed-major: a study stopped part-way has every method at the same number of seeds.
     jobs = [RunJob(study, task, list(zoo), m, s) for s in range(study.seeds) for m in methods]
     for job in jobs:
+        check_run_files(job)
         check_normalisation(job)
+    if study.workers is None:  # one run per free core (zoo_rl.study.cores)
+        from zoo_rl.study.cores import default_workers
+
+        pending = sum(1 for j in jobs if not (j.run_dir / RESULT).is_file())
+        study.workers = 1 if study.launcher == "ray" else default_workers(pending)
+    if study.workers < 1:
+        raise ValueError(f"--workers must be positive, got {study.workers}.")
     return jobs

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo_rl.files import CHECKPOINT, PROGRESS, RESULT, STATUS
+from zoo_rl.files import CHECKPOINT, FINAL_EVALUATION, PROGRESS, RANKING, RANKING_PARTIAL, RESULT, STATUS
 from zoo_rl.study.config import RunJob, StudyConfig
+from zoo_rl.study.cores import describe_split
 from zoo_rl.study.methods import ZOO_GATES, zoo_options
 from zoo_rl.study.tables import parallel_runs
 
@@ -24,6 +25,12 @@ RELATIVE_COST = {"scratch": 1.0, "finetune": 1.0, "uniform": 1.6, "zoo-lite": 1.
 
 #: Scratch's agent steps per second in one single-thread process, for estimates before any run has finished.
 REFERENCE_STEPS_PER_SECOND = 250.0
+
+
+#: Agent steps per second of the source ranking (a policy playing the target on 8 gym environments), for its
+#: ETA before it has measured its own: the committed zoo's 5 sources (6 plays of 10k steps, the random policy's
+#: included) take about 1-2 minutes on two cores.
+REFERENCE_RANKING_STEPS_PER_SECOND = 600.0
 
 
 _NATURE_PARAMS = 8_224 + 32_832 + 36_928 + 1_606_144
@@ -45,7 +52,8 @@ def run_bytes(method: str, n_sources: int) -> int:
 
 
 def _run_state(job: RunJob) -> tuple[str, int]:
-    """``("done", steps)``, ``("partial", step of its checkpoint)`` or ``("to do", 0)``."""
+    """``("done", steps)``, ``("partial", step of its checkpoint)`` or ``("to do", 0)``; a run trained to the end
+    whose final games are not played yet is partial at its last step."""
     if (job.run_dir / RESULT).is_file():
         return "done", job.study.steps
     status = job.run_dir / STATUS
@@ -78,9 +86,31 @@ def method_seconds_per_step(jobs: list[RunJob]) -> dict[str, float]:
 
 
 def _parallel_speedup(workers: int) -> float:
-    """Machine throughput of ``workers`` single-thread runs against one: each core past the first adds about
-    half a run (the emulators and memory are shared)."""
-    return 1.0 + 0.5 * (max(1, min(workers, os.cpu_count() or 1)) - 1)
+    """Machine throughput of ``workers`` single-thread runs against one run on every core: each core past the
+    first adds about a third of a run (the emulators and memory are shared; on 2 cores two single-thread runs
+    made 1.28-1.59x the steps/s of one two-thread run, 1.35x for the project pipeline: benchmarks/README.md)."""
+    return 1.0 + 0.35 * (max(1, min(workers, os.cpu_count() or 1)) - 1)
+
+
+def ranking_plan(study: StudyConfig, jobs: list[RunJob]) -> str | None:
+    """The plan's line about the source ranking (``None`` where the study needs none or has it already)."""
+    from zoo_rl.extractor import cached_zoo
+    from zoo_rl.study.runs import kept_scores, read_ranking
+
+    zoo = jobs[0].zoo
+    if not zoo or all(j.method == "scratch" for j in jobs):
+        return None
+    out = Path(study.out)
+    names = [s.name for s in cached_zoo(zoo)]
+    if (out / RANKING).is_file() and read_ranking(out / RANKING, names)[0] is not None:
+        return None
+    kept = kept_scores(out / RANKING_PARTIAL, jobs[0].task, study.rank_steps, names, None)
+    kept_count = 0 if kept is None else len(kept)
+    plays = len(names) - kept_count + 1  # and the random policy's
+    seconds = plays * study.rank_steps / REFERENCE_RANKING_STEPS_PER_SECOND
+    return (f"ranking first: {len(names)} sources x {study.rank_steps:,} agent steps (and a random policy), about "
+            f"{format_duration(seconds)}" + (f"; {kept_count} scored before, kept" if kept_count else "")
+            + f" -> {out / RANKING}")
 
 
 def format_duration(seconds: float) -> str:
@@ -105,7 +135,7 @@ def describe_plan(study: StudyConfig, jobs: list[RunJob]) -> str:
     remaining = sum(seconds[m] * (study.steps - step) for (m, _), (state, step) in states.items() if state != "done")
     if study.final_episodes > 0:  # the final games, about a minute a run
         remaining += 60.0 * (len(jobs) - len(done))
-    workers = 1 if study.launcher == "ray" else study.workers
+    workers = 1 if study.launcher == "ray" else int(study.workers or 1)
     n_sources = len(zoo)
     disk = sum(run_bytes(m, n_sources) for m in methods) * study.seeds
     lines = [
@@ -115,13 +145,77 @@ def describe_plan(study: StudyConfig, jobs: list[RunJob]) -> str:
         f"{len(methods)} methods x {study.seeds} seeds = {len(jobs)} runs -> {study.out}",
         "  methods: " + ", ".join(methods),
         f"done {len(done)}, partial {len(partial)}, to do {len(jobs) - len(done) - len(partial)}"
-        + "".join(f"\n  resumes {m} seed {s} from step {step:,}" for (m, s), step in partial.items()),
+        + "".join(f"\n  resumes {m} seed {s} from step {step:,}" if step < study.steps else
+                  f"\n  {m} seed {s} is trained to step {step:,}: it plays its final games" for (m, s), step in
+                  partial.items()),
         f"estimate: about {format_duration(remaining / _parallel_speedup(workers))} of training "
         f"({workers} worker{'s' if workers > 1 else ''}; from "
         + ("this study's finished runs" if done else "reference speeds, refined as runs finish")
         + f"), about {disk / 1e9:.1f} GB on disk when finished",
+        describe_split(workers, study.launcher, runs_left=len(jobs) - len(done)),
     ]
+    ranking = ranking_plan(study, jobs)
+    if ranking:
+        lines.append(ranking)
+    lines.append("Ctrl-C stops it at any moment; the same command resumes it.")
     return "\n".join(lines)
+
+
+class RankingProgress:
+    """The study's progress line while the sources are ranked: sources scored, the policy playing and its steps,
+    and an ETA (from the steps played in this process, or :data:`REFERENCE_RANKING_STEPS_PER_SECOND` before a
+    few seconds of them). Every source is counted as played, an upper bound: a source without an action head
+    for the target is scored by the probe alone."""
+
+    def __init__(self, slug: str, sources: int, steps: int, kept: int = 0, enabled: bool = True) -> None:
+        self.slug, self.sources, self.steps = slug, sources, steps
+        self.scored = kept
+        self.plays = sources - kept + 1  # and the random policy
+        self.finished_plays = 0
+        self.current: tuple[str, int] | None = None
+        self.started = time.monotonic()
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=1000, bar_format="{percentage:3.0f}%|{bar:20}| {desc}", dynamic_ncols=True,
+                            leave=False)
+
+    def played(self) -> int:
+        return self.finished_plays * self.steps + (self.current[1] if self.current else 0)
+
+    def eta(self) -> float:
+        elapsed, played = time.monotonic() - self.started, self.played()
+        rate = played / elapsed if played > 0 and elapsed >= 5 else REFERENCE_RANKING_STEPS_PER_SECOND
+        return max(0, self.plays * self.steps - played) / max(rate, 1e-9)
+
+    def update(self, name: str, done: int, total: int) -> None:
+        """A policy reports its steps (``rank_sources``'s ``on_play``)."""
+        if self.current is not None and self.current[0] != name:
+            self.finished_plays += 1
+        self.current = (name, int(done))
+        self.refresh()
+
+    def source_scored(self, row: dict | None = None) -> None:
+        self.scored += 1
+        self.refresh()
+
+    def description(self) -> str:
+        playing = f" | {self.current[0]} at {self.current[1]:,}/{self.steps:,} steps" if self.current else ""
+        return (f"{self.slug}: ranking the sources, {self.scored}/{self.sources} scored{playing} "
+                f"| ETA {format_duration(self.eta())}")
+
+    def refresh(self) -> None:
+        if self.bar is None:
+            return
+        self.bar.n = int(1000 * min(1.0, self.played() / max(1, self.plays * self.steps)))
+        self.bar.set_description_str(self.description(), refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class StudyProgress:
@@ -212,11 +306,33 @@ class StudyProgress:
             self.bar = None
 
 
-def stop_message(study: StudyConfig, jobs: list[RunJob]) -> str:
-    """What a stopped study says: where each unfinished run stands, and that the same command resumes it."""
+#: What a stopped study says it was doing, by phase (:func:`stop_message`).
+PHASES = {"plan": "while planning", "ranking": "while ranking the sources", "training": "",
+          "tables": "while writing the tables"}
+
+
+def stop_message(study: StudyConfig, jobs: list[RunJob], phase: str = "training", detail: str = "",
+                 reason: str = "", first: str = "Run") -> str:
+    """What a stopped study says: the phase it stopped in (:data:`PHASES`, with ``detail``), why where it is not
+    a signal (``reason``), where each unfinished run stands, and that the same command resumes it (``first``:
+    the sentence's start, "Free some space, then run" after a full disk)."""
+    where = PHASES.get(phase, "")
+    head = ("Stopped" + (f" {where}" if where else "") + "".join(f" ({x})" for x in (detail, reason) if x))
+    if not jobs:
+        return f"{head}, before any training. {first} the same command to start the study."
     done = sum(1 for j in jobs if (j.run_dir / RESULT).is_file())
     partial = [(j, step) for j in jobs for state, step in [_run_state(j)] if state == "partial"]
-    where = "; ".join(f"{j.method} seed {j.seed} at its checkpoint of step {step:,}" for j, step in partial)
-    return (f"Stopped: {done}/{len(jobs)} runs finished" + (f"; {where}" if where else "") + ". "
-            f"Run the same command to resume: each interrupted run continues from its last checkpoint and trains "
-            f"at most {study.eval_every:,} steps again.")
+    states = "; ".join(
+        f"{j.method} seed {j.seed} trained to step {step:,}, its final games to play"
+        if step >= study.steps and study.final_episodes > 0 and not (j.run_dir / FINAL_EVALUATION).is_file()
+        else f"{j.method} seed {j.seed} at its checkpoint of step {step:,}" for j, step in partial)
+    resume = {
+        "plan": "",
+        "ranking": ": the sources scored are kept and only the others are played, then the runs train",
+        "tables": ": the tables are rewritten from the finished runs, each kept in its result.json",
+    }.get(phase, "")
+    if partial:
+        resume += ((", and " if resume else ": ") + "each interrupted run continues from its last checkpoint and "
+                   f"trains at most {study.eval_every:,} steps again")
+    return f"{head}: {done}/{len(jobs)} runs finished" + (f"; {states}" if states else "") + \
+        f". {first} the same command to resume{resume}."

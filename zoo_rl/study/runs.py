@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -19,18 +20,21 @@ from zoo_rl.baselines import EnsembleExtractor, load_extractor_weights
 from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor, cached_zoo
-from zoo_rl.files import (CHECKPOINT, EVALUATIONS, FINAL, FINAL_EVALUATION, GATES, LOCK, PROGRESS, RANKING, RESULT,
-                          STATUS, TENSORBOARD, command_line, file_lock, save_model_atomic, write_csv_atomic,
-                          write_json)
+from zoo_rl.files import (CHECKPOINT, EVALUATIONS, FINAL, FINAL_EVALUATION, GATES, LOCK, PROGRESS, RANKING,
+                          RANKING_PARTIAL, RESULT, STATUS, TENSORBOARD, command_line, file_lock, save_model_atomic,
+                          write_csv_atomic, write_json)
 from zoo_rl.layers import ranked_gates
 from zoo_rl.machine import extractor_precision, machine_info, reuse_freed_memory
 from zoo_rl.metrics import area_under_curve, human_normalised
 from zoo_rl.optim import zoo_optimizer
 from zoo_rl.policies import FastCnnPolicy
-from zoo_rl.ranking import rank_sources, ranking_order
+from zoo_rl.ranking import SCORE_COLUMNS, rank_sources, ranking_order
 from zoo_rl.study.config import HYPERPARAMS_DIR, RunJob, StudyConfig
+from zoo_rl.study.cores import run_threads, study_processes
+from zoo_rl.study.signals import FAULT_ENV, fault_point
 from zoo_rl.study.methods import RANKED_WEIGHT, ZOO_GATES, extractor_kwargs, ranked_top
-from zoo_rl.training import EVAL_SEED_OFFSET, ON_POLICY, RunSpec, hyperparams_for, load_evaluations, new_model, open_run, train_run
+from zoo_rl.training import (EVAL_SEED_OFFSET, ON_POLICY, RunSpec, algo_class, hyperparams_for, load_evaluations,
+                             new_model, open_run, train_run)
 
 
 def _hyperparams(job: RunJob) -> tuple[dict[str, Any], int]:
@@ -57,17 +61,95 @@ def run_extractor_kwargs(job: RunJob) -> dict[str, Any]:
     return kwargs
 
 
-def study_ranking(study: StudyConfig, task: Task, zoo: list[str]) -> pd.DataFrame:
-    """The study's source ranking, ``<out>/ranking.csv``: read if present, else computed and written
-    (:func:`zoo_rl.ranking.rank_sources`, ``study.rank_steps`` per source, otherwise its defaults)."""
+def study_ranking(study: StudyConfig, task: Task, zoo: list[str],
+                  on_play: Callable[[str, int, int], None] | None = None,
+                  say: Callable[[str], None] | None = None,
+                  on_scored: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+    """The study's source ranking, ``<out>/ranking.csv``: read if it ranks exactly this zoo's sources and is
+    whole, else computed by :func:`resumable_ranking` (``study.rank_steps`` per source); ``say`` is told why a
+    ranking.csv present is computed again, and which sources a stopped ranking had scored already."""
     path = Path(study.out) / RANKING
     if path.is_file():
-        table = pd.read_csv(path)
-        if sorted(table["source"]) == sorted(s.name for s in cached_zoo(zoo)):
+        table, problem = read_ranking(path, [s.name for s in cached_zoo(zoo)])
+        if table is not None:
             return table
-    table = rank_sources(task, zoo, steps=study.rank_steps)
-    write_csv_atomic(table, path)
+        if say is not None:
+            say(f"{path} {problem}: ranking the sources again")
+    return resumable_ranking(Path(study.out), task, zoo, study.rank_steps, on_play=on_play, say=say,
+                             on_scored=on_scored)
+
+
+def read_ranking(path: Path, names: list[str]) -> tuple[pd.DataFrame | None, str | None]:
+    """``(table, None)`` where ``path`` is a whole ranking of the sources ``names`` (columns ``rank`` and ``source`` at
+    least), else ``(None, what is wrong)``: unreadable, cut short (every writer ends it with a newline), without
+    those columns, with a score missing, or ranking other sources."""
+    try:
+        text = Path(path).read_text()
+        if not text.endswith("\n"):
+            return None, "is cut short (its last line has no end)"
+        table = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+        return None, f"cannot be read ({str(exc).strip() or type(exc).__name__})"
+    missing = [c for c in ("rank", "source") if c not in table]
+    if missing:
+        return None, f"has no {', '.join(missing)} column"
+    if sorted(table["source"].astype(str)) != sorted(names):
+        return None, f"ranks other sources ({', '.join(map(str, table['source']))}) than this zoo's ({', '.join(names)})"
+    scores = [c for c in ("rank", "basis", "probe_r2") if c in table]  # a ranking made by hand may have rank only
+    if table[scores].isna().any().any() or sorted(table["rank"]) != list(range(1, len(names) + 1)):
+        return None, "is incomplete (a rank, basis or probe score is missing)"
+    return table, None
+
+
+def resumable_ranking(out: Path, task: Task, zoo: list[str], steps: int,
+                      on_play: Callable[[str, int, int], None] | None = None,
+                      say: Callable[[str], None] | None = None,
+                      on_scored: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
+    """:func:`zoo_rl.ranking.rank_sources` for ``task``, written to ``<out>/ranking.csv``, that resumes per source:
+    each source's row goes to ``<out>/ranking.partial.csv`` as soon as it is scored (then to ``on_scored``), and
+    a later call keeps the rows there of the same target and ``steps`` (``say`` names them) and plays only the
+    other sources. The partial file is removed once ranking.csv is written."""
+    out = Path(out)
+    partial = out / RANKING_PARTIAL
+    names = [s.name for s in cached_zoo(zoo)]
+    scored = kept_scores(partial, task, steps, names, say)
+    rows = [] if scored is None else scored.to_dict("records")
+    if rows and say is not None:
+        kept = [r["source"] for r in rows]
+        say(f"ranking: kept {len(kept)} of {len(names)} sources scored before ({', '.join(kept)}); "
+            + (f"playing the other {len(names) - len(kept)}" if len(kept) < len(names) else "ordering them"))
+
+    def keep(row: dict[str, Any]) -> None:
+        rows.append({**row, "target": task.slug, "rank_steps": steps})
+        write_csv_atomic(pd.DataFrame(rows), partial)
+        if on_scored is not None:
+            on_scored(row)
+        fault_point("ranking")
+
+    table = rank_sources(task, zoo, steps=steps, scored=scored, on_scored=keep, on_play=on_play)
+    write_csv_atomic(table, out / RANKING)
+    partial.unlink(missing_ok=True)
     return table
+
+
+def kept_scores(partial: Path, task: Task, steps: int, names: list[str],
+                 say: Callable[[str], None] | None) -> pd.DataFrame | None:
+    """The rows of ``ranking.partial.csv`` that a ranking of ``names`` on ``task`` at ``steps`` can keep (``None``
+    without a readable file; ``say`` is told why one cannot be read)."""
+    if not partial.is_file():
+        return None
+    try:
+        if not partial.read_text().endswith("\n"):
+            raise ValueError("its last line has no end")
+        table = pd.read_csv(partial)
+        table = table[(table["target"] == task.slug) & (table["rank_steps"] == steps)
+                      & table["source"].astype(str).isin(names)]
+        table = table.dropna(subset=["probe_r2", "random_rate"]).drop_duplicates("source", keep="last")
+        return table[SCORE_COLUMNS + ["target", "rank_steps"]].reset_index(drop=True)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError) as exc:
+        if say is not None:
+            say(f"{partial} cannot be read ({exc}): scoring every source again")
+        return None
 
 
 def run_spec(job: RunJob) -> RunSpec:
@@ -105,22 +187,45 @@ def build_model(job: RunJob, env, spec: RunSpec | None = None) -> Any:
 
 
 class ProgressFile(BaseCallback):
-    """Writes ``progress.json`` (steps done) after every rollout (or every ``every`` steps off-policy) and
-    calls ``on_progress(steps)``: the study's progress bar reads either, from any launcher, since runs may
-    live in other processes or on other machines."""
+    """Writes ``progress.json`` (steps done, and the pid of the process training the run) after every rollout
+    (or every ``every`` steps off-policy) and calls ``on_progress(steps)``: the study's progress bar reads
+    either, from any launcher, since runs may live in other processes or on other machines. With
+    ``share_cores``, it also sets the run's torch threads to its share of the machine's cores
+    (:func:`zoo_rl.study.cores.run_threads`), which changes when study processes start or end."""
 
-    def __init__(self, path: Path, every: int = 1024, on_progress: Callable[[int], None] | None = None) -> None:
+    def __init__(self, path: Path, every: int = 1024, on_progress: Callable[[int], None] | None = None,
+                 share_cores: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
         self.every = every
         self.on_progress = on_progress
+        self.share_cores = share_cores
         self._last = 0
+        self._start = 0
+
+    def _on_training_start(self) -> None:
+        self._start = self.num_timesteps
 
     def _report(self) -> None:
         self._last = self.num_timesteps
-        write_json(self.path, {"steps": int(self.num_timesteps)})
+        write_json(self.path, {"steps": int(self.num_timesteps), "pid": os.getpid()})
         if self.on_progress is not None:
             self.on_progress(int(self.num_timesteps))
+        if self.share_cores:
+            threads = run_threads()
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
+
+    def _on_rollout_start(self) -> None:
+        if FAULT_ENV in os.environ and self._checkpointed():
+            fault_point("training")
+
+    def _checkpointed(self) -> bool:
+        """Whether this process has written a checkpoint of the run (status.json past where it started)."""
+        try:
+            return json.loads((self.path.parent / STATUS).read_text())["num_timesteps"] > self._start
+        except (OSError, ValueError, KeyError):
+            return False
 
     def _on_rollout_end(self) -> None:
         self._report()
@@ -181,9 +286,11 @@ def _check_checkpoint(job: RunJob) -> None:
 def run_job(job: RunJob, threads: int | None = None,
             on_progress: Callable[[RunJob, int], None] | None = None) -> dict[str, Any] | None:
     """Train, evaluate and record one run; resumes from its checkpoint; returns its row, or ``None`` when
-    another process is training this run (its lock is held)."""
-    if threads:
-        torch.set_num_threads(threads)
+    another process is training this run (its lock is held).
+
+    :param threads: torch threads for the run; ``None``: its share of the machine's cores, followed as study
+        processes start and end (:func:`zoo_rl.study.cores.run_threads`).
+    """
     run_dir = job.run_dir
     if (run_dir / RESULT).is_file():
         return json.loads((run_dir / RESULT).read_text())
@@ -192,7 +299,10 @@ def run_job(job: RunJob, threads: int | None = None,
             return None
         if (run_dir / RESULT).is_file():  # finished by another process meanwhile
             return json.loads((run_dir / RESULT).read_text())
-        return _train_job(job, on_progress)
+        for tmp in run_dir.glob(".*.tmp"):  # a killed writer's temporary file: never a run file itself
+            tmp.unlink(missing_ok=True)
+        torch.set_num_threads(threads or run_threads())
+        return _train_job(job, on_progress, share_cores=threads is None)
 
 
 def _zoo_extractor_kwargs(spec: RunSpec) -> dict[str, Any]:
@@ -201,13 +311,41 @@ def _zoo_extractor_kwargs(spec: RunSpec) -> dict[str, Any]:
     return {k: v for k, v in spec.policy_kwargs["features_extractor_kwargs"].items() if k != "zoo"}
 
 
-def _train_job(job: RunJob, on_progress: Callable[[RunJob, int], None] | None) -> dict[str, Any]:
+def _train_job(job: RunJob, on_progress: Callable[[RunJob, int], None] | None,
+               share_cores: bool = False) -> dict[str, Any]:
     run_dir = job.run_dir
     study = job.study
-    _, n_envs = _hyperparams(job)
     spec = run_spec(job)
     if (run_dir / CHECKPOINT).is_file():
         _check_checkpoint(job)
+    if (run_dir / CHECKPOINT).is_file() and _checkpoint_step(run_dir) >= study.steps:
+        # Trained to the end by a call stopped before its result (in its final games): nothing to train.
+        model = algo_class(study.algo).load(run_dir / CHECKPOINT, device=spec.device)
+    else:
+        model = _train(job, spec, on_progress, share_cores)
+    wall = json.loads((run_dir / STATUS).read_text())["wall_seconds"]
+    save_model_atomic(model, run_dir / FINAL)
+    if study.final_episodes > 0 and not (run_dir / FINAL_EVALUATION).is_file():
+        fault_point("final-games")
+        final = evaluate_final(model, job.task, job.method, study.algo, job.seed, study.final_episodes)
+        write_json(run_dir / FINAL_EVALUATION, {**final, "command": command_line()})
+    return _record_result(job, model, wall)
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    """The step of a run's checkpoint, from its status.json (0 where that does not say)."""
+    try:
+        return int(json.loads((run_dir / STATUS).read_text())["num_timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _train(job: RunJob, spec: RunSpec, on_progress: Callable[[RunJob, int], None] | None,
+           share_cores: bool) -> Any:
+    """Train (or resume) the run to its steps; returns the model."""
+    run_dir = job.run_dir
+    study = job.study
+    _, n_envs = _hyperparams(job)
     envs = open_run(run_dir, job.task, n_envs=n_envs, seed=job.seed, backend=study.env_backend,
                     eval_episodes=study.eval_episodes,
                     record={"study": asdict(study), "method": job.method, "seed": job.seed, "zoo": job.zoo,
@@ -215,12 +353,16 @@ def _train_job(job: RunJob, on_progress: Callable[[RunJob, int], None] | None) -
                             # the ZooExtractor options, a ranked start's init_gates included ({} without one)
                             "extractor_kwargs": _zoo_extractor_kwargs(spec),
                             "machine": machine_info(),
+                            # steps/s depend on them: the runs training on the machine when this one started
+                            # (this study's and other study processes', zoo_rl.study.cores), and its threads
+                            "parallel_runs": _runs_on_machine(study) if share_cores else 1,
+                            "torch_threads": torch.get_num_threads(),
                             # steps/s depend on it: train_run sets it again
                             "malloc_reuse": reuse_freed_memory()})
     env, eval_env = envs.env, envs.eval_env
     model = None if envs.resumed else build_model(job, env, spec)
     report = (lambda steps: on_progress(job, steps)) if on_progress is not None else None
-    callbacks: list[BaseCallback] = [ProgressFile(run_dir / PROGRESS, on_progress=report)]
+    callbacks: list[BaseCallback] = [ProgressFile(run_dir / PROGRESS, on_progress=report, share_cores=share_cores)]
     base = job.method.partition(":")[0]
     if base in ZOO_GATES:
         callbacks.append(GateLogger(csv_path=run_dir / GATES, every=max(study.eval_every // 4, 1)))
@@ -229,11 +371,13 @@ def _train_job(job: RunJob, on_progress: Callable[[RunJob, int], None] | None) -
                              evaluate_as=export_lite if base == "zoo-lite" else None, evaluate_at_start=True)
     finally:
         envs.close()
-    wall = json.loads((run_dir / STATUS).read_text())["wall_seconds"]
-    save_model_atomic(model, run_dir / FINAL)
-    if study.final_episodes > 0 and not (run_dir / FINAL_EVALUATION).is_file():
-        final = evaluate_final(model, job.task, job.method, study.algo, job.seed, study.final_episodes)
-        write_json(run_dir / FINAL_EVALUATION, {**final, "command": command_line()})
+    return model
+
+
+def _record_result(job: RunJob, model: Any, wall: float) -> dict[str, Any]:
+    """Write the finished run's result.json (last: it marks the run finished) and return its row."""
+    run_dir = job.run_dir
+    study = job.study
     evaluations = load_evaluations(run_dir / EVALUATIONS)
     steps = np.asarray(evaluations["timesteps"], dtype=float)
     means = np.asarray([np.mean(r) for r in evaluations["results"]], dtype=float)
@@ -251,3 +395,8 @@ def _train_job(job: RunJob, on_progress: Callable[[RunJob, int], None] | None) -
     # A finished run keeps its final model, not also the checkpoint it no longer resumes from.
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return row
+
+
+def _runs_on_machine(study: StudyConfig) -> int:
+    """Runs registered on this machine by every study process (at least this study's ``workers``)."""
+    return max(int(study.workers or 1), sum(p.runs for p in study_processes(include_self=True)))

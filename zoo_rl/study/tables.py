@@ -17,6 +17,7 @@ from zoo_rl.files import (CONFIG, CURVES, EVALUATIONS, FINAL_EVALUATION, GATES, 
 from zoo_rl.metrics import difference_interval, human_normalised, iqm_with_interval, steps_to_threshold
 from zoo_rl.study.config import run_path, trained_normalisation
 from zoo_rl.study.methods import canonical_method, extractor_kwargs
+from zoo_rl.study.signals import fault_point
 from zoo_rl.training import load_evaluations
 
 
@@ -66,13 +67,17 @@ def _human_normalised(final_return: float, target: str, stored: float) -> float:
 
 
 def parallel_runs(out: Path, method: str, seed: int) -> int:
-    """How many runs shared the machine when this run was last trained (``--workers`` of the local
-    launcher; 1 for Ray, whose runs get their own CPUs): its steps/s is per run, not per machine."""
+    """How many runs shared the machine when this run was last trained (every study process's runs on the
+    machine where its ``config.json`` records them, else the ``--workers`` of its study; 1 for Ray, whose runs
+    get their own CPUs): its steps/s is per run, not per machine."""
     config_path = run_path(out, method, seed) / CONFIG
     if not config_path.is_file():
         return 1
-    study = json.loads(config_path.read_text()).get("study", {})
-    return 1 if study.get("launcher", "local") == "ray" else max(1, int(study.get("workers", 1)))
+    config = json.loads(config_path.read_text())
+    study = config.get("study", {})
+    if study.get("launcher", "local") == "ray":
+        return 1
+    return max(1, int(config.get("parallel_runs") or study.get("workers") or 1))
 
 
 def _threshold(table: pd.DataFrame, out: Path) -> float:
@@ -183,23 +188,53 @@ def compact_summary(summary: pd.DataFrame) -> pd.DataFrame:
 def gate_history(out: Path) -> pd.DataFrame:
     """Long table ``method, seed, timesteps, extractor, layer, source, gate`` from every run's gates.csv."""
     frames = []
+    columns = ["method", "seed", "timesteps", "extractor", "layer", "source", "gate"]
     for path in sorted(Path(out).glob(f"*/seed*/{GATES}")):
         config = json.loads((path.parent / CONFIG).read_text())
-        frames.append(pd.read_csv(path).assign(method=config["method"], seed=config["seed"]))
-    columns = ["method", "seed", "timesteps", "extractor", "layer", "source", "gate"]
+        # A run's gates.csv is appended to: a kill can cut its last line, and a resumed run logs again the
+        # steps it trains again after its checkpoint (the resumed run's rows are the ones kept).
+        gates = pd.read_csv(path, on_bad_lines="skip").dropna()
+        gates = gates.drop_duplicates(["timesteps", "extractor", "layer", "source"], keep="last")
+        frames.append(gates.assign(method=config["method"], seed=config["seed"]))
     return pd.concat(frames)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def write_tables(out: Path, reps: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rebuild results.csv, summary.csv, curves.csv and gates.csv of a study, atomically."""
+    """Rebuild results.csv, summary.csv, curves.csv and gates.csv of a study, each atomically, all from the run
+    folders: a stop between two of them leaves tables that the next call rewrites whole."""
     out = Path(out)
     results = collect_results(out)
     summary = summarise(results, reps=reps)
     write_csv_atomic(results, out / RESULTS)
+    fault_point("tables")
     write_csv_atomic(summary, out / SUMMARY)
     write_csv_atomic(learning_curves(out), out / CURVES)
     write_csv_atomic(gate_history(out), out / GATES)
     return results, summary
+
+
+def read_results(study_dir: Path) -> pd.DataFrame:
+    """A study's ``results.csv``, checked.
+
+    :raises ValueError: the file is cut short, unreadable or lacks its columns, naming it and the fix (a
+        study folder rebuilds it from its run folders; a published one is copied from one).
+    """
+    path = Path(study_dir) / RESULTS
+    fix = (f"rerun the command that trained {study_dir} (`python experiments/transfer.py ... --out {study_dir}`: "
+           "it rebuilds results.csv from the run folders without training again)"
+           if any(Path(study_dir).glob(f"*/seed*/{RESULT}")) else
+           "copy it again from the study folder it was published from")
+    try:
+        text = path.read_text()
+        if text and not text.endswith("\n"):
+            raise ValueError("cut short: its last line has no end")
+        table = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is unreadable ({str(exc).strip()}): {fix}.") from None
+    missing = [c for c in ("target", "method", "seed", "final_return") if c not in table]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)} column: {fix}.")
+    return table
 
 
 def _normalisation_of(out: Path, method: str, seed: int) -> str | None:
@@ -222,7 +257,7 @@ def cross_target(study_dirs: list[Path], reps: int = 2000) -> pd.DataFrame:
     for d in study_dirs:
         if not (Path(d) / RESULTS).is_file():
             continue
-        table = pd.read_csv(Path(d) / RESULTS)
+        table = read_results(Path(d))
         # Studies may differ in their gate normalisation: name it, so that one row is one method.
         table["method"] = [canonical_method(r.method, _normalisation_of(Path(d), r.method, r.seed))
                            for r in table.itertuples()]
