@@ -266,6 +266,10 @@ class RunSpec:
     :param device: torch device (``auto``).
     :param tensorboard_log: TensorBoard folder of the run (SB3's ``tensorboard_log``; a resumed run
         continues its event files); ``None``, or TensorBoard not installed: no TensorBoard logs.
+    :param algo_cls: the algorithm's class when it is not ``algo``'s SB3 class (e.g. :class:`zoo_rl.KickstartPPO`),
+        for a fresh model and for a resume alike.
+    :param prepare: called on the model, fresh or resumed, before it trains (e.g. to give a kickstarted
+        student its teachers, which are never saved).
     """
 
     run_dir: Path
@@ -280,6 +284,8 @@ class RunSpec:
     eval_episodes: int = 5
     device: str = "auto"
     tensorboard_log: str | None = None
+    algo_cls: type[BaseAlgorithm] | None = None
+    prepare: Callable[[BaseAlgorithm], None] | None = None
 
 
 def new_model(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorithm:
@@ -289,14 +295,15 @@ def new_model(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorithm:
     kwargs.update(algo_kwargs(spec.policy))
     if spec.policy_kwargs is not None:
         kwargs["policy_kwargs"] = spec.policy_kwargs
-    return algo_class(spec.algo)(spec.policy, env, seed=spec.seed, device=spec.device, verbose=verbose, **kwargs)
+    cls = spec.algo_cls or algo_class(spec.algo)
+    return cls(spec.policy, env, seed=spec.seed, device=spec.device, verbose=verbose, **kwargs)
 
 
 def build_or_resume(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorithm:
     """A fresh model, or the one in ``run_dir/checkpoint.zip`` with its step count."""
     checkpoint = Path(spec.run_dir) / CHECKPOINT
     if checkpoint.is_file():
-        model = algo_class(spec.algo).load(checkpoint, env=env, device=spec.device)
+        model = (spec.algo_cls or algo_class(spec.algo)).load(checkpoint, env=env, device=spec.device)
         if verbose:
             print(f"Resuming {checkpoint} at {model.num_timesteps} steps", flush=True)
         return model
@@ -405,6 +412,8 @@ def train_run(
             all_callbacks.append(StopAtReturn(evaluator, stop_at_return))
     all_callbacks += callbacks or []
     remaining = spec.total_steps - resumed_from
+    if spec.prepare is not None:
+        spec.prepare(model)
     model.tensorboard_log = spec.tensorboard_log if spec.tensorboard_log and _has_tensorboard() else None
     if remaining > 0:
         model.learn(remaining, callback=CallbackList(all_callbacks), reset_num_timesteps=False,

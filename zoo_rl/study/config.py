@@ -17,7 +17,7 @@ from zoo_rl.files import (CONFIG, EVALUATIONS, FINAL_EVALUATION, RESULT, STATUS,
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.ranking import RANK_STEPS
 from zoo_rl.sources import META_FILE, Source
-from zoo_rl.study.methods import DEFAULT_METHODS, expand_methods, extractor_kwargs
+from zoo_rl.study.methods import DEFAULT_METHODS, expand_methods, extractor_kwargs, kickstart_teachers
 from zoo_rl.training import ALGOS
 
 
@@ -330,6 +330,10 @@ def plan(study: StudyConfig) -> list[RunJob]:
         finally:
             env.close()
     methods = expand_methods(study.methods, sources)
+    kickstarted = [m for m in methods if kickstart_teachers(m) is not None]
+    if kickstarted and study.algo not in ("ppo", "a2c"):
+        raise ValueError(f"{', '.join(kickstarted)}: Kickstarting distils policies into PPO and A2C students "
+                         f"(zoo_rl.kickstart); --algo {study.algo} has no policy distribution to distil into.")
     if study.out is None:
         study.out = ROOT / "runs" / "transfer" / f"{task.slug}-{study.algo}"
     if study.normalisation is not None and study.normalisation not in NORMALISATIONS:

@@ -22,13 +22,15 @@ METHODS: dict[str, str] = {
     "zoo": "Zoo-Tuning with per-sample gates (gate='sample'), the paper's layer",
     "zoo-lite": "lite Zoo-Tuning (gate='lite'), evaluated as the merged single NatureCNN",
     "ensemble": "the K frozen source extractors side by side with a learned head",
+    "kickstart": "NatureCNN from random initialisation distilling the top-ranked source's policy (Kickstarting; "
+                 "kickstart:all: every source's, weighted by the ranking's zero-shot evidence)",
 }
 
 
 #: The methods a study runs when it names none: every method above, and Zoo-Tuning started from the
 #: top-ranked source with its gates at 100x the learning rate (docs/choosing.md: above the best single-source
 #: fine-tune on the targets with a related source, not below scratch without one).
-DEFAULT_METHODS: list[str] = [*METHODS, "zoo-lite:ranked+gate-lr100"]
+DEFAULT_METHODS: list[str] = [m for m in METHODS if m != "kickstart"] + ["zoo-lite:ranked+gate-lr100"]
 ZOO_GATES = {"uniform": "uniform", "zoo": "sample", "zoo-lite": "lite"}
 
 
@@ -52,6 +54,11 @@ _LR_OPTION = re.compile(r"(gate|align|bank)-lr(\d+(?:\.\d+)?(?:e-?\d+)?)")
 _TOP_OPTION = re.compile(r"ranked|top(\d+)")
 
 
+#: Options of the zoo methods that also kickstart them (:mod:`zoo_rl.kickstart`): from the top-ranked source,
+#: or from every source weighted by the ranking. As methods of their own: ``kickstart``, ``kickstart:all``.
+KICKSTART_OPTIONS = {"kickstart": "top", "kickstart-all": "all"}
+
+
 #: Share of the start gates on the top-ranked source(s) of the ``ranked`` / ``top<k>`` options.
 RANKED_WEIGHT = 0.99
 
@@ -71,7 +78,7 @@ def zoo_options(method: str) -> dict[str, Any]:
             kwargs[f"{rate[1]}_lr"] = float(rate[2])
             continue
         top = _TOP_OPTION.fullmatch(option)
-        if top and (top[1] is None or int(top[1]) >= 1):
+        if (top and (top[1] is None or int(top[1]) >= 1)) or option in KICKSTART_OPTIONS:
             continue
         if option not in ZOO_OPTIONS:
             hint = " (gate-x<N> became gate-lr<N>: a real learning rate per parameter group)" if option.startswith(
@@ -79,7 +86,8 @@ def zoo_options(method: str) -> dict[str, Any]:
             raise ValueError(f"Unknown option {option!r} in method {method!r}{hint}; options of zoo, zoo-lite and "
                              f"uniform (joined with '+'): {', '.join(ZOO_OPTIONS)}, gate-lr<N>, align-lr<N>, "
                              "bank-lr<N> (that group's learning rate x N), ranked or top<k> (start from the "
-                             "best-ranked source(s)).")
+                             "best-ranked source(s)), kickstart or kickstart-all (also distil the top-ranked "
+                             "source's policy, or every source's).")
         kwargs.update(ZOO_OPTIONS[option])
     return kwargs
 
@@ -90,6 +98,19 @@ def ranked_top(method: str) -> int | None:
         top = _TOP_OPTION.fullmatch(option)
         if top:
             return int(top[1] or 1)
+    return None
+
+
+def kickstart_teachers(method: str) -> str | None:
+    """Which teachers a method distils (:mod:`zoo_rl.kickstart`): ``"top"`` (the top-ranked source), ``"all"``
+    (every source, weighted by the ranking), or None: ``kickstart`` -> top, ``kickstart:all`` -> all,
+    ``zoo-lite:ranked+kickstart`` -> top, ``zoo-lite:kickstart-all`` -> all."""
+    base, _, arg = method.partition(":")
+    if base == "kickstart":
+        return "all" if arg == "all" else "top"
+    for option in arg.split("+"):
+        if option in KICKSTART_OPTIONS:
+            return KICKSTART_OPTIONS[option]
     return None
 
 
@@ -144,6 +165,11 @@ def expand_methods(methods: list[str], sources: list[Source]) -> list[str]:
             out.append(method)
         elif base == "finetune":
             out += [f"finetune:{n}" for n in names]
+        elif base == "kickstart":
+            if arg not in ("", "all"):
+                raise ValueError(f"{method}: write kickstart (the top-ranked source teaches) or kickstart:all (every "
+                                 "source, weighted by the ranking).")
+            out.append(method)
         else:
             out.append(method)
     return list(dict.fromkeys(out))

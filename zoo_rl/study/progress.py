@@ -20,7 +20,8 @@ from zoo_rl.study.tables import parallel_runs
 
 #: Training cost per agent step of each method relative to scratch's, for estimates before a study has
 #: measured its own (``benchmarks/bench_throughput.py`` measures them on a machine).
-RELATIVE_COST = {"scratch": 1.0, "finetune": 1.0, "uniform": 1.6, "zoo-lite": 1.6, "zoo": 2.8, "ensemble": 1.9}
+RELATIVE_COST = {"scratch": 1.0, "finetune": 1.0, "uniform": 1.6, "zoo-lite": 1.6, "zoo": 2.8, "ensemble": 1.9,
+                 "kickstart": 1.3}
 
 
 #: Scratch's agent steps per second in one single-thread process, for estimates before any run has finished.

@@ -28,11 +28,12 @@ from zoo_rl.machine import extractor_precision, machine_info, reuse_freed_memory
 from zoo_rl.metrics import area_under_curve, human_normalised
 from zoo_rl.optim import zoo_optimizer
 from zoo_rl.policies import FastCnnPolicy
-from zoo_rl.ranking import SCORE_COLUMNS, rank_sources, ranking_order
+from zoo_rl.kickstart import KickstartA2C, KickstartPPO, load_teacher, ranking_weights
+from zoo_rl.ranking import SCORE_COLUMNS, action_meanings, rank_sources, ranking_order
 from zoo_rl.study.config import HYPERPARAMS_DIR, RunJob, StudyConfig
 from zoo_rl.study.cores import run_threads, study_processes
 from zoo_rl.study.signals import FAULT_ENV, fault_point
-from zoo_rl.study.methods import RANKED_WEIGHT, ZOO_GATES, extractor_kwargs, ranked_top
+from zoo_rl.study.methods import RANKED_WEIGHT, ZOO_GATES, extractor_kwargs, kickstart_teachers, ranked_top
 from zoo_rl.training import (EVAL_SEED_OFFSET, ON_POLICY, RunSpec, algo_class, hyperparams_for, load_evaluations,
                              new_model, open_run, train_run)
 
@@ -169,10 +170,37 @@ def run_spec(job: RunJob) -> RunSpec:
         policy_kwargs["optimizer_class"] = zoo_optimizer(policy_kwargs.get("optimizer_class", torch.optim.Adam))
     elif base == "ensemble":
         policy_kwargs.update(features_extractor_class=EnsembleExtractor, features_extractor_kwargs=dict(zoo=job.zoo))
+    kickstart: dict[str, Any] = {}
+    if kickstart_teachers(job.method) is not None:
+        kickstart = dict(algo_cls=KICKSTART_ALGOS[study.algo], prepare=lambda model: give_teachers(job, model))
     return RunSpec(run_dir=job.run_dir, algo=study.algo, total_steps=study.steps, hyperparams=params, policy=policy,
                    policy_kwargs=policy_kwargs, seed=job.seed, checkpoint_every=study.eval_every,
                    eval_every=study.eval_every, eval_episodes=study.eval_episodes,
-                   tensorboard_log=str(job.run_dir / TENSORBOARD))
+                   tensorboard_log=str(job.run_dir / TENSORBOARD), **kickstart)
+
+
+#: The kickstarted class of each on-policy algorithm (:mod:`zoo_rl.kickstart`).
+KICKSTART_ALGOS = {"ppo": KickstartPPO, "a2c": KickstartA2C}
+
+
+def give_teachers(job: RunJob, model: Any) -> None:
+    """Give a kickstarted run's model its teachers (never saved, so again on every resume): the study's
+    top-ranked source, or every source weighted by the ranking's zero-shot evidence
+    (:func:`zoo_rl.kickstart.ranking_weights`), their actions mapped onto the target's by meaning."""
+    names = [s.name for s in cached_zoo(job.zoo)]
+    ranking = study_ranking(job.study, job.task, job.zoo)
+    order = ranking_order(ranking, names)
+    env = make_env(job.task, 1, seed=0, backend="gym")  # the gym wrappers name their actions on every backend
+    try:
+        meanings = action_meanings(env)
+    finally:
+        env.close()
+    if kickstart_teachers(job.method) == "all":
+        teachers = [load_teacher(path, meanings, name) for path, name in zip(job.zoo, names)]
+        model.set_teachers(teachers, ranking_weights(ranking, names))
+    else:
+        top = order[0]
+        model.set_teachers([load_teacher(job.zoo[top], meanings, names[top])])
 
 
 def build_model(job: RunJob, env, spec: RunSpec | None = None) -> Any:
