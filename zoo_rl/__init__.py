@@ -5,7 +5,9 @@ Public API: :class:`ZooExtractor` (plug into any SB3 algorithm through ``policy_
 :func:`load_source` (read SB3 zips, compact zoo folders, CleanRL checkpoints, hub ids),
 :class:`GateLogger` (gates to the SB3 logger), :func:`rank_sources` (which source will transfer, before
 training), :class:`ZooAdam` (learning rates per parameter group, e.g. faster gates), :class:`KickstartPPO` /
-:class:`KickstartA2C` with :func:`load_teacher` (distil zoo policies into a student), and the layers themselves.
+:class:`KickstartA2C` with :func:`load_teacher` (distil zoo policies into a student), the layers themselves, and
+:func:`zoo_policy` (every layer of any SB3 policy built from a zoo of whole policies of its kind:
+``docs/any-model.md``).
 
 These modules never import the experiment machinery: resumable training runs (:mod:`zoo_rl.training`), the
 source trainer (:mod:`zoo_rl.zoo_training`) and the study runner (:mod:`zoo_rl.study`) build on them.
@@ -20,7 +22,20 @@ from zoo_rl.policies import FastCnnPolicy
 from zoo_rl.layers import GATE_MODES, NORMALISATIONS, SourceGate, ZooLayer, ranked_gates
 from zoo_rl.optim import ZooAdam, zoo_optimizer
 from zoo_rl.ranking import rank_sources
+from zoo_rl.policy_sources import PolicySource, load_policy_source, load_policy_zoo
 from zoo_rl.sources import Source, SourceUnavailable, load_source, load_zoo
+from zoo_rl.zoo_policies import (
+    ZooActorCriticPolicy,
+    ZooDQNPolicy,
+    ZooMaskableActorCriticPolicy,
+    ZooQRDQNPolicy,
+    ZooSACPolicy,
+    ZooTD3Policy,
+    ZooTQCPolicy,
+    export_zoo_policy,
+    zoo_layers,
+    zoo_policy,
+)
 
 __all__ = [
     "FastCnnPolicy",
@@ -29,13 +44,24 @@ __all__ = [
     "KickstartA2C",
     "KickstartPPO",
     "NORMALISATIONS",
+    "PolicySource",
     "Source",
     "SourceGate",
     "SourceUnavailable",
+    "ZooActorCriticPolicy",
     "ZooExtractor",
     "ZooAdam",
+    "ZooDQNPolicy",
     "ZooLayer",
+    "ZooMaskableActorCriticPolicy",
+    "ZooQRDQNPolicy",
+    "ZooSACPolicy",
+    "ZooTD3Policy",
+    "ZooTQCPolicy",
     "export_lite",
+    "export_zoo_policy",
+    "load_policy_source",
+    "load_policy_zoo",
     "load_source",
     "load_teacher",
     "load_zoo",
@@ -43,6 +69,8 @@ __all__ = [
     "ranked_gates",
     "ranking_weights",
     "zoo_conv2d",
+    "zoo_layers",
     "zoo_linear",
     "zoo_optimizer",
+    "zoo_policy",
 ]

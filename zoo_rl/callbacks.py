@@ -8,10 +8,12 @@ from pathlib import Path
 from stable_baselines3.common.callbacks import BaseCallback
 
 from zoo_rl.extractor import ZooExtractor
+from zoo_rl.zoo_policies import ZooPolicyMixin
 
 
 class GateLogger(BaseCallback):
-    """Log the mean gate of every source in every layer of every ZooExtractor.
+    """Log the mean gate of every source in every layer of every ZooExtractor, and of every zoo layer of a
+    policy built with :func:`zoo_rl.zoo_policy` (as extractor ``policy``, layer = the layer's path).
 
     Values go to the SB3 logger (TensorBoard, CSV, stdout) as ``gates/<extractor>/<layer>/<source>``
     after each rollout, and, when ``csv_path`` is given, are appended every ``every`` steps to a
@@ -43,6 +45,11 @@ class GateLogger(BaseCallback):
             for layer, gates in extractor.gate_values().items():
                 for source, value in zip(extractor.source_names, gates.tolist()):
                     out.append((self.num_timesteps, ext_name, layer, source, float(value)))
+        if isinstance(self.model.policy, ZooPolicyMixin):
+            policy = self.model.policy
+            for layer, gates in policy.gate_values().items():
+                for source, value in zip(policy.source_names, gates.tolist()):
+                    out.append((self.num_timesteps, "policy", layer, source, float(value)))
         return out
 
     def _on_rollout_end(self) -> None:

@@ -1,4 +1,4 @@
-"""``export_lite``: fold a lite Zoo-Tuning model into an ordinary SB3 model with a NatureCNN."""
+"""``export_lite``: fold a lite Zoo-Tuning model into an ordinary SB3 model of the same architecture."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from typing import TypeVar
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from zoo_rl.extractor import ZooExtractor
+from zoo_rl.zoo_policies import ZooPolicyMixin, export_zoo_policy
 
 Model = TypeVar("Model", bound=BaseAlgorithm)
 _EXTRACTOR_KWARGS = ("features_extractor_class", "features_extractor_kwargs")
 
 
 def export_lite(model: Model) -> Model:
-    """A new model of the same algorithm whose extractor is one plain NatureCNN.
+    """A new model of the same algorithm whose extractor is one plain NatureCNN, or, for a model built
+    with :func:`zoo_rl.zoo_policy`, whose whole policy is SB3's plain one (:func:`~zoo_rl.zoo_policies.export_zoo_policy`).
 
     Each layer becomes ``Σ_k α̂_k A_k W_k`` (and ``Σ_k α̂_k A_k b_k``), where ``α̂`` is the lite
     moving average; the heads are copied. In eval mode the result acts and values like the
@@ -21,13 +23,16 @@ def export_lite(model: Model) -> Model:
     saved and loaded like any SB3 model, with no zoo_rl import needed to use it.
 
     :param model: an SB3 model whose policy uses :class:`ZooExtractor` with ``gate="lite"`` (or
-        ``"uniform"``).
-    :raises ValueError: the model has no ZooExtractor, or its gates depend on the input.
+        ``"uniform"``), or a zoo policy with those gates.
+    :raises ValueError: the model has no ZooExtractor and no zoo policy, or its gates depend on the input.
     """
+    if isinstance(model.policy, ZooPolicyMixin):
+        return export_zoo_policy(model)
     extractors = {name: module for name, module in model.policy.named_modules(remove_duplicate=False)
                   if isinstance(module, ZooExtractor)}
     if not extractors:
-        raise ValueError("export_lite needs a model built with features_extractor_class=ZooExtractor.")
+        raise ValueError("export_lite needs a model built with features_extractor_class=ZooExtractor or with "
+                         "zoo_rl.zoo_policy.")
     for name, extractor in extractors.items():
         if extractor.gate_mode not in ("lite", "uniform"):
             raise ValueError(

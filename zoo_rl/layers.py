@@ -182,7 +182,8 @@ class ZooLayer(nn.Module):
     :param mode: gate mode, see the module docstring.
     :param normalisation: gate normalisation, see the module docstring.
     :param align: learn one ``O x O`` alignment per source (identity at start).
-    :param stride: convolution stride.
+    :param stride: convolution stride (an int or a pair, as ``nn.Conv2d`` takes it).
+    :param padding: convolution zero padding (an int or a pair).
     :param gate_channels: channels the gate pools over; for a linear layer fed with an
         unflattened ``(B, C, H, W)`` map this is C (default: the layer's input channels).
     :param lite_momentum: momentum m of the lite moving average.
@@ -199,13 +200,14 @@ class ZooLayer(nn.Module):
         mode: GateMode = "lite",
         normalisation: Normalisation = DEFAULT_NORMALISATION,
         align: bool = True,
-        stride: int = 1,
+        stride: int | tuple[int, int] = 1,
         gate_channels: int | None = None,
         lite_momentum: float = LITE_MOMENTUM,
         init_gates: Sequence[float] | torch.Tensor | None = None,
         gate_lr: float = 1.0,
         align_lr: float = 1.0,
         bank_lr: float = 1.0,
+        padding: int | tuple[int, int] = 0,
     ) -> None:
         super().__init__()
         if weights.dim() not in (3, 5):
@@ -217,6 +219,7 @@ class ZooLayer(nn.Module):
         self.mode = check_choice(mode, GATE_MODES, "gate mode")
         self.is_conv = weights.dim() == 5
         self.stride = stride
+        self.padding = padding
         self.lite_momentum = float(lite_momentum)
         k, o, i = weights.shape[:3]
         self.weight = nn.Parameter(weights.detach().clone().float())
@@ -271,12 +274,12 @@ class ZooLayer(nn.Module):
             weight, bias = self._cached_merged()
             self.last_gates = self.running_gates if self.mode == "lite" else self.uniform_gates
             if self.is_conv:
-                return F.conv2d(x, weight, bias, self.stride)
+                return F.conv2d(x, weight, bias, self.stride, self.padding)
             return F.linear(x.flatten(1), weight, bias)
         gates = self.gates(x)
         self.last_gates = gates.detach().reshape(-1, self.n_sources).mean(0)
         if self.is_conv:
-            return zoo_conv2d(x, self.weight, self.bias, gates, self.align, self.stride)
+            return zoo_conv2d(x, self.weight, self.bias, gates, self.align, self.stride, self.padding)
         return zoo_linear(x.flatten(1), self.weight, self.bias, gates, self.align)
 
     def _can_use_merged(self) -> bool:
