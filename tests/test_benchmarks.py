@@ -81,7 +81,8 @@ def test_parity_runs_are_interleaved_and_finished_ones_skipped(tmp_path):
     assert [(j.study.precision, j.seed) for j in jobs] == [("fp32", 0), ("bf16", 0), ("fp32", 1), ("bf16", 1)]
     assert jobs[0].study.env_backend == "gym" and jobs[1].study.env_backend == "auto"
     jobs[1].run_dir.mkdir(parents=True)
-    (jobs[1].run_dir / "result.json").write_text(json.dumps({}))
+    (jobs[1].run_dir / "result.json").write_text(json.dumps({"target": "Pong", "method": "scratch", "seed": 0,
+                                                          "final_return": -21.0}))
     assert [(j.study.precision, j.seed) for j in parity.pending_jobs(args)] == [("fp32", 0), ("fp32", 1), ("bf16", 1)]
     assert (tmp_path / "Pong-bf16" / "study.json").is_file()
 
