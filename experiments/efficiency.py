@@ -1,6 +1,6 @@
 """Sample efficiency of a study's methods: agent steps to reach a return level, and the ratio to scratch's.
 
-    python experiments/efficiency.py levels --zoo agents/zoo-strong     # fix the levels -> results/levels.csv
+    python experiments/efficiency.py levels --zoo agents/zoo-strong --targets Pong   # fix Pong's -> results/levels.csv
     python experiments/efficiency.py results/pong-100k                  # -> results/pong-100k/efficiency.{csv,md}
 
 The levels are fixed *before* looking at the transfer runs, per target, by the rules of
@@ -169,8 +169,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--zoo", type=Path, required=True, help="the zoo whose related sources set half-source")
         parser.add_argument("--rules", type=Path, default=RULES)
         parser.add_argument("--out", type=Path, default=LEVELS)
+        parser.add_argument("--targets", default=None,
+                            help="only these targets (comma-separated), added to or replacing theirs in --out: a "
+                                 "target's levels are fixed once its related source is trained, before its studies")
         args = parser.parse_args(argv[1:])
-        table = derive_levels(read_rules(args.rules), args.zoo)
+        rules = read_rules(args.rules)
+        if args.targets:
+            wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
+            unknown = sorted(set(wanted) - set(rules))
+            if unknown:
+                raise SystemExit(f"--targets: {unknown} not in {args.rules}; its targets: {', '.join(rules)}.")
+            rules = {t: rules[t] for t in wanted}
+        table = derive_levels(rules, args.zoo)
+        if args.targets and args.out.is_file():
+            kept = pd.read_csv(args.out, dtype={"scratch_steps": str})
+            table = pd.concat([kept[~kept["target"].isin(table["target"])], table], ignore_index=True)
         write_csv_atomic(table, args.out)
         print(table.to_string(index=False))
         print(f"wrote {args.out}")

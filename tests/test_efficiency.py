@@ -151,3 +151,17 @@ def test_study_efficiency_names_a_missing_target(tmp_path):
         script.levels_for("Breakout", levels)
     with pytest.raises(FileNotFoundError, match="efficiency.py levels"):
         script.levels_for("Pong", tmp_path / "none.csv")
+
+
+def test_levels_of_some_targets_join_those_fixed_before(tmp_path):
+    script = load_script()
+    out = tmp_path / "levels.csv"
+    zoo = str(ROOT / "agents" / "zoo")
+    script.main(["levels", "--zoo", zoo, "--targets", "Pong", "--out", str(out)])
+    first = pd.read_csv(out)
+    script.main(["levels", "--zoo", zoo, "--targets", "Breakout,Pong", "--out", str(out)])
+    both = pd.read_csv(out)
+    assert set(first["target"]) == {"Pong"} and set(both["target"]) == {"Pong", "Breakout"}
+    assert len(both) == len(first) + 1  # Pong's rows replaced, not repeated; Breakout has no related source
+    with pytest.raises(SystemExit, match="not in"):
+        script.main(["levels", "--zoo", zoo, "--targets", "Tetris", "--out", str(out)])
