@@ -486,13 +486,13 @@ def test_a_lost_ray_worker_leaves_its_run_to_the_next_launch(tmp_path, monkeypat
         assert list(ev["timesteps"]) == [0, 256, 512]
 
 
-def hold_registration(folder: Path, runs: int) -> subprocess.Popen:
+def hold_registration(folder: Path, runs: int, out: str = "runs/other") -> subprocess.Popen:
     """Another study process, as the registry sees it: a process holding the lock of its entry."""
     code = ("import fcntl, json, os, sys, time\n"
             f"path = os.path.join({str(folder)!r}, str(os.getpid()) + '.json')\n"
             "os.makedirs(os.path.dirname(path), exist_ok=True)\n"
             "fh = open(path, 'w'); fcntl.flock(fh, fcntl.LOCK_EX)\n"
-            f"fh.write(json.dumps({{'pid': os.getpid(), 'runs': {runs}, 'out': 'runs/other'}})); fh.flush()\n"
+            f"fh.write(json.dumps({{'pid': os.getpid(), 'runs': {runs}, 'out': {out!r}}})); fh.flush()\n"
             "print('ready', flush=True); time.sleep(120)\n")
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
@@ -544,3 +544,34 @@ def test_the_ranking_progress_names_the_policy_its_steps_and_an_eta():
     bar.update("pong-m1", 1_000, 10_000)
     bar.source_scored()
     assert bar.played() == 11_000 and "3/5 scored | pong-m1 at 1,000/10,000" in bar.description()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no registry without fcntl")
+def test_a_second_process_on_a_study_that_has_every_core_stands_by_and_takes_over(tmp_path, monkeypatch, capsys):
+    """Two terminals on one study: while the first trains on every core, the second trains nothing (3 runs on 2
+    cores and a second start-up would only slow the first); when the first ends, the second trains what is left."""
+    import threading
+
+    from zoo_rl.study.launch import STANDBY_LINE
+
+    monkeypatch.setattr(cores, "machine_cores", lambda: 2)
+    out = tmp_path / "study"
+    other = hold_registration(Path(os.environ[cores.REGISTRY_ENV]), runs=2, out=str(out))
+    killed: list[float] = []
+
+    def end_the_other() -> None:
+        killed.append(time.time())
+        other.kill()
+
+    timer = threading.Timer(3.0, end_the_other)
+    timer.start()
+    try:
+        study = StudyConfig(zoo=[], out=out, **dict(TINY, methods=["scratch"], workers=None, final_episodes=0))
+        results, _ = run_study(study, progress=True, poll_seconds=0.5)
+    finally:
+        timer.cancel()
+        other.kill()
+        other.wait()
+    assert STANDBY_LINE in capsys.readouterr().out
+    assert len(results) == 1 and killed
+    assert (out / "scratch" / "seed0" / "config.json").stat().st_mtime >= killed[0]  # trained only after

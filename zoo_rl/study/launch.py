@@ -18,7 +18,7 @@ import torch
 
 from zoo_rl.files import RANKING, RANKING_PARTIAL, RESULT, file_lock
 from zoo_rl.study.config import RunJob, StudyConfig, plan, write_study_json
-from zoo_rl.study.cores import Registration, machine_cores
+from zoo_rl.study.cores import Registration, machine_cores, study_processes
 from zoo_rl.study.progress import RankingProgress, StudyProgress, describe_plan, stop_message
 from zoo_rl.study.runs import kept_scores, read_ranking, run_job, study_ranking
 from zoo_rl.study.signals import fault_point, in_worker_job, stop_on_signals, worker_init
@@ -62,14 +62,18 @@ def run_study(study: StudyConfig, progress: bool = True,
     threads = torch.get_num_threads()
     try:
         with stop_on_signals():
+            chosen = study.workers is not None
             jobs = plan(study)
             out = Path(study.out)
             write_study_json(study, len(jobs))
             pending = [j for j in jobs if not (j.run_dir / RESULT).is_file()]
-            with Registration(study.workers if study.launcher == "local" else min(machine_cores(), len(pending)),
-                              out):
+            standby = study.launcher == "local" and not chosen and bool(pending) and standing_by(out)
+            runs = 0 if standby else study.workers if study.launcher == "local" else min(machine_cores(), len(pending))
+            with Registration(runs, out):
                 if progress:
                     print(describe_plan(study, jobs), flush=True)
+                    if standby:
+                        print(STANDBY_LINE, flush=True)
                 fault_point("plan")
                 if jobs[0].zoo and any(j.method != "scratch" for j in jobs):  # ranked methods start from it
                     phase.name = "ranking"
@@ -87,10 +91,16 @@ def run_study(study: StudyConfig, progress: bool = True,
                     if on_result is not None:
                         on_result(row)
 
-                elsewhere = _launch(study, pending, finished, bar)
+                elsewhere = list(pending) if standby else _launch(study, pending, finished, bar)
                 while elsewhere:  # runs another process holds: wait for them, or take them over if it stops
-                    time.sleep(poll_seconds)
+                    time.sleep(min(poll_seconds, STANDBY_POLL_SECONDS) if standby else poll_seconds)
                     bar.poll()
+                    if standby and standing_by(out):  # the other process still has every core: only watch it
+                        for job in [j for j in elsewhere if (j.run_dir / RESULT).is_file()]:
+                            elsewhere.remove(job)
+                            bar.finished(job)
+                        continue
+                    standby = False  # it has ended (or freed a core): train what it left
                     for job in list(elsewhere):
                         row = run_job(job, on_progress=bar.update)
                         if row is not None:
@@ -118,6 +128,23 @@ def run_study(study: StudyConfig, progress: bool = True,
         raise
     finally:
         torch.set_num_threads(threads)
+
+
+#: How often a process that stands by looks at the runs (a file's existence each): it ends with the other's last run.
+STANDBY_POLL_SECONDS = 1.0
+#: What a study process says when it stands by (:func:`standing_by`).
+STANDBY_LINE = ("another process trains this study on every core of the machine: this one watches it, and trains "
+                "the runs it leaves if it stops (one process with --workers N is the fastest way to train a study)")
+
+
+def standing_by(out: Path) -> bool:
+    """True while another study process trains the study in ``out`` and the study processes on the machine leave
+    no core free. A second process on the same study would then only slow the first (3 runs on 2 cores, and its
+    own start-up): it stands by instead, and takes over the runs the other leaves when that one ends. With
+    ``--workers`` given, a process always trains."""
+    others = study_processes()
+    same = any(Path(p.out).resolve() == Path(out).resolve() and p.runs > 0 for p in others)
+    return same and machine_cores() - sum(p.runs for p in others) <= 0
 
 
 def _close(bars: list[Any]) -> None:
