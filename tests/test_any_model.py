@@ -1,7 +1,7 @@
 """zoo_policy: every layer of any SB3 model built from small sources trained here, for every algorithm family.
 
-The sources are MLP agents trained a few hundred steps on CartPole-v1 and Pendulum-v1 (the session
-fixture trains each kind once). Each test follows the documented call,
+The sources are MLP agents trained a few hundred steps on CartPole-v1 and Pendulum-v1 (a fixture
+shared by the whole test run trains each kind once). Each test follows the documented call,
 ``policy, kwargs = zoo_policy(ALGO, zoo=paths, **arch); ALGO(policy, env, policy_kwargs=kwargs)``.
 """
 
@@ -58,7 +58,7 @@ def train(name: str, seed: int, steps: int):
 
 @pytest.fixture(scope="session")
 def sources(tmp_path_factory):
-    """``sources(name)``: paths of N_SOURCES SB3 zips of that case, trained once per session."""
+    """``sources(name)``: paths of N_SOURCES SB3 zips of that case, trained once per test run."""
     root = tmp_path_factory.mktemp("sources")
     made: dict[str, list[str]] = {}
 
