@@ -101,7 +101,9 @@ def test_teachers_are_frozen_and_never_saved(tmp_path):
     model = sgd_model(KickstartPPO, teachers=[teacher], kickstart_coef=1.0, kickstart_steps=1000)
     before = teacher.w.clone()
     model.learn(64)
-    assert torch.equal(teacher.w, before) and not any(p.requires_grad for p in teacher.parameters())
+    assert torch.equal(teacher.w, before) and not teacher.w.requires_grad
+    optimised = {id(p) for group in model.policy.optimizer.param_groups for p in group["params"]}
+    assert id(teacher.w) not in optimised and all(id(t) not in optimised for t in teacher.buffers())
     model.save(tmp_path / "student.zip")
     with zipfile.ZipFile(tmp_path / "student.zip") as archive:
         assert not any("teacher" in n for n in archive.namelist())

@@ -44,6 +44,7 @@ from zoo_rl.sources import (
     _from_hub,
     read_compact,
     read_policy_pth,
+    unique_names,
 )
 
 #: Algorithm families, by the name :func:`policy_family` gives them, with the algorithms of each:
@@ -219,15 +220,7 @@ def load_policy_zoo(specs: Sequence[str | os.PathLike], vec_normalize: Sequence[
         raise ValueError(f"vec_normalize has {len(vec_normalize)} entries for {len(specs)} sources: give one per "
                          "source, in zoo order (None for a source trained without VecNormalize).")
     norms = list(vec_normalize) if vec_normalize is not None else [None] * len(specs)
-    sources = [load_policy_source(spec, vec_normalize=norm) for spec, norm in zip(specs, norms)]
-    seen: dict[str, int] = {}
-    for source in sources:
-        if source.name in seen:
-            seen[source.name] += 1
-            source.name = f"{source.name}#{seen[source.name]}"
-        else:
-            seen[source.name] = 0
-    return sources
+    return unique_names([load_policy_source(spec, vec_normalize=norm) for spec, norm in zip(specs, norms)])
 
 
 class _Inert:

@@ -315,8 +315,13 @@ def load_zoo(specs: Sequence[str | os.PathLike | Source], names: Sequence[str] |
                     f"shape {source.shape(layer)}, but {reference.name!r} has {reference.shape(layer)}. "
                     "All sources must be NatureCNN on the same observation shape (84x84, 4 frames)."
                 )
+    return unique_names(sources)
+
+
+def unique_names(sources: list[Any]) -> list[Any]:
+    """``sources`` with unique ``name`` s (gates are logged per name): a repeated name gets ``#1``, ``#2``, ..."""
     seen: dict[str, int] = {}
-    for source in sources:  # unique display names: gates are logged per name
+    for source in sources:
         if source.name in seen:
             seen[source.name] += 1
             source.name = f"{source.name}#{seen[source.name]}"

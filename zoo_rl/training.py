@@ -238,8 +238,13 @@ class StopAtReturn(BaseCallback):
     def __init__(self, evaluator: EvalEvery, target: float) -> None:
         super().__init__()
         self.evaluator, self.target = evaluator, float(target)
+        self._seen = -1  # evaluations already judged: a step without a new one costs a length check
 
     def _on_step(self) -> bool:
+        count = len(self.evaluator.evaluations["results"])
+        if count == self._seen:
+            return True
+        self._seen = count
         return not reached(self.evaluator.evaluations, self.target)
 
 

@@ -451,43 +451,36 @@ class ZooMaskableActorCriticPolicy(_ActorCriticZoo, MaskableActorCriticPolicy):
     plain_policy = MaskableActorCriticPolicy
 
 
-class ZooSACPolicy(ZooPolicyMixin, SACPolicy):
+class _ActorCriticFactories(ZooPolicyMixin):
+    """The off-policy families' factories (SAC, TQC, TD3/DDPG): actor and critics, online and target, are zoo
+    networks from the moment SB3 builds them."""
+
+    def make_actor(self, features_extractor: Any = None) -> Any:
+        return self._zooify(super().make_actor(features_extractor), "actor")
+
+    def make_critic(self, features_extractor: Any = None) -> Any:
+        return self._zooify(super().make_critic(features_extractor), "critic")
+
+
+class ZooSACPolicy(_ActorCriticFactories, SACPolicy):
     """``SACPolicy`` whose actor and critics (and the critic target) are built from SAC sources."""
 
     family = "sac"
     plain_policy = SACPolicy
 
-    def make_actor(self, features_extractor: Any = None) -> Any:
-        return self._zooify(super().make_actor(features_extractor), "actor")
 
-    def make_critic(self, features_extractor: Any = None) -> Any:
-        return self._zooify(super().make_critic(features_extractor), "critic")
-
-
-class ZooTQCPolicy(ZooPolicyMixin, TQCPolicy):
+class ZooTQCPolicy(_ActorCriticFactories, TQCPolicy):
     """``TQCPolicy`` whose actor and quantile critics (and the critic target) are built from TQC sources."""
 
     family = "tqc"
     plain_policy = TQCPolicy
 
-    def make_actor(self, features_extractor: Any = None) -> Any:
-        return self._zooify(super().make_actor(features_extractor), "actor")
 
-    def make_critic(self, features_extractor: Any = None) -> Any:
-        return self._zooify(super().make_critic(features_extractor), "critic")
-
-
-class ZooTD3Policy(ZooPolicyMixin, TD3Policy):
+class ZooTD3Policy(_ActorCriticFactories, TD3Policy):
     """``TD3Policy`` (TD3 and DDPG) whose actor, critics and their targets are built from TD3/DDPG sources."""
 
     family = "td3"
     plain_policy = TD3Policy
-
-    def make_actor(self, features_extractor: Any = None) -> Any:
-        return self._zooify(super().make_actor(features_extractor), "actor")
-
-    def make_critic(self, features_extractor: Any = None) -> Any:
-        return self._zooify(super().make_critic(features_extractor), "critic")
 
 
 class ZooDQNPolicy(ZooPolicyMixin, DQNPolicy):
