@@ -25,7 +25,9 @@ cd "$(dirname "$0")/.."
 stage="${1:-all}"
 
 run() {  # run <results name> <transfer.py arguments...>
+    # These studies were published with the 1M-step zoo: they name it (--zoo agents/zoo) unless they name theirs.
     local name="$1"; shift
+    if [[ " $* " != *" --zoo "* ]]; then set -- --zoo agents/zoo "$@"; fi
     python experiments/transfer.py --out "runs/transfer/$name" --workers "${WORKERS:-2}" "$@"
     reevaluate "runs/transfer/$name" "$@"
     python experiments/publish.py "runs/transfer/$name" --out "results/$name" > /dev/null

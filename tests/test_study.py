@@ -452,6 +452,39 @@ def test_a_gated_run_continues_only_with_its_normalisation(zoo_paths, tmp_path):
     assert gate.normalisation == other
 
 
+def test_a_study_continues_only_with_the_sources_it_was_trained_with(zoo_paths, tmp_path):
+    study = dict(target="Pong", seeds=1, out=tmp_path / "study", methods=["scratch", "zoo-lite"])
+    jobs = plan(StudyConfig(zoo=zoo_paths[:2], **study))
+    record = study_module.zoo_record(jobs[-1].zoo)
+    assert [r["sha256"] for r in record] == [json.loads((Path(p) / "meta.json").read_text())["sha256"]
+                                             for p in zoo_paths[:2]]
+    study_module.write_study_json(jobs[0].study, len(jobs), record)
+    plan(StudyConfig(zoo=zoo_paths[:2], **study))  # the same sources continue
+    plan(StudyConfig(zoo=zoo_paths, **dict(study, methods=["scratch"])))  # scratch reads no source
+    with pytest.raises(ValueError, match=r"trained with the sources .*src0 .*src1; this call resolves the zoo to "
+                                         r".*src2.*continue it with --zoo .*src0 .*src1, or write this study to "
+                                         r"another --out"):
+        plan(StudyConfig(zoo=zoo_paths, **study))
+    # The same paths with other weights: a zoo retrained in place.
+    stale = json.loads((tmp_path / "study" / "study.json").read_text())
+    stale["sources"][0]["sha256"] = "0" * 64
+    (tmp_path / "study" / "study.json").write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match="same paths now hold other weights.*commit that trained it"):
+        plan(StudyConfig(zoo=zoo_paths[:2], **study))
+    # A later call that reads no source keeps the record.
+    study_module.write_study_json(StudyConfig(**dict(study, methods=["scratch"])), 1)
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["sources"] == stale["sources"]
+
+
+def test_published_studies_name_their_zoo_and_its_weights():
+    for path in sorted((ROOT / "results").glob("*/study.json")):
+        study = json.loads(path.read_text())
+        assert study["zoo"], f"{path} names no zoo"
+        for source in study["sources"]:
+            meta = json.loads((ROOT / source["path"] / "meta.json").read_text())
+            assert meta["sha256"] == source["sha256"], f"{path}: {source['path']} holds other weights now"
+
+
 def test_dry_run_lists_the_runs_and_trains_nothing(zoo_paths, tmp_path, capsys):
     import transfer
 

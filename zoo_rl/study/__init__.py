@@ -35,7 +35,7 @@ SIGINT, SIGTERM and SIGKILL, and checks what the rerun gives.
 
 from zoo_rl.study.config import (DEFAULT_ZOO_DIR, FINAL_EPISODES, HYPERPARAMS_DIR, ZOO_DIRS, RunJob, StudyConfig,
                                  check_run_files, committed_zoo, default_zoo, expand_zoo, plan, run_path,
-                                 trained_normalisation, write_study_json)
+                                 check_zoo, trained_normalisation, write_study_json, zoo_record)
 from zoo_rl.study.cores import default_workers, run_threads
 from zoo_rl.study.launch import WorkersLost, run_study
 from zoo_rl.study.methods import (DEFAULT_METHODS, METHODS, RANKED_WEIGHT, ZOO_GATES, ZOO_OPTIONS, canonical_method, expand_methods,
@@ -55,5 +55,5 @@ __all__ = [
     "describe_plan", "evaluate_final", "expand_methods", "expand_zoo", "extractor_kwargs", "format_duration",
     "gate_history", "learning_curves", "plan", "ranked_top", "read_ranking", "resumable_ranking", "run_job",
     "run_lock", "run_path", "run_spec", "run_study", "run_threads", "stop_message", "study_ranking", "summarise",
-    "trained_normalisation", "write_study_json", "write_tables", "zoo_options",
+    "trained_normalisation", "write_study_json", "check_zoo", "zoo_record", "write_tables", "zoo_options",
 ]

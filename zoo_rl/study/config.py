@@ -16,7 +16,7 @@ from zoo_rl.files import (CONFIG, EVALUATIONS, FINAL_EVALUATION, RESULT, STATUS,
                           write_json)
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.ranking import RANK_STEPS
-from zoo_rl.sources import META_FILE, Source
+from zoo_rl.sources import META_FILE, Source, sha256_of
 from zoo_rl.study.methods import DEFAULT_METHODS, expand_methods, extractor_kwargs, kickstart_teachers
 from zoo_rl.training import ALGOS
 
@@ -136,8 +136,9 @@ def run_path(out: Path, method: str, seed: int) -> Path:
     return Path(out) / method.replace(":", "-") / f"seed{seed}"
 
 
-def write_study_json(study: StudyConfig, runs: int) -> None:
-    """``study.json`` of a study folder: the resolved configuration and the command.
+def write_study_json(study: StudyConfig, runs: int, sources: list[dict[str, str]] | None = None) -> None:
+    """``study.json`` of a study folder: the resolved configuration, the command and, given ``sources``
+    (:func:`zoo_record`), the sources its zoo methods train from (checked on every later call: :func:`check_zoo`).
 
     A folder trained by several commands (e.g. ablations added later with their own ``--methods``) keeps
     the record of every one: ``methods`` is the union in the order first asked for, ``commands`` every
@@ -150,6 +151,8 @@ def write_study_json(study: StudyConfig, runs: int) -> None:
     except json.JSONDecodeError:
         earlier = {}
     record = {**asdict(study), "out": str(study.out), "command": command_line(), "runs": runs}
+    if sources is not None or "sources" in earlier:
+        record["sources"] = sources if sources is not None else earlier["sources"]
     record["methods"] = list(dict.fromkeys([*earlier.get("methods", []), *record["methods"]]))
     before = earlier.get("commands", [earlier["command"]] if "command" in earlier else [])
     record["commands"] = list(dict.fromkeys([*before, record["command"]]))
@@ -193,6 +196,48 @@ def expand_zoo(entries: list[str], task: Task) -> list[str]:
             if not resolve(meta["game"], meta.get("mode"), meta.get("difficulty")).same_task(task):
                 out.append(str(folder))
     return out
+
+
+def zoo_record(zoo: Sequence[str]) -> list[dict[str, str]]:
+    """``[{"path": ..., "sha256": ...}]`` of a resolved zoo: paths relative to the repository where they lie in it,
+    the weights' digest from a compact folder's ``meta.json`` (its ``sha256``) or of the file itself."""
+    out = []
+    for entry in zoo:
+        path = Path(entry)
+        shown = path.resolve().relative_to(ROOT) if path.exists() and path.resolve().is_relative_to(ROOT) else path
+        if (path / META_FILE).is_file():
+            digest = json.loads((path / META_FILE).read_text()).get("sha256", "")
+        elif path.is_file():
+            digest = sha256_of(path)
+        else:  # a hub id
+            digest = ""
+        out.append({"path": str(shown), "sha256": digest})
+    return out
+
+
+def check_zoo(out: Path, sources: list[dict[str, str]]) -> None:
+    """A study folder continues only with the sources it was trained with: its tables must never mix runs of two
+    zoos (say, a study published with one zoo, rerun after the default zoo changed).
+
+    :raises ValueError: ``out/study.json`` records other sources (paths or weights), with the ``--zoo`` that
+        continues the study and the alternative of another ``--out``.
+    """
+    path = Path(out) / STUDY
+    try:
+        earlier = json.loads(path.read_text()).get("sources") if path.is_file() else None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        earlier = None
+    if earlier is None or earlier == sources:
+        return
+    def paths(record: list[dict[str, str]]) -> str:
+        return " ".join(r["path"] for r in record) or "(none)"
+    same_paths = [r["path"] for r in earlier] == [r["path"] for r in sources]
+    why = ("the same paths now hold other weights (their sha256 differ)" if same_paths
+           else f"this call resolves the zoo to {paths(sources)}")
+    raise ValueError(f"{out} was trained with the sources {paths(earlier)}; {why}. Its tables would mix two zoos: "
+                     f"continue it with --zoo {paths(earlier)}"
+                     + (" (checked out at the commit that trained it)" if same_paths else "")
+                     + ", or write this study to another --out.")
 
 
 def trained_normalisation(run_dir: Path, method: str) -> str | None:
@@ -336,6 +381,8 @@ def plan(study: StudyConfig) -> list[RunJob]:
                          f"(zoo_rl.kickstart); --algo {study.algo} has no policy distribution to distil into.")
     if study.out is None:
         study.out = ROOT / "runs" / "transfer" / f"{task.slug}-{study.algo}"
+    if needs_zoo:
+        check_zoo(study.out, zoo_record(zoo))
     if study.normalisation is not None and study.normalisation not in NORMALISATIONS:
         raise ValueError(f"Unknown gate normalisation {study.normalisation!r}; choose from {', '.join(NORMALISATIONS)}.")
     # Seed-major: a study stopped part-way has every method at the same number of seeds.

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from zoo_rl.files import RANKING, RANKING_PARTIAL, RESULT, file_lock
-from zoo_rl.study.config import RunJob, StudyConfig, plan, write_study_json
+from zoo_rl.study.config import RunJob, StudyConfig, plan, write_study_json, zoo_record
 from zoo_rl.study.cores import Registration, machine_cores, study_processes
 from zoo_rl.study.progress import RankingProgress, StudyProgress, describe_plan, stop_message
 from zoo_rl.study.runs import kept_scores, read_ranking, run_job, study_ranking
@@ -65,7 +65,8 @@ def run_study(study: StudyConfig, progress: bool = True,
             chosen = study.workers is not None
             jobs = plan(study)
             out = Path(study.out)
-            write_study_json(study, len(jobs))
+            from_zoo = [j for j in jobs if j.method != "scratch"]
+            write_study_json(study, len(jobs), zoo_record(from_zoo[0].zoo) if from_zoo else None)
             pending = [j for j in jobs if not (j.run_dir / RESULT).is_file()]
             standby = study.launcher == "local" and not chosen and bool(pending) and standing_by(out)
             runs = 0 if standby else study.workers if study.launcher == "local" else min(machine_cores(), len(pending))
