@@ -10,7 +10,11 @@ import pandas as pd
 import pytest
 import torch
 from stable_baselines3 import A2C, PPO
-from stable_baselines3.common.distributions import CategoricalDistribution
+from stable_baselines3.common.distributions import (CategoricalDistribution, DiagGaussianDistribution,
+                                                    StateDependentNoiseDistribution)
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
+from torch.distributions import Normal
 
 from zoo_rl.kickstart import (KickstartA2C, KickstartPPO, Teacher, distillation_kl, load_teacher, ranking_weights)
 
@@ -27,6 +31,30 @@ class LinearTeacher(Teacher):
 
     def probs(self, obs):
         return torch.softmax(obs.float() @ self.w, dim=-1)
+
+
+class LinearGaussianTeacher(Teacher):
+    """A fixed linear-Gaussian policy over Pendulum's one action dimension."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("w", torch.randn(3, 1, generator=g))
+        self.register_buffer("log_std", torch.full((1,), -0.5))
+
+    def gaussian(self, obs):
+        mean = obs.float() @ self.w
+        return mean, self.log_std.exp().expand_as(mean)
+
+
+class CountingTeacher(LinearTeacher):
+    """:class:`LinearTeacher` that counts the observations it has read."""
+
+    seen = 0
+
+    def probs(self, obs):
+        self.seen += len(obs)
+        return super().probs(obs)
 
 
 def categorical(logits):
@@ -48,32 +76,67 @@ def test_distillation_gradient_by_hand():
     assert torch.allclose(kl.detach(), by_hand, atol=1e-6)
 
 
-def sgd_model(cls, seed=0, **kwargs):
+def sgd_model(cls, seed=0, env="CartPole-v1", **kwargs):
     """One PPO/A2C update on one full-batch minibatch with plain SGD: the parameter step is -lr * gradient."""
     extra = dict(n_steps=32, batch_size=32, n_epochs=1) if issubclass(cls, PPO) else dict(n_steps=32)
-    return cls("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", learning_rate=0.01, max_grad_norm=1e9,
+    extra.update({k: kwargs.pop(k) for k in ("n_epochs", "batch_size") if k in kwargs})
+    return cls("MlpPolicy", env, seed=seed, device="cpu", learning_rate=0.01, max_grad_norm=1e9,
                ent_coef=0.01, policy_kwargs=dict(optimizer_class=torch.optim.SGD, net_arch=[8]), **extra, **kwargs)
 
 
-@pytest.mark.parametrize("plain, kick", [(PPO, KickstartPPO), (A2C, KickstartA2C)], ids=["ppo", "a2c"])
-def test_the_update_is_the_algorithms_plus_the_weighted_distillation_gradient(plain, kick):
-    teacher = LinearTeacher()
-    base = sgd_model(plain)  # the constructor seeds the global generators: build each model just before it learns
+@pytest.mark.parametrize("plain, kick, env, make_teacher", [
+    (PPO, KickstartPPO, "CartPole-v1", LinearTeacher), (A2C, KickstartA2C, "CartPole-v1", LinearTeacher),
+    (PPO, KickstartPPO, "Pendulum-v1", LinearGaussianTeacher)], ids=["ppo", "a2c", "ppo-continuous"])
+def test_the_update_is_the_algorithms_plus_the_weighted_distillation_gradient(plain, kick, env, make_teacher):
+    teacher = make_teacher()
+    base = sgd_model(plain, env=env)  # the constructor seeds the global generators: build each model just before it learns
     base_start = copy.deepcopy(base.policy)
     base.learn(32)
-    student = sgd_model(kick, teachers=[teacher], kickstart_coef=0.5, kickstart_steps=64)
+    student = sgd_model(kick, env=env, teachers=[teacher], kickstart_coef=0.5, kickstart_steps=64)
     start = copy.deepcopy(student.policy)
     assert all(torch.equal(a, b) for a, b in zip(base_start.parameters(), start.parameters()))
     student.learn(32)
     weight = 0.5 * (1 - 32 / 64)  # the weight at the update, 32 steps into its 64-step decay
-    obs = torch.as_tensor(student.rollout_buffer.observations.reshape(32, 4))
-    assert np.array_equal(obs.numpy(), base.rollout_buffer.observations.reshape(32, 4))  # the same rollout
-    kl = distillation_kl(start.get_distribution(obs), [teacher.probs(obs)], [1.0])
+    n_obs = student.observation_space.shape[0]
+    obs = torch.as_tensor(student.rollout_buffer.observations.reshape(32, n_obs))
+    assert np.array_equal(obs.numpy(), base.rollout_buffer.observations.reshape(32, n_obs))  # the same rollout
+    kl = distillation_kl(start.get_distribution(obs), [teacher.output(obs)], [1.0])
     grads = torch.autograd.grad(weight * kl.mean(), list(start.parameters()), allow_unused=True)
     for p_base, p_kick, p0, g in zip(base.policy.parameters(), student.policy.parameters(), start.parameters(), grads):
         g = torch.zeros_like(p0) if g is None else g
         assert torch.allclose(p_kick - p0, (p_base - p0) - 0.01 * g, atol=1e-6)
     assert any(g is not None and g.abs().max() > 1e-4 for g in grads)  # the term did something
+
+
+def test_gaussian_distillation_by_hand():
+    torch.manual_seed(0)
+    mu, log_std = torch.randn(5, 2, requires_grad=True), torch.randn(2, requires_grad=True)
+    student = DiagGaussianDistribution(2).proba_distribution(mu, log_std)
+    teachers = [(torch.randn(5, 2), torch.rand(5, 2) + 0.1), (torch.randn(5, 2), torch.rand(5, 2) + 0.1)]
+    kl = distillation_kl(student, teachers, [0.25, 0.75])
+    by_torch = sum(w * torch.distributions.kl_divergence(Normal(m, s), Normal(mu, log_std.exp())).sum(-1)
+                   for (m, s), w in zip(teachers, [0.25, 0.75]))
+    assert torch.allclose(kl, by_torch, atol=1e-6)
+    kl.mean().backward()
+    # d/dmu KL(N(m, s) || N(mu, sigma)) = (mu - m) / sigma^2, per sample, over the batch mean
+    sigma2 = log_std.detach().exp() ** 2
+    expected = sum(w * (mu.detach() - m) / sigma2 for (m, _), w in zip(teachers, [0.25, 0.75])) / 5
+    assert torch.allclose(mu.grad, expected, atol=1e-6)
+
+
+def test_teachers_read_each_rollout_once_and_the_update_is_unchanged():
+    """Three epochs of two minibatches: the teachers read the 32 observations once, not six times, and the
+    parameters end where recomputing the teachers on every minibatch takes them."""
+    models = []
+    for cached in (True, False):
+        teacher = CountingTeacher()
+        model = sgd_model(KickstartPPO, teachers=[teacher], kickstart_steps=1000, n_epochs=3, batch_size=16)
+        model.cache_teachers = cached
+        model.learn(32)
+        assert teacher.seen == (32 if cached else 3 * 32)
+        models.append(model)
+    assert all(torch.equal(a, b) for a, b in zip(models[0].policy.parameters(), models[1].policy.parameters()))
+    assert "_get_samples" not in vars(models[0].rollout_buffer)  # the buffer's own method is back
 
 
 def test_weight_zero_is_exactly_the_algorithm():
@@ -126,11 +189,23 @@ def test_bad_input_is_refused():
         sgd_model(KickstartPPO, teachers=[LinearTeacher()], teacher_weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="kickstart_coef"):
         sgd_model(KickstartPPO, kickstart_coef=-1.0)
-    with pytest.raises(ValueError, match="discrete policies"):
-        from stable_baselines3.common.distributions import DiagGaussianDistribution
-
-        distillation_kl(DiagGaussianDistribution(2).proba_distribution(torch.zeros(3, 2), torch.zeros(2)),
-                        [torch.ones(3, 2) / 2], [1.0])
+    gaussian = DiagGaussianDistribution(2).proba_distribution(torch.zeros(3, 2), torch.zeros(2))
+    with pytest.raises(ValueError, match="discrete teacher.*cannot teach it"):
+        distillation_kl(gaussian, [torch.ones(3, 2) / 2], [1.0])
+    with pytest.raises(ValueError, match="continuous teacher.*cannot teach it"):
+        distillation_kl(categorical(torch.zeros(3, 2)), [(torch.zeros(3, 2), torch.ones(3, 2))], [1.0])
+    with pytest.raises(ValueError, match="state-dependent: turn it off"):
+        sde = StateDependentNoiseDistribution(2)
+        sde.distribution = None
+        distillation_kl(sde, [(torch.zeros(3, 2), torch.ones(3, 2))], [1.0])
+    with pytest.raises(ValueError, match="are continuous, the student's actions .*Discrete"):
+        sgd_model(KickstartPPO, teachers=[LinearGaussianTeacher()])
+    with pytest.raises(ValueError, match="are discrete, the student's actions .*Box"):
+        sgd_model(KickstartPPO, env="Pendulum-v1", teachers=[LinearTeacher()])
+    normalised = sgd_model(KickstartPPO, env=VecNormalize(make_vec_env("Pendulum-v1")),
+                           teachers=[LinearGaussianTeacher()])
+    with pytest.raises(ValueError, match="norm_obs=False"):
+        normalised.learn(32)
 
 
 def test_a_zoo_source_teaches_by_the_meaning_of_its_actions():

@@ -6,7 +6,9 @@ distributions, on the student's own states (the minibatches of its rollouts):
     loss = PPO's (or A2C's) loss + lambda(t) * mean_i  sum_k w_k KL(teacher_k(x_i) || student(x_i))
 
 For discrete actions KL(p || pi) differs from the cross-entropy -sum_a p(a) log pi(a) by the
-teacher's entropy, a constant: the two have the same gradient. ``lambda(t)`` decays linearly
+teacher's entropy, a constant: the two have the same gradient. For continuous actions (SB3's diagonal
+Gaussian policies) it is the closed-form KL between the teacher's and the student's Gaussians, summed
+over action dimensions. ``lambda(t)`` decays linearly
 from ``kickstart_coef`` to 0 over ``kickstart_steps`` agent steps (default: half of the
 ``learn()`` call's steps), so the student ends on its own reward. The teacher weights ``w_k`` sum
 to 1: one teacher (``kickstart``), or the whole zoo weighted by the ranking's zero-shot evidence
@@ -24,6 +26,10 @@ exactly ``lambda * grad mean(KL)`` to the loss's. The student's action distribut
 ``evaluate_actions`` built (captured from ``_get_action_dist_from_latent``), so the features are
 computed once. This needs ``ent_coef > 0`` (SB3's Atari default is 0.01); with ``ent_coef=0`` the
 algorithm refuses to start. Between calls of ``train()`` nothing of the policy is changed.
+
+The teachers see each rollout once: their outputs on the whole rollout buffer are computed at the
+first minibatch of a ``train()`` call and looked up by the minibatch's indices afterwards (captured
+from the buffer's ``_get_samples``), instead of once per epoch. The update is the same either way.
 
 Teachers are frozen, live beside the policy (never inside it), and are not saved: a saved
 kickstarted model loads as its algorithm with the teachers' files gone, and continues training
@@ -49,8 +55,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from gymnasium import spaces
 from stable_baselines3 import A2C, PPO
-from stable_baselines3.common.distributions import CategoricalDistribution, Distribution
+from stable_baselines3.common.distributions import (CategoricalDistribution, DiagGaussianDistribution,
+                                                    Distribution)
 from stable_baselines3.common.preprocessing import preprocess_obs
 from torch import nn
 
@@ -61,14 +69,28 @@ _STRIDES = (4, 2, 1)
 
 
 class Teacher(nn.Module):
-    """A frozen policy over the *target's* discrete actions: :meth:`probs` maps preprocessed
-    observations ``(B, ...)`` to action probabilities ``(B, n_actions)``. Subclass it for other
-    architectures; :class:`SourceTeacher` is a zoo source."""
+    """A frozen policy over the *target's* actions, on preprocessed observations ``(B, ...)``.
+
+    A discrete teacher implements :meth:`probs`: action probabilities ``(B, n_actions)``; a continuous one
+    implements :meth:`gaussian`: the mean and standard deviation ``(B, action_dim)`` each of its diagonal
+    Gaussian. :meth:`output` is what the distillation term reads. :class:`SourceTeacher` is a NatureCNN
+    zoo source."""
 
     name: str = "teacher"
 
     def probs(self, obs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} is not a discrete teacher (it implements no probs()).")
+
+    def gaussian(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} is not a continuous teacher (it implements no gaussian()).")
+
+    @property
+    def continuous(self) -> bool:
+        return type(self).gaussian is not Teacher.gaussian
+
+    def output(self, obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(probs,)`` of a discrete teacher, ``(mean, std)`` of a continuous one."""
+        return tuple(self.gaussian(obs)) if self.continuous else (self.probs(obs),)
 
 
 class SourceTeacher(Teacher):
@@ -157,22 +179,39 @@ def ranking_weights(ranking: pd.DataFrame, names: Sequence[str]) -> list[float]:
     return (z / z.sum()).tolist()
 
 
-def distillation_kl(student: Distribution, teacher_probs: Sequence[torch.Tensor], weights: Sequence[float]
-                    ) -> torch.Tensor:
+def distillation_kl(student: Distribution, teacher_outputs: Sequence[torch.Tensor | Sequence[torch.Tensor]],
+                    weights: Sequence[float]) -> torch.Tensor:
     """Per-sample ``sum_k w_k KL(teacher_k || student)`` ``(B,)``, differentiable in the student.
 
-    :param student: SB3's categorical distribution of the student on the batch.
-    :param teacher_probs: ``(B, A)`` probabilities per teacher.
+    :param student: SB3's action distribution of the student on the batch: categorical, or diagonal Gaussian.
+    :param teacher_outputs: per teacher, :meth:`Teacher.output` on the batch: ``(B, A)`` probabilities (a bare
+        tensor or ``(probs,)``) for a categorical student, ``(mean, std)`` ``(B, D)`` each for a Gaussian one.
+    :raises ValueError: another distribution (e.g. gSDE's), or teacher outputs of the other kind.
     """
-    if not isinstance(student, CategoricalDistribution):
-        raise ValueError(f"Kickstarting distils discrete policies; the student's distribution is "
-                         f"{type(student).__name__}.")
-    log_pi = student.distribution.logits  # normalised log-probabilities
-    total = torch.zeros(log_pi.shape[0], dtype=log_pi.dtype, device=log_pi.device)
-    for p, w in zip(teacher_probs, weights):
-        p = p.to(log_pi.device, log_pi.dtype)
-        total = total + w * (torch.xlogy(p, p) - p * log_pi).sum(-1)
-    return total
+    outputs = [(o,) if torch.is_tensor(o) else tuple(o) for o in teacher_outputs]
+    if isinstance(student, CategoricalDistribution):
+        if any(len(o) != 1 for o in outputs):
+            raise ValueError("A discrete student distils discrete teachers (action probabilities); a continuous "
+                             "teacher (mean, std) cannot teach it.")
+        log_pi = student.distribution.logits  # normalised log-probabilities
+        total = torch.zeros(log_pi.shape[0], dtype=log_pi.dtype, device=log_pi.device)
+        for (p,), w in zip(outputs, weights):
+            p = p.to(log_pi.device, log_pi.dtype)
+            total = total + w * (torch.xlogy(p, p) - p * log_pi).sum(-1)
+        return total
+    if type(student) is DiagGaussianDistribution:
+        if any(len(o) != 2 for o in outputs):
+            raise ValueError("A continuous student distils continuous teachers (mean, std); a discrete teacher "
+                             "(action probabilities) cannot teach it.")
+        mu, sigma = student.distribution.loc, student.distribution.scale
+        total = torch.zeros(mu.shape[0], dtype=mu.dtype, device=mu.device)
+        for (mean, std), w in zip(outputs, weights):
+            mean, std = mean.to(mu.device, mu.dtype), std.to(mu.device, mu.dtype)
+            kl = torch.log(sigma / std) + (std ** 2 + (mean - mu) ** 2) / (2 * sigma ** 2) - 0.5
+            total = total + w * kl.sum(-1)
+        return total
+    raise ValueError(f"Kickstarting distils categorical and diagonal Gaussian policies; the student's distribution "
+                     f"is {type(student).__name__} (with use_sde=True PPO's is state-dependent: turn it off).")
 
 
 class KickstartMixin:
@@ -206,6 +245,11 @@ class KickstartMixin:
         if len(weights) != len(teachers) or any(w < 0 for w in weights) or (teachers and sum(weights) <= 0):
             raise ValueError(f"teacher_weights must be one weight >= 0 per teacher, not all 0; got {weights} for "
                              f"{len(teachers)} teachers.")
+        continuous = isinstance(getattr(self, "action_space", None), spaces.Box)  # load() sets it after __init__
+        wrong = [t.name for t in teachers if t.continuous != continuous]
+        if wrong:
+            raise ValueError(f"teachers {wrong} are {'discrete' if continuous else 'continuous'}, the student's "
+                             f"actions ({self.action_space}) are not: a teacher must act in the student's action space.")
         for teacher in teachers:
             teacher.requires_grad_(False).eval().to(self.device)
         self.teachers = teachers
@@ -220,6 +264,11 @@ class KickstartMixin:
             self.kickstart_start = int(self.num_timesteps)
             if self.kickstart_steps is None:
                 self.kickstart_steps = max(1, int(self._total_timesteps - self.num_timesteps) // 2)
+        normalizer = self.get_vec_normalize_env()
+        if self.teachers and normalizer is not None and normalizer.norm_obs:
+            raise ValueError("The student trains on VecNormalize's normalised observations, which its teachers were "
+                             "not trained on: kickstart with norm_obs=False (teachers from compact zoo folders "
+                             "read raw observations, their own normalisation folded in).")
         if self.teachers and self.kickstart_coef > 0 and self.ent_coef <= 0:
             raise ValueError("Kickstarting adds its gradient where SB3 adds the entropy bonus: it needs ent_coef > 0 "
                              f"(got {self.ent_coef}); e.g. ent_coef=0.01 as the RL Baselines3 Zoo's Atari settings.")
@@ -237,10 +286,26 @@ class KickstartMixin:
         self.logger.record("train/kickstart_weight", weight)
         if weight <= 0:
             return super().train()
-        policy = self.policy
+        policy, buffer = self.policy, self.rollout_buffer
         evaluate, get_distribution = policy.evaluate_actions, policy._get_action_dist_from_latent
+        get_samples = buffer._get_samples
         built: list[Distribution] = []
         kls: list[float] = []
+        batches: list[np.ndarray] = []
+        cache: list[tuple[torch.Tensor, ...]] = []
+
+        def record_batch(batch_inds: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+            batches.append(batch_inds)
+            return get_samples(batch_inds, *args, **kwargs)
+
+        def teacher_outputs(obs: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+            if not self.cache_teachers or not batches or isinstance(buffer.observations, dict):  # this batch only
+                x = preprocess_obs(obs, self.observation_space, normalize_images=policy.normalize_images)
+                return [t.output(x) for t in self.teachers]
+            if not cache:
+                cache.extend(self._teacher_outputs_on(buffer.observations))
+            index = torch.as_tensor(batches[-1], device=self.device)
+            return [tuple(o[index] for o in out) for out in cache]
 
         def capture(latent_pi: torch.Tensor) -> Distribution:
             distribution = get_distribution(latent_pi)
@@ -253,17 +318,34 @@ class KickstartMixin:
             if len(built) != 1 or entropy is None:
                 raise RuntimeError("Kickstarting expects evaluate_actions to build one action distribution with an "
                                    "entropy (SB3's ActorCriticPolicy); this policy does otherwise.")
-            x = preprocess_obs(obs, self.observation_space, normalize_images=policy.normalize_images)
-            kl = distillation_kl(built[0], [t.probs(x) for t in self.teachers], self.teacher_weights)
+            kl = distillation_kl(built[0], teacher_outputs(obs), self.teacher_weights)
             kls.append(float(kl.detach().mean()))
             return values, log_prob, entropy - (weight / self.ent_coef) * (kl - kl.detach())
 
         policy.evaluate_actions, policy._get_action_dist_from_latent = evaluate_actions, capture
+        buffer._get_samples = record_batch
         try:
             super().train()
         finally:  # back to the class's methods
-            del policy.evaluate_actions, policy._get_action_dist_from_latent
+            del policy.evaluate_actions, policy._get_action_dist_from_latent, buffer._get_samples
         self.logger.record("train/kickstart_kl", float(np.mean(kls)) if kls else math.nan)
+
+
+    #: Observations per teacher forward pass when the teachers read a whole rollout buffer.
+    TEACHER_CHUNK = 256
+    #: Teachers read each rollout once (False: on every minibatch of every epoch; the same update, slower).
+    cache_teachers: bool = True
+
+    @torch.no_grad()
+    def _teacher_outputs_on(self, observations: np.ndarray) -> list[tuple[torch.Tensor, ...]]:
+        """Every teacher's :meth:`Teacher.output` on a rollout buffer's flattened observations, in chunks."""
+        per_teacher: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in self.teachers]
+        for start in range(0, len(observations), self.TEACHER_CHUNK):
+            obs = torch.as_tensor(observations[start:start + self.TEACHER_CHUNK], device=self.device)
+            x = preprocess_obs(obs, self.observation_space, normalize_images=self.policy.normalize_images)
+            for chunks, teacher in zip(per_teacher, self.teachers):
+                chunks.append(teacher.output(x))
+        return [tuple(torch.cat(parts) for parts in zip(*chunks)) for chunks in per_teacher]
 
 
 class KickstartPPO(KickstartMixin, PPO):
