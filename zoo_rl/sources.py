@@ -195,6 +195,30 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def write_weights(
+    folder: str | Path,
+    extractor: Mapping[str, torch.Tensor],
+    heads: Mapping[str, torch.Tensor],
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a compact folder's ``weights.pt`` atomically (no ``meta.json``: :func:`write_compact` adds it); return
+    its path.
+
+    :param extractor: NatureCNN tensors in :data:`LAYERS` naming (stored under ``features.``), or empty for a
+        policy without a NatureCNN (an MLP policy: every tensor is a head).
+    :param heads: the rest of the policy, under SB3's keys (stored under ``head.``).
+    :param dtype: storage dtype (``torch.float16`` halves the size).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    checked = _check_extractor(extractor, str(folder)) if extractor else {}
+    state = {f"features.{k}": v.detach().cpu().to(dtype).contiguous() for k, v in checked.items()}
+    state.update({f"head.{k}": v.detach().cpu().to(dtype).contiguous() for k, v in heads.items()})
+    weights = folder / WEIGHTS_FILE
+    atomic_write_bytes(weights, _tensor_bytes(state))
+    return weights
+
+
 def write_compact(
     folder: str | Path,
     extractor: Mapping[str, torch.Tensor],
@@ -202,20 +226,11 @@ def write_compact(
     meta: Mapping[str, Any],
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    """Write a compact zoo folder atomically; return the metadata written (with ``sha256``).
-
-    :param extractor: NatureCNN tensors in :data:`LAYERS` naming.
-    :param heads: policy/value heads, stored under ``head.``.
-    :param dtype: storage dtype (``torch.float16`` halves the size).
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {f"features.{k}": v.detach().cpu().to(dtype).contiguous() for k, v in _check_extractor(extractor, str(folder)).items()}
-    state.update({f"head.{k}": v.detach().cpu().to(dtype).contiguous() for k, v in heads.items()})
-    weights = folder / WEIGHTS_FILE
-    atomic_write_bytes(weights, _tensor_bytes(state))
+    """Write a compact zoo folder atomically (:func:`write_weights`, then ``meta.json``); return the metadata
+    written (with ``dtype`` and ``sha256``)."""
+    weights = write_weights(folder, extractor, heads, dtype)
     meta = dict(meta, dtype=str(dtype).replace("torch.", ""), sha256=sha256_of(weights))
-    atomic_write_bytes(folder / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(Path(folder) / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return meta
 
 

@@ -8,6 +8,8 @@ Used by ``agents/train.py`` (the source zoo) and the study runner (:mod:`zoo_rl.
       config.json        resolved configuration and the command that started it
       checkpoint.zip     latest SB3 save (weights + optimizer + step count), written atomically
       status.json        the checkpoint's step count and wall time
+      vecnormalize.pkl   the VecNormalize statistics of a run that normalises (``normalize`` in its
+                         hyperparameters), SB3's VecNormalize.save format, written with each checkpoint
       evaluations.npz    SB3 EvalCallback layout: timesteps, results (n_evals, n_episodes), ep_lengths
       <i>.monitor.csv    Monitor CSVs of the training envs (unclipped full-game returns), where SB3's
                          load_results and the RL Baselines3 Zoo's plot scripts look for them
@@ -15,31 +17,36 @@ Used by ``agents/train.py`` (the source zoo) and the study runner (:mod:`zoo_rl.
       final.zip          the finished model
 
 Killing the process at any moment loses at most one checkpoint interval: a rerun loads
-``checkpoint.zip`` and continues the step count and the learning-rate schedule.
+``checkpoint.zip`` and continues the step count and the learning-rate schedule (and the VecNormalize
+statistics, from ``vecnormalize.pkl``).
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import pickle
 import re
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import yaml
+from gymnasium import spaces
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
+from torch import nn
 
 from envs.atari import restart_games
 from envs.tasks import Task, env_backend, make_env
-from zoo_rl.files import (CHECKPOINT, CONFIG, EVALUATIONS, STATUS, atomic_write_bytes, command_line,
+from zoo_rl.files import (CHECKPOINT, CONFIG, EVALUATIONS, STATUS, VEC_NORMALIZE, atomic_write_bytes, command_line,
                           save_model_atomic, write_json)
 from zoo_rl.machine import reuse_freed_memory
 from zoo_rl.policies import algo_kwargs, policy_class
@@ -53,10 +60,19 @@ except ImportError:  # sb3-contrib is in requirements.txt, but keep the core imp
 ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
 if QRDQN is not None:
     ALGOS["qrdqn"] = QRDQN
-#: Algorithms whose rollouts are collected on-policy (evaluated with sampled actions).
+#: Algorithms whose rollouts are collected on-policy (on discrete actions, evaluated with sampled actions:
+#: :func:`deterministic_eval`).
 ON_POLICY = ("ppo", "a2c")
 #: Seed offset of a run's evaluation environments (training uses the run's seed itself).
 EVAL_SEED_OFFSET = 10_000
+#: Activation functions that ``policy_kwargs: {activation_fn: <name>}`` may name in a hyperparameter file.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "silu": nn.SiLU,
+}
+#: What a ``normalize`` mapping may set (the rest of ``VecNormalize``'s arguments keep SB3's defaults).
+NORMALIZE_OPTIONS = ("norm_obs", "norm_reward", "clip_obs", "clip_reward")
+#: Hyperparameters that set the run's environments up rather than the algorithm: never passed to SB3.
+RUN_SETTINGS = ("normalize",)
 
 _SCHEDULE = re.compile(r"^lin_(?P<value>[-+0-9.eE]+)$")
 
@@ -82,6 +98,19 @@ class LinearSchedule:
         return f"lin_{self.initial:g}"
 
 
+def deterministic_eval(algo: str, action_space: spaces.Space) -> bool:
+    """Whether evaluations of ``algo`` on ``action_space`` take the policy's deterministic action (else sample it).
+
+    Continuous actions (a ``Box``) are always deterministic (a Gaussian policy's mean), as the RL Baselines3 Zoo
+    evaluates every non-Atari task. Discrete actions (Atari, Lab2D) keep the rule their zoos were evaluated
+    with: on-policy algorithms (:data:`ON_POLICY`) sample, off-policy ones act greedily. Every evaluation of a
+    run, of a source and of a study follows this one rule, so their returns compare.
+    """
+    if isinstance(action_space, spaces.Box):
+        return True
+    return algo.lower() not in ON_POLICY
+
+
 def parse_value(value: Any) -> Any:
     """Turn the zoo's ``lin_2.5e-4`` strings into schedules; leave everything else alone."""
     if isinstance(value, str):
@@ -94,18 +123,92 @@ def parse_value(value: Any) -> Any:
 def load_hyperparams(path: str | Path, game: str, family: str = "atari") -> dict[str, Any]:
     """Hyperparameters for ``game`` from a YAML file keyed like the RL Baselines3 Zoo's.
 
-    The family's entry (``atari``; ``lab2d`` falls back to ``atari``) holds the defaults; an entry
-    named by the game (``Pong``, ``lab2d:pushbox``) or its env id (``PongNoFrameskip-v4``) overrides
-    them. Values are data only: ``lin_X`` becomes a linear schedule, nothing is evaluated.
+    The family's entry (``atari``, ``lab2d``, ``mujoco``; ``lab2d`` falls back to ``atari``, whose
+    images it shares) holds the defaults; an entry named by the game (``Pong``, ``lab2d:pushbox``,
+    ``mujoco:halfcheetah+mass=2``) or its env id (``PongNoFrameskip-v4``) overrides them. Values are data
+    only: ``lin_X`` becomes a linear schedule, nothing is evaluated.
+
+    :raises ValueError: a MuJoCo game (or another family without the Atari fallback) that the file has no
+        entry for.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Hyperparameter file {path} does not exist.")
     table = yaml.safe_load(path.read_text()) or {}
+    keys = [k for k in (game, f"{game}NoFrameskip-v4") if k in table]
+    if family not in table and family not in ("atari", "lab2d") and not keys:
+        raise ValueError(f"{path} has no `{family}` entry (nor one for {game!r}): add one to train {family} tasks "
+                         f"with {path.stem} (agents/hyperparams/ppo.yml has one for PPO).")
     params = dict(table.get(family, table.get("atari", {})) or {})
-    for key in (game, f"{game}NoFrameskip-v4"):
+    for key in keys:
         params.update(table.get(key, {}) or {})
     return params
+
+
+def sb3_policy_kwargs(data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """SB3's ``policy_kwargs`` from their data form in a hyperparameter file, e.g.
+    ``{log_std_init: -2, ortho_init: false, activation_fn: relu, net_arch: {pi: [256, 256], vf: [256, 256]}}``:
+    ``activation_fn`` names an entry of :data:`ACTIVATIONS` and becomes its ``torch.nn`` class; every other key
+    passes to SB3 unchanged.
+
+    :raises ValueError: not a mapping (the RL Baselines3 Zoo's ``"dict(...)"`` strings are code, which is never
+        evaluated), or an activation name not in :data:`ACTIVATIONS`.
+    """
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"policy_kwargs must be a YAML mapping such as {{activation_fn: relu, net_arch: {{pi: [64], "
+                         f"vf: [64]}}}}, not {data!r}: hyperparameters are data, never evaluated as code.")
+    kwargs = dict(data)
+    if "activation_fn" in kwargs:
+        name = kwargs["activation_fn"]
+        if not isinstance(name, str) or name not in ACTIVATIONS:
+            accepted = ", ".join(f"{k} (torch.nn.{v.__name__})" for k, v in ACTIVATIONS.items())
+            raise ValueError(f"policy_kwargs: activation_fn {name!r} is not one of the accepted names: {accepted}.")
+        kwargs["activation_fn"] = ACTIVATIONS[name]
+    return kwargs
+
+
+def activation_name(activation: type[nn.Module]) -> str:
+    """The :data:`ACTIVATIONS` name of a ``torch.nn`` activation class (its dotted class name when it has none)."""
+    names = {cls: name for name, cls in ACTIVATIONS.items()}
+    return names.get(activation, f"{activation.__module__}.{activation.__qualname__}")
+
+
+def vec_normalize_kwargs(hyperparams: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``VecNormalize`` arguments that ``hyperparams["normalize"]`` asks for, or ``None`` for no normalisation.
+
+    The RL Baselines3 Zoo's meaning: ``true`` normalises observations and rewards; a mapping such as
+    ``{norm_obs: false, norm_reward: true}`` chooses (keys :data:`NORMALIZE_OPTIONS`, missing flags true);
+    ``false`` or no entry normalises nothing. Rewards are scaled by the running deviation of the discounted
+    return with the run's own ``gamma`` (SB3's 0.99 where the hyperparameters name none), as the Zoo does.
+
+    :raises ValueError: any other value, an unknown key, or a flag that is not true or false.
+    """
+    value = hyperparams.get("normalize", False)
+    if value is None or value is False:
+        return None
+    if value is True:
+        settings: dict[str, Any] = {}
+    elif isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(NORMALIZE_OPTIONS))
+        if unknown:
+            raise ValueError(f"normalize: unknown keys {unknown}; a normalize mapping takes {', '.join(NORMALIZE_OPTIONS)}.")
+        settings = dict(value)
+    else:
+        raise ValueError(f"normalize={value!r}: write true (observations and rewards), false, or a mapping such as "
+                         f"{{norm_obs: false, norm_reward: true}} (keys: {', '.join(NORMALIZE_OPTIONS)}).")
+    settings = {"norm_obs": True, "norm_reward": True, **settings}
+    for flag in ("norm_obs", "norm_reward"):
+        if not isinstance(settings[flag], bool):
+            raise ValueError(f"normalize: {flag}={settings[flag]!r} must be true or false.")
+    for clip in ("clip_obs", "clip_reward"):
+        value = settings.get(clip, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"normalize: {clip}={value!r} must be a positive number (SB3's default: 10).")
+    if not (settings["norm_obs"] or settings["norm_reward"]):
+        return None
+    return {**settings, "gamma": float(hyperparams.get("gamma", 0.99))}
 
 
 class _EveryN(BaseCallback):
@@ -136,16 +239,19 @@ class _EveryN(BaseCallback):
 
 
 class CheckpointEvery(_EveryN):
-    """Save the whole model (optimizer included) to ``path`` every ``every`` steps, atomically.
+    """Save the whole model (optimizer included) to ``path`` every ``every`` steps, atomically, and its
+    VecNormalize statistics to ``stats_path`` where it has them (:func:`save_checkpoint`).
 
     Saves happen when a rollout starts, i.e. after the update on the previous one, so a saved
     step count never includes collected-but-untrained experience.
     """
 
-    def __init__(self, path: str | Path, every: int, on_save: Callable[[BaseAlgorithm], None] | None = None) -> None:
+    def __init__(self, path: str | Path, every: int, on_save: Callable[[BaseAlgorithm], None] | None = None,
+                 stats_path: str | Path | None = None) -> None:
         super().__init__(every)
         self.path = Path(path)
         self.on_save = on_save
+        self.stats_path = None if stats_path is None else Path(stats_path)
 
     def _on_step(self) -> bool:
         return True
@@ -156,9 +262,33 @@ class CheckpointEvery(_EveryN):
             self._fire()
 
     def _fire(self) -> None:
-        save_model_atomic(self.model, self.path)
+        save_checkpoint(self.model, self.path, self.stats_path)
         if self.on_save is not None:
             self.on_save(self.model)
+
+
+def save_vec_normalize(model: BaseAlgorithm, path: str | Path) -> bool:
+    """Write the model's VecNormalize statistics to ``path`` (what ``VecNormalize.save`` writes), atomically.
+
+    :return: False, writing nothing, when the model's environment is not normalised.
+    """
+    normalization = model.get_vec_normalize_env()
+    if normalization is None:
+        return False
+    atomic_write_bytes(path, pickle.dumps(normalization))
+    return True
+
+
+def save_checkpoint(model: BaseAlgorithm, path: str | Path, stats_path: str | Path | None = None) -> None:
+    """The model to ``path`` and, when given, its VecNormalize statistics to ``stats_path``, each atomically.
+
+    The statistics go first, so that a checkpoint never exists without statistics to resume it with; a kill
+    between the two writes (a short window once per checkpoint interval) resumes the previous checkpoint with the
+    statistics of this one: running averages that are one interval further along.
+    """
+    if stats_path is not None:
+        save_vec_normalize(model, stats_path)
+    save_model_atomic(model, path)
 
 
 def load_evaluations(path: str | Path) -> dict[str, list]:
@@ -179,7 +309,8 @@ class EvalEvery(_EveryN):
     """Evaluate every ``every`` steps on ``eval_env``; append to ``evaluations.npz`` (resumable).
 
     The file has SB3's ``EvalCallback`` layout, so tools that read that file read this one.
-    Returns are full-game, unclipped returns (read from the Monitor inside the wrappers). Every
+    Returns are full-game, unclipped returns (read from the Monitor inside the wrappers, below any
+    VecNormalize, whose statistics are copied from the training environment first). Every
     evaluation starts new games (:func:`envs.atari.restart_games`): with SB3's Atari wrappers a
     plain ``reset()`` would continue the games the previous evaluation left unfinished.
     """
@@ -212,6 +343,7 @@ class EvalEvery(_EveryN):
         if self.evaluations["timesteps"] and int(self.evaluations["timesteps"][-1]) == self.num_timesteps:
             return np.asarray(self.evaluations["results"][-1])
         model = self.evaluate_as(self.model) if self.evaluate_as is not None else self.model
+        sync_normalization(self.model, self.eval_env)
         restart_games(self.eval_env)
         returns, lengths = evaluate_policy(
             model, self.eval_env, n_eval_episodes=self.n_episodes,
@@ -263,7 +395,8 @@ class RunSpec:
     :param total_steps: agent steps to train for (1 step = 4 frames, summed over envs).
     :param hyperparams: SB3 constructor arguments (``n_envs`` and ``policy`` excluded).
     :param policy: SB3 policy name or class.
-    :param policy_kwargs: SB3's ``policy_kwargs`` (a features extractor, its arguments, the optimizer).
+    :param policy_kwargs: SB3's ``policy_kwargs`` (a features extractor, its arguments, the optimizer), on top
+        of the hyperparameters' own (:func:`new_model`).
     :param seed: SB3 seed.
     :param checkpoint_every: steps between checkpoints.
     :param eval_every: steps between evaluations (0: none during training).
@@ -295,11 +428,14 @@ class RunSpec:
 
 def new_model(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorithm:
     """A fresh model of ``spec`` on ``env`` (``lin_X`` hyperparameters as schedules, the channels-last
-    rollout buffer with :class:`zoo_rl.policies.FastCnnPolicy`)."""
-    kwargs = {k: parse_value(v) for k, v in spec.hyperparams.items()}
+    rollout buffer with :class:`zoo_rl.policies.FastCnnPolicy`). Its ``policy_kwargs`` are the
+    hyperparameters' (:func:`sb3_policy_kwargs`) updated with ``spec.policy_kwargs``; the
+    :data:`RUN_SETTINGS` are left to the environments (:func:`open_run`)."""
+    kwargs = {k: parse_value(v) for k, v in spec.hyperparams.items() if k not in (*RUN_SETTINGS, "policy_kwargs")}
     kwargs.update(algo_kwargs(spec.policy))
-    if spec.policy_kwargs is not None:
-        kwargs["policy_kwargs"] = spec.policy_kwargs
+    policy_kwargs = {**sb3_policy_kwargs(spec.hyperparams.get("policy_kwargs")), **(spec.policy_kwargs or {})}
+    if policy_kwargs:
+        kwargs["policy_kwargs"] = policy_kwargs
     cls = spec.algo_cls or algo_class(spec.algo)
     return cls(spec.policy, env, seed=spec.seed, device=spec.device, verbose=verbose, **kwargs)
 
@@ -318,8 +454,12 @@ def build_or_resume(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorit
 def hyperparams_for(path: str | Path, task: Task) -> tuple[dict[str, Any], int, Any]:
     """``(hyperparams, n_envs, policy)`` of ``task`` from the YAML file ``path`` (:func:`load_hyperparams`):
     the SB3 constructor arguments without ``n_envs`` and ``policy``, which come apart (``policy`` resolved by
-    :func:`zoo_rl.policies.policy_class`; 8 environments where the file names none)."""
+    :func:`zoo_rl.policies.policy_class`; 8 environments where the file names none). ``policy_kwargs``
+    and ``normalize`` stay data (read by :func:`new_model` and :func:`vec_normalize_kwargs`), checked here
+    so that a bad file fails before any environment is built."""
     params = load_hyperparams(path, task.game, family=task.family)
+    sb3_policy_kwargs(params.get("policy_kwargs"))
+    vec_normalize_kwargs(params)
     n_envs = int(params.pop("n_envs", 8))
     return params, n_envs, policy_class(params.pop("policy", "CnnPolicy"))
 
@@ -339,14 +479,20 @@ class RunEnvs:
 
 
 def open_run(run_dir: str | Path, task: Task, *, n_envs: int, seed: int, backend: str, eval_episodes: int,
-             record: dict[str, Any]) -> RunEnvs:
+             record: dict[str, Any], normalize: dict[str, Any] | None = None) -> RunEnvs:
     """Set a run up: check that a checkpoint in ``run_dir`` resumes on ``backend``, make the training
     environments (Monitor files in the run folder, appended to on a resume) and the evaluation ones (the
     ``gym`` wrappers, seed ``seed +`` :data:`EVAL_SEED_OFFSET`), and write ``config.json``: ``record`` plus
-    the task, ``n_envs``, the backend, the command and the package versions.
+    the task, ``n_envs``, the backend, ``normalize``, the command and the package versions.
 
     :param backend: ``auto``, ``ale`` or ``gym`` (:func:`envs.tasks.env_backend` resolves it).
-    :raises ValueError: the checkpoint was trained on another backend (with the flag that resumes it).
+    :param normalize: ``VecNormalize`` arguments (:func:`vec_normalize_kwargs` of the run's hyperparameters),
+        ``None`` for none. The training environments are wrapped in a ``VecNormalize`` (its statistics loaded
+        from :data:`VEC_NORMALIZE` on a resume), the evaluation ones in a frozen one (``training=False``, raw
+        rewards) that receives the training statistics before each evaluation (:func:`sync_normalization`).
+        Monitor sits below it, so recorded returns stay raw.
+    :raises ValueError: the checkpoint was trained on another backend (with the flag that resumes it), or
+        with other normalisation (:func:`resume_normalization`).
     """
     run_dir = Path(run_dir)
     resumed = (run_dir / CHECKPOINT).is_file()
@@ -354,9 +500,70 @@ def open_run(run_dir: str | Path, task: Task, *, n_envs: int, seed: int, backend
     check_resume_backend(run_dir, backend, resumed)
     env = make_env(task, n_envs, seed=seed, monitor_dir=str(run_dir), monitor_append=resumed, backend=backend)
     eval_env = make_env(task, eval_episodes, seed=seed + EVAL_SEED_OFFSET, backend="gym")
+    try:
+        env = resume_normalization(env, run_dir, normalize) if resumed else _normalized(env, normalize)
+    except ValueError:
+        env.close()
+        eval_env.close()
+        raise
+    eval_env = frozen_normalization(eval_env, normalize)
     write_json(run_dir / CONFIG, {**record, "task": asdict(task), "n_envs": n_envs, "env_backend": backend,
+                                  **({} if normalize is None else {"normalize": normalize}),
                                   "command": command_line(), "versions": env_versions()})
     return RunEnvs(env, eval_env, backend, resumed)
+
+
+def _normalized(env: VecEnv, normalize: dict[str, Any] | None) -> VecEnv:
+    return env if normalize is None else VecNormalize(env, **normalize)
+
+
+def frozen_normalization(eval_env: VecEnv, normalize: dict[str, Any] | None) -> VecEnv:
+    """``eval_env`` in a ``VecNormalize`` that normalises observations as ``normalize`` says and never updates its
+    statistics nor touches rewards (an evaluation reports raw returns); ``eval_env`` itself for ``None``. Its
+    statistics are the training environment's once :func:`sync_normalization` copies them."""
+    if normalize is None:
+        return eval_env
+    return VecNormalize(eval_env, training=False, **{**normalize, "norm_reward": False})
+
+
+def sync_normalization(model: BaseAlgorithm, eval_env: VecEnv) -> None:
+    """Copy the model's VecNormalize statistics into ``eval_env``'s (SB3's ``sync_envs_normalization``, found through
+    any wrappers); nothing when ``eval_env`` does not normalise.
+
+    :raises ValueError: ``eval_env`` normalises but the model's environment does not (no statistics to copy).
+    """
+    frozen = unwrap_vec_normalize(eval_env)
+    if frozen is None:
+        return
+    trained = model.get_vec_normalize_env()
+    if trained is None:
+        raise ValueError("The evaluation environment normalises observations but the model's training environment has "
+                         "no VecNormalize to take statistics from: open both with the same `normalize`.")
+    frozen.obs_rms, frozen.ret_rms = copy.deepcopy(trained.obs_rms), copy.deepcopy(trained.ret_rms)
+
+
+def resume_normalization(env: VecEnv, run_dir: str | Path, normalize: dict[str, Any] | None) -> VecEnv:
+    """``env`` under the VecNormalize statistics that a resumed run saved with its checkpoint (:data:`VEC_NORMALIZE`,
+    unpickled by SB3's ``VecNormalize.load``: the run's own file, trusted as its checkpoint is).
+
+    :raises ValueError: the run normalises but has no statistics file, it has one but ``normalize`` is ``None``,
+        or the saved settings differ from ``normalize`` (each message says how to go on).
+    """
+    path = Path(run_dir) / VEC_NORMALIZE
+    if normalize is None:
+        if path.is_file():
+            raise ValueError(f"{run_dir} was trained under VecNormalize ({path}) but its hyperparameters now ask for no "
+                             "normalisation: restore their `normalize`, or delete the run folder to start it again.")
+        return env
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has a checkpoint but no VecNormalize statistics ({VEC_NORMALIZE}) to resume it "
+                         "with: copy the file from where the run was trained, or delete the run folder to start it again.")
+    loaded = VecNormalize.load(str(path), env)
+    saved = {key: getattr(loaded, key) for key in normalize}
+    if saved != normalize:
+        raise ValueError(f"{path} was saved with {saved}, but the hyperparameters now ask for {normalize}: restore them, "
+                         "or delete the run folder to start it again.")
+    return loaded
 
 
 def train_run(
@@ -381,10 +588,19 @@ def train_run(
     :return: the trained model and the evaluation callback (``None`` without ``eval_env``).
 
     Sets glibc's allocator to reuse freed memory (:func:`zoo_rl.machine.reuse_freed_memory`; ``ZOO_RL_MALLOC=0``
-    leaves it alone): the same values, a faster Zoo-Tuning update.
+    leaves it alone): the same values, a faster Zoo-Tuning update. Evaluations are deterministic or sampled by
+    :func:`deterministic_eval`. A training environment under ``VecNormalize`` has its statistics saved with each
+    checkpoint (:data:`VEC_NORMALIZE`, :func:`save_checkpoint`).
+
+    :raises ValueError: the hyperparameters ask for ``normalize`` but ``env`` has no ``VecNormalize``
+        (open the run with :func:`open_run`'s ``normalize``).
     """
     reuse_freed_memory()
     run_dir = Path(spec.run_dir)
+    if vec_normalize_kwargs(spec.hyperparams) is not None and unwrap_vec_normalize(env) is None:
+        raise ValueError(f"{run_dir}: the hyperparameters ask for normalize={spec.hyperparams['normalize']!r} but the "
+                         "training environment has no VecNormalize: open the run with open_run(..., "
+                         "normalize=vec_normalize_kwargs(hyperparams)).")
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / CHECKPOINT).is_file() or model is None:
         model = build_or_resume(spec, env, verbose)
@@ -405,12 +621,12 @@ def train_run(
                                  "cpu_seconds": round(before.get("cpu_seconds", 0.0) + cpu, 1)})
 
     all_callbacks: list[BaseCallback] = [CheckpointEvery(run_dir / CHECKPOINT, spec.checkpoint_every,
-                                                         on_save=record_status)]
+                                                         on_save=record_status, stats_path=run_dir / VEC_NORMALIZE)]
     evaluator = None
     if eval_env is not None:
         every = spec.eval_every if spec.eval_every > 0 else spec.total_steps + 1
         evaluator = EvalEvery(eval_env, run_dir / EVALUATIONS, every, spec.eval_episodes,
-                              deterministic=spec.algo not in ON_POLICY, evaluate_as=evaluate_as,
+                              deterministic=deterministic_eval(spec.algo, env.action_space), evaluate_as=evaluate_as,
                               at_start=evaluate_at_start)
         all_callbacks.append(evaluator)
         if stop_at_return is not None:
@@ -423,7 +639,7 @@ def train_run(
     if remaining > 0:
         model.learn(remaining, callback=CallbackList(all_callbacks), reset_num_timesteps=False,
                     progress_bar=False, tb_log_name=spec.algo.upper())
-    save_model_atomic(model, run_dir / CHECKPOINT)
+    save_checkpoint(model, run_dir / CHECKPOINT, run_dir / VEC_NORMALIZE)
     record_status(model)
     if evaluator is not None and getattr(evaluator, "model", None) is None:  # set by learn(), which may not have run
         evaluator.init_callback(model)

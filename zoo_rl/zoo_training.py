@@ -3,6 +3,12 @@
 ``agents/train.py`` is the command-line front end. One source = one resumable run under
 ``runs/zoo/<name>/`` (checkpoints, evaluations, monitor logs) whose result is exported to
 ``agents/zoo/<name>/`` (``weights.pt`` + ``meta.json``, see :mod:`zoo_rl.sources`).
+
+Two kinds of export. A NatureCNN agent (Atari, Lab2D) keeps its extractor under ``features.`` and its heads
+under ``head.``, read by :func:`zoo_rl.load_source`. An agent without one (an MLP on a state vector, e.g. a
+MuJoCo body) keeps its whole policy under ``head.``, float32, with the VecNormalize normalisation of its run
+folded in (:func:`zoo_rl.policy_sources.fold_vec_normalize`): :func:`zoo_rl.policy_sources.load_policy_source`
+gives a source that reads raw observations and predicts raw returns (:func:`export_policy`).
 """
 
 from __future__ import annotations
@@ -18,16 +24,22 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
 
 from envs.atari import restart_games
 from envs.tasks import Task, make_env, resolve
-from zoo_rl.files import EVALUATIONS, STATUS, write_csv_atomic, write_json
-from zoo_rl.sources import LAYERS, META_FILE, SB3_EXTRACTOR_PREFIXES, read_compact, write_compact
-from zoo_rl.training import (ON_POLICY, RunSpec, env_versions, hyperparams_for, load_evaluations, new_model, open_run,
-                             reached, train_run)
+from zoo_rl.files import EVALUATIONS, STATUS, VEC_NORMALIZE, to_jsonable, write_csv_atomic, write_json
+from zoo_rl.policy_sources import (PolicySource, VecNormalizeStats, fold_vec_normalize, load_policy_source,
+                                   policy_family, read_vec_normalize)
+from zoo_rl.sources import (LAYERS, META_FILE, SB3_EXTRACTOR_PREFIXES, WEIGHTS_FILE, read_compact, sha256_of,
+                            write_compact, write_weights)
+from zoo_rl.training import (RunSpec, activation_name, deterministic_eval, env_versions,
+                             frozen_normalization, hyperparams_for, load_evaluations, new_model, open_run, reached,
+                             sync_normalization, train_run, vec_normalize_kwargs)
 
 #: A source's learning curve in its zoo folder: its run's evaluations (steps, mean, std, games).
 CURVE_FILE = "curve.csv"
@@ -35,6 +47,13 @@ CURVE_FILE = "curve.csv"
 FINAL_EVAL_EPISODES = 10
 #: Observations collected to check that float16 storage keeps every greedy action.
 FP16_CHECK_OBS = 512
+#: Observations (half from random play, half from the agent's own) on which an exported policy without a
+#: NatureCNN is checked against the trained model (:func:`check_export`).
+FOLD_CHECK_OBS = 512
+#: Largest difference allowed between the trained model's deterministic actions and its exported copy's, on
+#: observations that the normaliser did not clip (the float32 rounding of folded layers stays far below it);
+#: values may differ by this fraction of their largest magnitude (at least 1).
+FOLD_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -150,6 +169,19 @@ def load_policy_state(model: BaseAlgorithm, folder: str | Path) -> None:
     model.policy.load_state_dict({k: v.to(target[k].device, target[k].dtype) for k, v in full.items()})
 
 
+def random_actions(space: spaces.Space, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` uniformly random actions of ``space``: ``(n,)`` integers for ``Discrete``, ``(n, *shape)`` values
+    within the bounds of a ``Box``.
+
+    :raises ValueError: another space, or a ``Box`` without finite bounds (no uniform distribution over it).
+    """
+    if isinstance(space, spaces.Discrete):
+        return rng.integers(space.n, size=n)
+    if isinstance(space, spaces.Box) and space.is_bounded("both"):
+        return rng.uniform(space.low, space.high, size=(n, *space.shape)).astype(space.dtype)
+    raise ValueError(f"No uniform random policy over {space}: random play needs a Discrete space or a bounded Box.")
+
+
 def collect_observations(env: VecEnv, n: int, seed: int = 0) -> np.ndarray:
     """``n`` observations from random play, for dtype round-trip checks."""
     rng = np.random.default_rng(seed)
@@ -157,7 +189,25 @@ def collect_observations(env: VecEnv, n: int, seed: int = 0) -> np.ndarray:
     out = []
     while sum(len(o) for o in out) < n:
         out.append(obs)
-        obs, *_ = env.step(rng.integers(env.action_space.n, size=env.num_envs))
+        obs, *_ = env.step(random_actions(env.action_space, env.num_envs, rng))
+    return np.concatenate(out)[:n]
+
+
+def policy_observations(model: BaseAlgorithm, env: VecEnv, n: int) -> np.ndarray:
+    """``n`` raw observations of ``model`` playing ``env`` with its deterministic actions.
+
+    ``env`` is under a frozen VecNormalize (:func:`zoo_rl.training.frozen_normalization`) when the model trained
+    under one: it receives the model's statistics, the model sees normalised observations and the raw ones are
+    returned.
+    """
+    sync_normalization(model, env)
+    normalization = unwrap_vec_normalize(env)
+    obs = env.reset()
+    out = []
+    while sum(len(o) for o in out) < n:
+        out.append(normalization.get_original_obs() if normalization is not None else obs)
+        actions, _ = model.predict(obs, deterministic=True)
+        obs, *_ = env.step(actions)
     return np.concatenate(out)[:n]
 
 
@@ -172,7 +222,7 @@ def float16_is_exact(model: BaseAlgorithm, observations: np.ndarray) -> bool:
 
 
 def random_returns(env: VecEnv, n_episodes: int, seed: int) -> list[float]:
-    """Full-game returns of the uniform random policy on ``env`` (Monitor inside the wrappers).
+    """Full-game returns of the uniform random policy (:func:`random_actions`) on ``env`` (Monitor inside the wrappers).
 
     Every environment starts a new game (:func:`envs.atari.restart_games`: on SB3's Atari wrappers a
     reset after an evaluation would otherwise continue the trained agent's unfinished games, whose
@@ -188,7 +238,7 @@ def random_returns(env: VecEnv, n_episodes: int, seed: int) -> list[float]:
     env.reset()
     returns: list[float] = []
     while counts != targets:
-        _, _, _, infos = env.step(rng.integers(env.action_space.n, size=env.num_envs))
+        _, _, _, infos = env.step(random_actions(env.action_space, env.num_envs, rng))
         for i, info in enumerate(infos):
             if "episode" in info and counts[i] < targets[i]:
                 returns.append(float(info["episode"]["r"]))
@@ -235,6 +285,120 @@ def write_curve(path: Path, evaluations: dict[str, list]) -> None:
     write_csv_atomic(evaluation_curve(evaluations), path)
 
 
+def describe_action_space(space: spaces.Space) -> dict[str, Any]:
+    """``{"type": "Discrete", "n": 6}`` or ``{"type": "Box", "shape": [6], "low": [...], "high": [...]}`` (JSON)."""
+    if isinstance(space, spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n)}
+    if isinstance(space, spaces.Box):
+        return {"type": "Box", "shape": list(space.shape), "low": space.low.ravel().tolist(),
+                "high": space.high.ravel().tolist()}
+    return {"type": type(space).__name__, "repr": repr(space)}
+
+
+def describe_stats(stats: VecNormalizeStats) -> dict[str, Any]:
+    """The folded VecNormalize statistics as JSON: means and variances as flat lists (a state vector's size)."""
+    return {key: value.ravel().tolist() if isinstance(value, np.ndarray) else value
+            for key, value in asdict(stats).items()}
+
+
+def _deterministic_outputs(policy: BasePolicy, observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic actions (before any clipping to the action bounds) and values of an actor-critic policy."""
+    with torch.no_grad():
+        obs = torch.as_tensor(observations, dtype=torch.float32, device=policy.device)
+        actions = policy.get_distribution(obs).get_actions(deterministic=True)
+        values = policy.predict_values(obs)
+    return actions.cpu().numpy().astype(np.float64), values.cpu().numpy().ravel().astype(np.float64)
+
+
+def _unclipped(observations: np.ndarray, stats: VecNormalizeStats | None) -> np.ndarray:
+    """``(n,)`` True where no value of the observation is clipped by the normaliser (all, without one)."""
+    flat = observations.reshape(len(observations), -1)
+    if stats is None or not stats.norm_obs:
+        return np.ones(len(flat), dtype=bool)
+    scaled = (flat - stats.obs_mean.ravel()) / np.sqrt(stats.obs_var.ravel() + stats.epsilon)
+    return np.all(np.abs(scaled) <= stats.clip_obs, axis=1)
+
+
+def check_export(model: BaseAlgorithm, folder: Path, observations: np.ndarray,
+                 stats: VecNormalizeStats | None) -> dict[str, Any]:
+    """Check that the whole-policy source in ``folder``, read back by :func:`load_policy_source` into a plain policy
+    of the model's class and architecture, acts on raw ``observations`` as ``model`` acts on their normalised form.
+
+    The comparison leaves out observations that the normaliser clips (beyond ``clip_obs`` deviations), which
+    reach a folded layer unclipped: there the two may differ.
+
+    :return: ``fold_max_action_diff`` (largest difference of a deterministic action, before clipping to the
+        action bounds), ``fold_max_value_diff`` (of a value, in raw-return units), ``fold_check_observations``
+        (observations compared) and ``fold_clipped_observations`` (left out).
+    :raises RuntimeError: a difference beyond :data:`FOLD_TOLERANCE`, or no observation to compare.
+    """
+    source = load_policy_source(folder)
+    plain = type(model.policy)(model.observation_space, model.action_space, lambda _: 0.0, **model.policy_kwargs)
+    plain.load_state_dict(source.state)
+    plain.to(model.device)
+    trained = model.get_vec_normalize_env()
+    seen = trained.normalize_obs(observations) if trained is not None else observations
+    model_actions, model_values = _deterministic_outputs(model.policy, seen)
+    actions, values = _deterministic_outputs(plain, observations)
+    if stats is not None and stats.norm_reward:
+        model_values = model_values * np.sqrt(stats.ret_var + stats.epsilon)
+    inside = _unclipped(observations, stats)
+    if not inside.any():
+        raise RuntimeError(f"{folder}: every one of {len(observations)} check observations is clipped by the "
+                           "normaliser, so the exported policy could not be compared with the trained one.")
+    action_diff = float(np.max(np.abs(actions - model_actions)[inside]))
+    value_diff = float(np.max(np.abs(values - model_values)[inside]))
+    value_tolerance = FOLD_TOLERANCE * max(1.0, float(np.max(np.abs(model_values[inside]))))
+    if action_diff > FOLD_TOLERANCE or value_diff > value_tolerance:
+        raise RuntimeError(f"{folder}: the exported policy differs from the trained one on unclipped observations "
+                           f"(actions by up to {action_diff:.3g}, values by {value_diff:.3g}; tolerance "
+                           f"{FOLD_TOLERANCE:g} and {value_tolerance:.3g}): the export is wrong, do not use it.")
+    return {"fold_max_action_diff": action_diff, "fold_max_value_diff": value_diff,
+            "fold_check_observations": int(inside.sum()), "fold_clipped_observations": int((~inside).sum())}
+
+
+def export_policy(model: BaseAlgorithm, task: Task, folder: Path, meta: dict[str, Any],
+                  normalize: dict[str, Any] | None, stats_path: Path | None, seed: int) -> dict[str, Any]:
+    """Export a model without a NatureCNN (an MLP policy) as a whole-policy compact folder; return its metadata.
+
+    The policy state (every tensor: :func:`split_policy_state` puts them all in the heads) is written float32
+    with the VecNormalize statistics of ``stats_path`` folded in (:func:`fold_vec_normalize`), and checked
+    against the model (:func:`check_export`) on :data:`FOLD_CHECK_OBS` raw observations of ``task``, half from
+    random play, half from the model's own (seeded ``seed``). ``meta.json`` is written last, with the action
+    space, the architecture, the ``normalize`` settings, the statistics folded and the check's result: until
+    then the folder is no finished source (a stale ``meta.json`` is removed first).
+
+    :raises RuntimeError: the check failed (:func:`check_export`).
+    """
+    _, state = split_policy_state(model)
+    stats = read_vec_normalize(stats_path) if stats_path is not None else None
+    if stats is not None:
+        source = PolicySource(folder.name, str(stats_path.parent), state, family=policy_family(state))
+        state = fold_vec_normalize(source, stats).state
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / META_FILE).unlink(missing_ok=True)
+    write_weights(folder, {}, state)
+    half = FOLD_CHECK_OBS // 2
+    random_env = make_env(task, 8, seed=seed)
+    agent_env = frozen_normalization(make_env(task, 1, seed=seed + 1), normalize)
+    try:
+        observations = np.concatenate([collect_observations(random_env, half),
+                                       policy_observations(model, agent_env, FOLD_CHECK_OBS - half)])
+    finally:
+        random_env.close()
+        agent_env.close()
+    check = check_export(model, folder, observations, stats)
+    meta = {**meta, **check,
+            "action_space": describe_action_space(model.action_space),
+            "architecture": {"net_arch": model.policy.net_arch, "activation": activation_name(model.policy.activation_fn)},
+            "normalize": normalize,
+            "vec_normalize": None if stats is None else describe_stats(stats),
+            "vec_normalize_folded": stats is not None,
+            "dtype": "float32", "sha256": sha256_of(folder / WEIGHTS_FILE)}
+    write_json(folder / META_FILE, meta)
+    return json.loads((folder / META_FILE).read_text())
+
+
 def _cost(run_dir: Path) -> dict[str, float]:
     """Wall and CPU time of the whole run, all calls (``status.json``), in hours."""
     status_path = run_dir / STATUS
@@ -264,7 +428,16 @@ def train_source(
     verbose: int = 1,
     extra_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) one source and export it to ``zoo_dir/<name>``; return its metadata."""
+    """Train (or resume) one source and export it to ``zoo_dir/<name>``; return its metadata.
+
+    The final evaluation (:data:`FINAL_EVAL_EPISODES` games on new environments, through the run's frozen
+    normalisation where it has one) and every evaluation during training act as :func:`deterministic_eval`
+    says; the random-policy baseline samples the action space uniformly (:func:`random_actions`). A NatureCNN
+    agent is exported with :func:`zoo_rl.sources.write_compact` (float16 when that keeps every greedy action),
+    any other with :func:`export_policy`.
+
+    :raises ValueError: ``spec.init`` for a run under VecNormalize, or what :func:`open_run` refuses.
+    """
     task = spec.task
     name = spec.source_name
     run_dir = Path(runs_dir) / name
@@ -272,11 +445,17 @@ def train_source(
     eval_every = spec.eval_every or eval_every
     eval_episodes = spec.eval_episodes or eval_episodes
     params, n_envs, policy = hyperparams_for(Path(hyperparams_dir) / f"{spec.algo}.yml", task)
+    normalize = vec_normalize_kwargs(params)
+    if init is not None and normalize is not None:
+        raise ValueError(f"{name}: init={spec.init!r} cannot start a run under VecNormalize (normalize in the "
+                         "hyperparameters): a compact source has its normalisation folded into its weights. Continue "
+                         "its run folder instead (the same --runs-dir, more --steps).")
     run = RunSpec(run_dir=run_dir, algo=spec.algo, total_steps=spec.steps, hyperparams=params, policy=policy,
                   seed=spec.seed, checkpoint_every=checkpoint_every, eval_every=eval_every,
                   eval_episodes=eval_episodes, device=device)
     envs = open_run(run_dir, task, n_envs=n_envs, seed=spec.seed, backend=spec.env_backend,
-                    eval_episodes=eval_episodes, record={"source": asdict(spec), "hyperparams": params})
+                    eval_episodes=eval_episodes, record={"source": asdict(spec), "hyperparams": params},
+                    normalize=normalize)
     env, eval_env, backend = envs.env, envs.eval_env, envs.backend
     model = None
     init_meta: dict[str, Any] = {}
@@ -295,12 +474,12 @@ def train_source(
                                  stop_at_return=spec.target_return)
     train_seconds = time.time() - started
 
-    final_env = make_env(task, FINAL_EVAL_EPISODES, seed=spec.seed + 20_000)
+    deterministic = deterministic_eval(spec.algo, env.action_space)
+    final_env = frozen_normalization(make_env(task, FINAL_EVAL_EPISODES, seed=spec.seed + 20_000), normalize)
+    sync_normalization(model, final_env)
     final, _ = evaluate_policy(model, final_env, n_eval_episodes=FINAL_EVAL_EPISODES,
-                               deterministic=spec.algo not in ON_POLICY, return_episode_rewards=True, warn=False)
+                               deterministic=deterministic, return_episode_rewards=True, warn=False)
     rand = source_random_returns(spec)
-    test_obs = collect_observations(make_env(task, 8, seed=spec.seed + 40_000), FP16_CHECK_OBS)
-    dtype = torch.float16 if float16_is_exact(model, test_obs) else torch.float32
     extractor, heads = split_policy_state(model)
     meta = {
         "name": name,
@@ -313,17 +492,14 @@ def train_source(
         "steps": int(model.num_timesteps),
         "n_envs": n_envs,
         "policy": getattr(policy, "__name__", str(policy)),
-        "hyperparams": {k: repr(v) if not isinstance(v, (int, float, str, bool, type(None))) else v
-                        for k, v in params.items()},
+        "hyperparams": to_jsonable(params),
         "eval_return_mean": float(np.mean(final)),
         "eval_return_std": float(np.std(final)),
         "eval_episodes": len(final),
-        "eval_deterministic": spec.algo not in ON_POLICY,
+        "eval_deterministic": deterministic,
         "random_return_mean": float(np.mean(rand)),
         "random_return_std": float(np.std(rand)),
-        "n_actions": int(env.action_space.n),
         "observation_shape": list(model.observation_space.shape),
-        "layers": list(LAYERS),
         "env_backend": backend,
         "train_seconds_last_call": round(train_seconds, 1),
         **_cost(run_dir),
@@ -345,7 +521,15 @@ def train_source(
         "versions": env_versions(),
         **(extra_meta or {}),
     }
-    meta = write_compact(Path(zoo_dir) / name, extractor, heads, meta, dtype=dtype)
+    folder = Path(zoo_dir) / name
+    if extractor:
+        test_obs = collect_observations(make_env(task, 8, seed=spec.seed + 40_000), FP16_CHECK_OBS)
+        dtype = torch.float16 if float16_is_exact(model, test_obs) else torch.float32
+        meta.update(n_actions=int(env.action_space.n), layers=list(LAYERS))
+        meta = write_compact(folder, extractor, heads, meta, dtype=dtype)
+    else:
+        meta = export_policy(model, task, folder, meta, normalize,
+                             run_dir / VEC_NORMALIZE if normalize is not None else None, seed=spec.seed + 40_000)
     write_curve(Path(zoo_dir) / name / CURVE_FILE, load_evaluations(run_dir / EVALUATIONS))
     for venv in (env, eval_env, final_env):
         venv.close()
