@@ -19,6 +19,7 @@ from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor
 from zoo_rl.kickstart import KickstartA2C, KickstartPPO, load_teacher, ranking_weights
 from zoo_rl.policies import FastCnnPolicy
+from zoo_rl.multipolar import MultipolarActorCriticPolicy, multipolar_policy
 from zoo_rl.layers import GATE_MODES, NORMALISATIONS, SourceGate, ZooLayer, ranked_gates
 from zoo_rl.optim import ZooAdam, zoo_optimizer
 from zoo_rl.ranking import rank_sources
@@ -43,6 +44,7 @@ __all__ = [
     "GateLogger",
     "KickstartA2C",
     "KickstartPPO",
+    "MultipolarActorCriticPolicy",
     "NORMALISATIONS",
     "PolicySource",
     "Source",
@@ -65,6 +67,7 @@ __all__ = [
     "load_source",
     "load_teacher",
     "load_zoo",
+    "multipolar_policy",
     "rank_sources",
     "ranked_gates",
     "ranking_weights",
