@@ -1,5 +1,6 @@
 """Kickstarting: the distillation term's gradient by hand, its place in PPO's and A2C's loss, the weight's
-schedule, teachers frozen and never saved, action maps by meaning, and bad input refused."""
+schedule, teachers frozen and never saved, action maps by meaning, whole-policy teachers against the source's own
+SB3 distribution, and bad input refused."""
 
 import copy
 import zipfile
@@ -9,14 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from stable_baselines3 import A2C, PPO
+import gymnasium as gym
+from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.distributions import (CategoricalDistribution, DiagGaussianDistribution,
                                                     StateDependentNoiseDistribution)
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
+from torch import nn
 from torch.distributions import Normal
 
-from zoo_rl.kickstart import (KickstartA2C, KickstartPPO, Teacher, distillation_kl, load_teacher, ranking_weights)
+from zoo_rl.kickstart import (KickstartA2C, KickstartPPO, PolicyTeacher, SourceTeacher, Teacher, distillation_kl,
+                              load_any_teacher, load_policy_teacher, load_teacher, ranking_weights)
+from zoo_rl.sources import write_compact
 
 ROOT = Path(__file__).resolve().parents[1]
 PONG_MEANINGS = ["NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE"]
@@ -226,3 +231,127 @@ def test_ranking_weights_follow_the_zero_shot_evidence():
     assert ranking_weights(ranking.assign(zero_shot_z=[-1.0, np.nan, 0.0]), ["a", "b", "c"]) == [1 / 3] * 3
     with pytest.raises(ValueError, match="not in the ranking"):
         ranking_weights(ranking, ["a", "d"])
+
+
+@pytest.fixture(scope="module")
+def policy_sources(tmp_path_factory):
+    """Whole-policy sources: a ReLU PPO on Pendulum (its action_net scaled up so that it acts, its log_std moved off
+    0) as an SB3 zip and as a compact folder recording its activation, a tanh PPO on CartPole, a SAC on Pendulum."""
+    root = tmp_path_factory.mktemp("policy-teachers")
+    pendulum = PPO("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[16, 16], activation_fn=nn.ReLU), seed=0,
+                   device="cpu")
+    with torch.no_grad():
+        pendulum.policy.action_net.weight.mul_(100.0)
+        pendulum.policy.log_std.fill_(-0.7)
+    pendulum.save(root / "pendulum.zip")
+    write_compact(root / "pendulum", {}, pendulum.policy.state_dict(),
+                  {"name": "pendulum", "architecture": {"net_arch": [16, 16], "activation": "relu"}})
+    cartpole = PPO("MlpPolicy", "CartPole-v1", policy_kwargs=dict(net_arch=[8]), seed=1, device="cpu")
+    with torch.no_grad():
+        cartpole.policy.action_net.weight.mul_(100.0)
+    cartpole.save(root / "cartpole.zip")
+    SAC("MlpPolicy", "Pendulum-v1", policy_kwargs=dict(net_arch=[8]), device="cpu").save(root / "sac.zip")
+    return {name: str(root / name) for name in ("pendulum.zip", "pendulum", "cartpole.zip", "sac.zip")}
+
+
+def random_observations(env_id, n=32):
+    env = gym.make(env_id)
+    env.observation_space.seed(0)
+    return torch.as_tensor(np.stack([env.observation_space.sample() for _ in range(n)])).float()
+
+
+def own_distribution(zip_path, obs):
+    policy = PPO.load(zip_path, device="cpu").policy
+    with torch.no_grad():
+        return policy.get_distribution(obs).distribution
+
+
+@pytest.mark.parametrize("source", ["pendulum.zip", "pendulum"])
+def test_a_policy_teacher_is_the_sources_own_gaussian(policy_sources, source):
+    env = gym.make("Pendulum-v1")
+    teacher = load_policy_teacher(policy_sources[source], env.observation_space, env.action_space)
+    assert isinstance(teacher, PolicyTeacher) and teacher.continuous and teacher.actor.activation == "relu"
+    obs = random_observations("Pendulum-v1")
+    mean, std = teacher.gaussian(obs)
+    expected = own_distribution(policy_sources["pendulum.zip"], obs)
+    assert mean.abs().max() > 1.0  # the source acts, beyond the bounds in places (no clipping: the Gaussian itself)
+    torch.testing.assert_close(mean, expected.mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(std, expected.stddev, rtol=1e-6, atol=1e-6)
+    assert [o.shape for o in teacher.output(obs)] == [(32, 1), (32, 1)]
+    with pytest.raises(NotImplementedError, match="not a discrete teacher"):
+        teacher.probs(obs)
+
+
+def test_a_discrete_policy_teacher_is_the_sources_own_softmax(policy_sources):
+    env = gym.make("CartPole-v1")
+    teacher = load_policy_teacher(policy_sources["cartpole.zip"], env.observation_space, env.action_space)
+    assert not teacher.continuous and teacher.actor.activation == "tanh"  # SB3's default: the zip records none
+    obs = random_observations("CartPole-v1")
+    probs = teacher.probs(obs)
+    torch.testing.assert_close(probs, own_distribution(policy_sources["cartpole.zip"], obs).probs, rtol=1e-6,
+                               atol=1e-6)
+    assert probs.argmax(-1).unique().numel() == 2 and (probs - 0.5).abs().max() > 0.1  # it acts, both ways
+    assert [o.shape for o in teacher.output(obs)] == [(32, 2)]
+
+
+def test_kickstart_ppo_learns_from_a_policy_teacher_that_stays_frozen(policy_sources):
+    env = gym.make("Pendulum-v1")
+    teacher = load_policy_teacher(policy_sources["pendulum"], env.observation_space, env.action_space)
+    buffers = {key: b.clone() for key, b in teacher.named_buffers()}
+    assert buffers and "log_std" in buffers and not list(teacher.parameters())
+    model = KickstartPPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=32, n_epochs=2, ent_coef=0.01, seed=0,
+                         device="cpu", teachers=[teacher], kickstart_steps=1000)
+    start = [p.detach().clone() for p in model.policy.parameters()]
+    obs = random_observations("Pendulum-v1")
+    teacher_mean = teacher.gaussian(obs)[0]
+    before = distillation_kl(model.policy.get_distribution(obs), [teacher.output(obs)], [1.0]).mean()
+    model.learn(128)
+    assert any(not torch.equal(a, b) for a, b in zip(start, model.policy.parameters()))
+    for key, b in teacher.named_buffers():
+        assert torch.equal(b, buffers[key]), key  # bit-identical
+    torch.testing.assert_close(teacher.gaussian(obs)[0], teacher_mean)
+    with torch.no_grad():
+        after = distillation_kl(model.policy.get_distribution(obs), [teacher.output(obs)], [1.0]).mean()
+    assert after < before  # the student moved towards its teacher
+
+
+def test_policy_teachers_that_cannot_teach_are_refused(policy_sources):
+    pendulum, cartpole = gym.make("Pendulum-v1"), gym.make("CartPole-v1")
+    with pytest.raises(ValueError, match=r"Source 'sac' .* is an off-policy SAC policy: kickstarting distils "
+                                         r"PPO/A2C-family policies"):
+        load_policy_teacher(policy_sources["sac.zip"], pendulum.observation_space, pendulum.action_space)
+    acrobot = gym.make("Acrobot-v1")  # 6 observations and 3 actions, not 4 and 2
+    with pytest.raises(ValueError) as info:
+        load_policy_teacher(policy_sources["cartpole.zip"], acrobot.observation_space, acrobot.action_space)
+    message = str(info.value)
+    assert "Source 'cartpole'" in message and "does not fit this target as a teacher" in message
+    assert "mlp_extractor.policy_net.0.weight: (8, 4) reads 4 values" in message and "flattened, give 6" in message
+    assert "action_net.weight: (2, 8) gives 2 values per action, and the actions Discrete(3) need 3" in message
+    two_actions = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    with pytest.raises(ValueError, match=r"action_net\.weight: \(1, 16\) gives 1 values per action, and the actions "
+                                         r"Box\(-1\.0, 1\.0, \(2,\), float32\) need 2"):
+        load_policy_teacher(policy_sources["pendulum"], pendulum.observation_space, two_actions)
+    with pytest.raises(ValueError, match=r"it is a continuous-action \(Gaussian, with a log_std\) policy, and the "
+                                         r"target's actions are Discrete\(1\)"):
+        load_policy_teacher(policy_sources["pendulum"], pendulum.observation_space, gym.spaces.Discrete(1))
+    with pytest.raises(ValueError, match=r"it is a discrete-action \(no log_std\) policy, and the target's actions "
+                                         r"are Box"):
+        load_policy_teacher(policy_sources["cartpole.zip"], cartpole.observation_space, two_actions)
+    with pytest.raises(ValueError, match="are continuous, the student's actions .*Discrete"):
+        KickstartPPO("MlpPolicy", "CartPole-v1", device="cpu", teachers=[load_policy_teacher(
+            policy_sources["pendulum"], gym.spaces.Box(-np.inf, np.inf, (3,)), pendulum.action_space)])
+
+
+def test_any_teacher_follows_the_zoo_and_the_target(policy_sources):
+    from envs.tasks import make_env, resolve
+
+    env = make_vec_env("Pendulum-v1", n_envs=1)
+    teacher = load_any_teacher(policy_sources["pendulum"], env, name="pend")
+    assert isinstance(teacher, PolicyTeacher) and teacher.name == "pend"
+    assert isinstance(load_any_teacher(policy_sources["cartpole.zip"], gym.make("CartPole-v1")), PolicyTeacher)
+    pong = make_env(resolve("Pong"), 1, seed=0, backend="gym")
+    try:
+        teacher = load_any_teacher(ROOT / "agents" / "zoo" / "breakout", pong)
+    finally:
+        pong.close()
+    assert isinstance(teacher, SourceTeacher) and teacher.mapping.tolist() == [0, 1, 2, 3]

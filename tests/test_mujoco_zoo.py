@@ -77,7 +77,7 @@ def test_normalize_takes_the_rl_zoo_forms():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: sb3_policy_kwargs({"activation_fn": "nn.ReLU"}), r"not one of the accepted names: relu \(torch.nn.ReLU\)"),
+    (lambda: sb3_policy_kwargs({"activation_fn": "nn.ReLU"}), r"not one of the accepted names: .*relu \(torch.nn.ReLU\)"),
     (lambda: sb3_policy_kwargs("dict(log_std_init=-2, activation_fn=nn.ReLU)"), "must be a YAML mapping"),
     (lambda: vec_normalize_kwargs({"normalize": "yes"}), "write true"),
     (lambda: vec_normalize_kwargs({"normalize": {"norm_obs": False, "clip": 5}}), r"unknown keys \['clip'\]"),

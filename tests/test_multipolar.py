@@ -139,6 +139,31 @@ def test_continuous_mean_is_the_aggregate_plus_the_auxiliary_network(zoo):
                                    means.mean(dim=1) + auxiliary(unclipped, obs), rtol=1e-6, atol=1e-6)
 
 
+def test_source_activation_defaults_to_the_one_the_source_records(zoo, tmp_path):
+    """A compact folder whose meta.json says relu (as export_policy writes it) and an SB3 zip saved with ReLU run with
+    ReLU by default; a compact folder that records nothing runs with SB3's tanh; an explicit argument still wins;
+    the resolved names are what policy_kwargs keep for a saved model."""
+    state = PPO.load(zoo["pend-relu"], device="cpu").policy.state_dict()
+    folder = tmp_path / "pend-relu-meta"
+    write_compact(folder, {}, state, {"name": "pend-relu-meta",
+                                      "architecture": {"net_arch": [16, 16], "activation": "relu"}})
+    obs = observations(PENDULUM)
+    relu_means = source_distributions([zoo["pend-relu"]], obs)[0].mean
+    for path in (str(folder), zoo["pend-relu"]):
+        model = build(PENDULUM, [path], clip_source_actions=False)
+        assert model.policy_kwargs["source_activation"] == "relu"
+        assert model.policy.multipolar_sources[0].activation == "relu"
+        torch.testing.assert_close(model.policy.source_actions(obs)[:, 0], relu_means, rtol=1e-6, atol=1e-6)
+    unrecorded = build(PENDULUM, [zoo["pend-relu-compact"]], clip_source_actions=False)  # meta.json: a name only
+    assert unrecorded.policy_kwargs["source_activation"] == "tanh"
+    assert not torch.allclose(unrecorded.policy.source_actions(obs)[:, 0], relu_means, atol=1e-3)
+    mixed = build(PENDULUM, [str(folder), str(folder)], source_activation=[None, "tanh"], clip_source_actions=False)
+    assert mixed.policy_kwargs["source_activation"] == ["relu", "tanh"]
+    write_compact(tmp_path / "swish", {}, state, {"architecture": {"activation": "swish"}})
+    with pytest.raises(ValueError, match=r"Source 'swish' .* records the activation 'swish'"):
+        multipolar_policy(PPO, zoo=[tmp_path / "swish"])
+
+
 @pytest.mark.parametrize("discrete_source", DISCRETE_SOURCES)
 def test_discrete_logits_are_the_aggregate_plus_the_auxiliary_network(zoo, discrete_source):
     zips = [zoo["cart-0"], zoo["cart-1"]]
@@ -227,8 +252,8 @@ def test_mismatched_observations_and_actions_name_source_layer_and_shapes(zoo):
     with pytest.raises(ValueError, match=r"Source 'pend-tanh' .*\n  - action_net\.weight: \(1, 8\) gives 1 values per "
                                          r"action, and the actions Box\(-1\.0, 1\.0, \(2,\), float32\) need 2"):
         PPO(policy, TwoActions(), policy_kwargs=kwargs, device="cpu")
-    with pytest.raises(ValueError, match=r"it is a continuous-action \(Gaussian, with a log_std\) policy, and this "
-                                         r"policy's actions are Discrete\(2\)"):
+    with pytest.raises(ValueError, match=r"it is a continuous-action \(Gaussian, with a log_std\) policy, and the "
+                                         r"target's actions are Discrete\(2\)"):
         PPO(policy, CARTPOLE, policy_kwargs=kwargs, device="cpu")
 
 

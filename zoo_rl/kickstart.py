@@ -35,10 +35,26 @@ Teachers are frozen, live beside the policy (never inside it), and are not saved
 kickstarted model loads as its algorithm with the teachers' files gone, and continues training
 only if teachers are given again (or the weight has decayed to 0).
 
-Teachers whose actions differ from the target's are mapped by meaning, as the ranking maps them
-(:func:`zoo_rl.ranking.action_map`): each source action's probability goes to the target action of
-the same meaning (or its largest Atari part the target has, else ``NOOP``). A teacher none of
-whose actions (other than ``NOOP``) has a meaning among the target's is refused.
+Two kinds of teachers:
+
+- a **NatureCNN zoo source** (:class:`SourceTeacher`, :func:`load_teacher`): its extractor and
+  action head, its actions mapped onto the target's by meaning, as the ranking maps them
+  (:func:`zoo_rl.ranking.action_map`): each source action's probability goes to the target action
+  of the same meaning (or its largest Atari part the target has, else ``NOOP``). A teacher none of
+  whose actions (other than ``NOOP``) has a meaning among the target's is refused. This is how an
+  agent of one Atari game teaches another.
+- a **whole actor-critic policy** (:class:`PolicyTeacher`, :func:`load_policy_teacher`): a PPO,
+  A2C or TRPO agent of any architecture (an SB3 zip, or a compact folder holding the whole policy,
+  such as the MuJoCo zoo's), run frozen from its tensors as MULTIPOLAR runs its sources
+  (:class:`zoo_rl.multipolar.FrozenActor`), with the activation it records. It teaches its own
+  action distribution, so it must read the target's observations and act in its action space
+  (no mapping: a continuous-control agent's action dimensions have no names to map by).
+  Off-policy agents (SAC, TD3, ...) are refused: their actors are no Gaussian or categorical
+  ``action_net`` distribution of the kind the student's is.
+
+:func:`load_any_teacher` chooses for a study's zoo: a source holding a NatureCNN teaches an image
+target (Atari, Lab2D) by meaning; any other source, or any source of a target whose observations
+are not images (MuJoCo), teaches as a whole policy.
 
 DQN and QR-DQN are not covered: their loss has no policy distribution and no entropy term to carry
 the distillation gradient; QDagger's distillation towards a teacher's Q-values needs a loss of its
@@ -55,17 +71,23 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+import gymnasium as gym
 from gymnasium import spaces
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.distributions import (CategoricalDistribution, DiagGaussianDistribution,
                                                     Distribution)
-from stable_baselines3.common.preprocessing import preprocess_obs
+from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first, preprocess_obs
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecTransposeImage
 from torch import nn
 
+from zoo_rl.multipolar import FrozenActor, action_values, actor_shapes, check_actor_fits, resolve_activation, source_actor
+from zoo_rl.policy_sources import FAMILIES, load_policy_source
 from zoo_rl.sources import LAYERS, load_source
 
 #: The strides of NatureCNN's three convolutions.
 _STRIDES = (4, 2, 1)
+#: Algorithm families (:data:`zoo_rl.policy_sources.FAMILIES`) of off-policy agents, which cannot teach.
+OFF_POLICY_FAMILIES = ("sac", "tqc", "td3", "crossq", "dqn", "qrdqn")
 
 
 class Teacher(nn.Module):
@@ -74,7 +96,7 @@ class Teacher(nn.Module):
     A discrete teacher implements :meth:`probs`: action probabilities ``(B, n_actions)``; a continuous one
     implements :meth:`gaussian`: the mean and standard deviation ``(B, action_dim)`` each of its diagonal
     Gaussian. :meth:`output` is what the distillation term reads. :class:`SourceTeacher` is a NatureCNN
-    zoo source."""
+    zoo source, :class:`PolicyTeacher` a whole actor-critic policy."""
 
     name: str = "teacher"
 
@@ -148,7 +170,8 @@ def load_teacher(spec: str | os.PathLike, target_meanings: Sequence[str], name: 
     task = source_task(source)
     if task is None:
         raise ValueError(f"{source.name}: its metadata names no game, so its actions cannot be mapped onto the "
-                         "target's; use a compact zoo source (meta.json) or leave it out of the teachers.")
+                         "target's; use a compact zoo source (meta.json), load it with load_policy_teacher if it "
+                         "acts in the target's own action space, or leave it out of the teachers.")
     env = make_env(task, 1, seed=0)
     try:
         meanings = action_meanings(env)
@@ -159,6 +182,123 @@ def load_teacher(spec: str | os.PathLike, target_meanings: Sequence[str], name: 
         raise ValueError(f"{source.name}: none of its actions {meanings} has a meaning among the target's "
                          f"{list(target_meanings)}; it cannot teach this target.")
     return SourceTeacher(source.name, source.state, head, mapping, len(target_meanings))
+
+
+class PolicyTeacher(Teacher):
+    """A whole actor-critic policy (PPO, A2C, TRPO) acting in the target's own spaces, run frozen from its tensors.
+
+    Its actor (features extractor, ``mlp_extractor.policy_net``, ``action_net``) is a
+    :class:`zoo_rl.multipolar.FrozenActor`, as MULTIPOLAR runs its sources. A continuous teacher's
+    :meth:`gaussian` is SB3's ``DiagGaussianDistribution`` of the source: mean the ``action_net``
+    output, standard deviation ``exp(log_std)`` (state-independent) for every observation; a discrete
+    teacher's :meth:`probs` is the softmax of its ``action_net`` logits. Everything is a buffer.
+
+    :param name: the source's name.
+    :param actor: the actor's layers ``{layer: (weight, bias)}`` in forward order
+        (:func:`zoo_rl.multipolar.source_actor`).
+    :param activation: the activation of its ``policy_net`` layers (a name of :data:`zoo_rl.policy_sources.ACTIVATIONS`).
+    :param log_std: ``(action_dim,)``: a Gaussian teacher's log standard deviations; ``None``: a categorical one.
+    :raises ValueError: a ``log_std`` that is not one value per ``action_net`` output.
+    """
+
+    def __init__(self, name: str, actor: dict[str, tuple[torch.Tensor, torch.Tensor]], activation: str,
+                 log_std: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self.actor = FrozenActor(actor_shapes(actor), activation, actor)
+        outputs = actor["action_net"][0].shape[0]
+        if log_std is not None:
+            log_std = torch.as_tensor(log_std).detach().to(torch.float32).clone()
+            if log_std.shape != (outputs,):
+                raise ValueError(f"{name}: log_std has shape {tuple(log_std.shape)}, but the action_net gives {outputs} "
+                                 "values: a Gaussian teacher has one log standard deviation per action dimension.")
+        self.register_buffer("log_std", log_std)
+
+    @property
+    def continuous(self) -> bool:
+        return self.log_std is not None
+
+    @torch.no_grad()
+    def gaussian(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.log_std is None:
+            return super().gaussian(obs)
+        mean = self.actor(obs.float())
+        return mean, self.log_std.exp().expand_as(mean)
+
+    @torch.no_grad()
+    def probs(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.log_std is not None:
+            return super().probs(obs)
+        return torch.softmax(self.actor(obs.float()), dim=-1)
+
+
+def load_policy_teacher(spec: str | os.PathLike, observation_space: spaces.Space, action_space: spaces.Space,
+                        name: str | None = None, activation: str | type[nn.Module] | None = None,
+                        vec_normalize: str | os.PathLike | None = None) -> PolicyTeacher:
+    """A whole actor-critic source as the teacher of a target with these spaces (the student's
+    ``model.observation_space`` and ``model.action_space``: for images, channels first as SB3 sees them).
+
+    :param spec: what :func:`zoo_rl.load_policy_source` reads: an SB3 zip, a compact folder holding the whole
+        policy (``head.*``), a hub id.
+    :param activation: the activation of the source's ``policy_net`` layers; default: the one it records
+        (:func:`zoo_rl.multipolar.recorded_activation`: ``meta.json``'s ``architecture``, an SB3 zip's
+        ``policy_kwargs``), else SB3's tanh.
+    :param vec_normalize: the source's ``vecnormalize.pkl`` when it was trained under ``VecNormalize`` and the
+        statistics are not folded in yet (compact folders of the project's zoos have them folded).
+    :raises ValueError: an off-policy source (SAC, TD3, ... : kickstarting distils PPO/A2C-family policies), a
+        source using gSDE, a discrete teacher for continuous actions or the reverse, a source whose observation
+        or action shape differs from the target's (naming the layers and shapes), an unknown activation, or an
+        action space other than Box and Discrete.
+    :raises SourceUnavailable: the source does not exist.
+    """
+    source = load_policy_source(spec, name, vec_normalize=vec_normalize)
+    where = f"Source {source.name!r} ({source.origin})"
+    if source.family != "actor-critic":
+        what = (f"an off-policy {FAMILIES[source.family]} policy" if source.family in OFF_POLICY_FAMILIES
+                else "no actor-critic policy this library knows")
+        raise ValueError(f"{where} is {what}: kickstarting distils PPO/A2C-family policies "
+                         f"({FAMILIES['actor-critic']}), whose action_net gives the Gaussian or categorical "
+                         "distribution the student's loss compares with its own. Leave it out of the teachers.")
+    action_values(action_space)
+    log_std = source.state.get("log_std")
+    if log_std is not None and log_std.ndim != 1:
+        raise ValueError(f"{where} uses state-dependent exploration (gSDE: log_std of shape {tuple(log_std.shape)}); "
+                         "a teacher is a diagonal Gaussian with one log standard deviation per action dimension.")
+    actor = source_actor(source)
+    check_actor_fits(source.name, source.origin, actor_shapes(actor), observation_space, action_space,
+                     continuous=log_std is not None, target="this target as a teacher",
+                     rule="A teacher distils its own action distribution, action by action, so it must read the "
+                          "target's observations and act in its action space: kickstart a target of the source's "
+                          "own observation and action shapes, or leave the source out of the teachers.")
+    return PolicyTeacher(source.name, actor, resolve_activation(source, activation), log_std)
+
+
+def load_any_teacher(spec: str | os.PathLike, env: VecEnv | gym.Env, name: str | None = None) -> Teacher:
+    """The teacher a study's zoo source makes for the target ``env`` (its environments, any wrapper).
+
+    The rule: where the target's observations are images (Atari, Lab2D) and the source holds a NatureCNN (it
+    reads as a :func:`zoo_rl.load_source` zoo source), a :class:`SourceTeacher` (:func:`load_teacher`), its
+    actions mapped onto the target's by meaning (:func:`zoo_rl.ranking.action_meanings` of ``env``); otherwise
+    a :class:`PolicyTeacher` (:func:`load_policy_teacher`) on ``env``'s spaces, which must be the source's own
+    (image observations channels first, as the student sees them).
+
+    :raises ValueError: what :func:`load_teacher` or :func:`load_policy_teacher` refuses.
+    """
+    observation_space = env.observation_space
+    if is_image_space(observation_space, check_channels=False):
+        try:
+            load_source(spec, name)
+            holds_nature_cnn = True
+        except ValueError:
+            holds_nature_cnn = False
+        if holds_nature_cnn:
+            from zoo_rl.ranking import action_meanings
+
+            venv = env if isinstance(env, VecEnv) else DummyVecEnv([lambda: env])
+            return load_teacher(spec, action_meanings(venv), name)
+        if not is_image_space_channels_first(observation_space):
+            observation_space = VecTransposeImage.transpose_space(observation_space)
+    return load_policy_teacher(spec, observation_space, env.action_space, name)
 
 
 def ranking_weights(ranking: pd.DataFrame, names: Sequence[str]) -> list[float]:
@@ -217,7 +357,7 @@ def distillation_kl(student: Distribution, teacher_outputs: Sequence[torch.Tenso
 class KickstartMixin:
     """Adds the kickstarting term to an SB3 on-policy algorithm whose loss has an entropy bonus (PPO, A2C).
 
-    :param teachers: :class:`Teacher` modules (e.g. from :func:`load_teacher`); empty: plain training.
+    :param teachers: :class:`Teacher` modules (e.g. from :func:`load_any_teacher`); empty: plain training.
     :param teacher_weights: one weight per teacher (normalised to sum 1); default: equal.
     :param kickstart_coef: the distillation weight at the start, ``lambda(0)``.
     :param kickstart_steps: agent steps over which the weight decays linearly to 0, counted from the

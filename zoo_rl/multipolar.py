@@ -33,8 +33,10 @@ Choices this module makes where the method leaves room, each an option:
   probabilities or log-probabilities (its normalised logits, invariant to the shift that leaves a
   softmax unchanged) instead of its one-hot argmax; ``"one-hot"`` (the default) is the authors'.
 - Sources may differ in architecture from each other and from the target: each is run from its own
-  tensors with the activation named by ``source_activation`` (state dicts do not record it; SB3's
-  default for PPO/A2C/TRPO is tanh, the RL Baselines3 Zoo's MuJoCo settings often use ReLU).
+  tensors with its own activation (:func:`recorded_activation`): the one its metadata records (a
+  compact folder's ``meta.json`` ``architecture``, an SB3 zip's saved ``policy_kwargs``), else SB3's
+  default for PPO/A2C/TRPO, tanh; ``source_activation`` overrides it. State dicts alone do not record
+  it, and the RL Baselines3 Zoo's MuJoCo settings often use ReLU.
 
 Sources are whole actor-critic policies (PPO, A2C, TRPO): SB3 zips (only ``policy.pth`` is read,
 without unpickling) or compact zoo folders whose ``head.*`` tensors hold the whole policy state
@@ -57,8 +59,8 @@ import inspect
 import os
 import re
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -77,7 +79,7 @@ from stable_baselines3.common.preprocessing import get_action_dim, get_flattened
 from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor
 from torch import nn
 
-from zoo_rl.policy_sources import FAMILIES, PolicySource
+from zoo_rl.policy_sources import ACTIVATIONS, FAMILIES, PolicySource
 from zoo_rl.sources import SourceUnavailable
 from zoo_rl.zoo_policies import ALGORITHMS, ZooOptions, read_zoo
 
@@ -87,19 +89,12 @@ MULTIPOLAR_OPTIONS: tuple[str, ...] = ("zoo", "vec_normalize", "source_activatio
 #: What a discrete source contributes to the aggregate: its argmax action one-hot (the authors'), its action
 #: probabilities, or its log-probabilities.
 DISCRETE_SOURCES: tuple[str, ...] = ("one-hot", "probabilities", "log-probabilities")
-#: Activation functions of the sources' ``policy_net`` layers, by name.
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "tanh": torch.tanh, "relu": F.relu, "elu": F.elu, "leaky_relu": F.leaky_relu, "gelu": F.gelu, "silu": F.silu,
-    "sigmoid": torch.sigmoid,
-}
-_ACTIVATION_NAMES: dict[type[nn.Module], str] = {
-    nn.Tanh: "tanh", nn.ReLU: "relu", nn.ELU: "elu", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu", nn.SiLU: "silu",
-    nn.Sigmoid: "sigmoid",
-}
+_ACTIVATION_NAMES: dict[type[nn.Module], str] = {cls: name for name, cls in ACTIVATIONS.items()}
+#: The activation of a source that records none: SB3's default for PPO, A2C and TRPO policies.
+DEFAULT_ACTIVATION = "tanh"
 #: SB3's NatureCNN: the stride of each convolution, by its index in ``cnn``.
 _NATURE_STRIDES: dict[str, int] = {"cnn.0": 4, "cnn.2": 2, "cnn.4": 1}
 _EXTRACTOR = "features_extractor."
-_POLICY_NET = re.compile(r"mlp_extractor\.policy_net\.(\d+)\.weight")
 
 
 def _activation_name(value: str | type[nn.Module]) -> str:
@@ -111,38 +106,73 @@ def _activation_name(value: str | type[nn.Module]) -> str:
                      "torch.nn class (nn.Tanh, nn.ReLU, ...).")
 
 
+def recorded_activation(source: PolicySource) -> str:
+    """The activation of a source's MLP layers (a name of :data:`ACTIVATIONS`): the one its metadata records,
+    ``meta["architecture"]["activation"]`` (compact folders written by :func:`zoo_rl.zoo_training.export_policy`;
+    SB3 zips, read by :func:`~zoo_rl.policy_sources.read_sb3_activation`), else :data:`DEFAULT_ACTIVATION`,
+    SB3's tanh. State dicts alone do not record it, and a wrong one gives wrong actions silently.
+
+    :raises ValueError: the metadata records an activation this module cannot run.
+    """
+    architecture = source.meta.get("architecture")
+    recorded = architecture.get("activation") if isinstance(architecture, dict) else None
+    if recorded is None:
+        return DEFAULT_ACTIVATION
+    if recorded not in ACTIVATIONS:
+        raise ValueError(f"Source {source.name!r} ({source.origin}) records the activation {recorded!r}, which a "
+                         f"frozen source cannot be run with: its layers run with one of {', '.join(ACTIVATIONS)}. "
+                         "Leave the source out, or name the activation to use explicitly.")
+    return str(recorded)
+
+
+def resolve_activation(source: PolicySource, activation: str | type[nn.Module] | None = None) -> str:
+    """The activation to run ``source``'s MLP layers with: ``activation`` when given (a name of
+    :data:`ACTIVATIONS` or the ``torch.nn`` class), else the one it records (:func:`recorded_activation`).
+
+    :raises ValueError: an unknown activation, given or recorded.
+    """
+    return recorded_activation(source) if activation is None else _activation_name(activation)
+
+
 @dataclass(frozen=True)
 class MultipolarOptions:
     """The MULTIPOLAR options of a policy, checked once; see :func:`multipolar_policy` for their meaning."""
 
     zoo: tuple[str, ...]
     vec_normalize: tuple[str | None, ...] | None = None
-    source_activation: tuple[str, ...] = ()
+    #: one name per source; ``None`` where it is read from the source (:meth:`with_sources`)
+    source_activation: tuple[str | None, ...] = ()
     discrete_source: str = "one-hot"
     clip_source_actions: bool = True
 
     @classmethod
     def make(cls, zoo: Sequence[str | os.PathLike] | None,
              vec_normalize: Sequence[str | os.PathLike | None] | None = None,
-             source_activation: str | type[nn.Module] | Sequence[str | type[nn.Module]] = "tanh",
+             source_activation: str | type[nn.Module] | Sequence[str | type[nn.Module] | None] | None = None,
              discrete_source: str = "one-hot", clip_source_actions: bool = True) -> MultipolarOptions:
-        """Checked options.
+        """Checked options (``source_activation`` ``None``, for all sources or in the list: read from the source).
 
         :raises ValueError: an empty zoo, ``vec_normalize`` or ``source_activation`` lists that are not one
             per source, an unknown activation or ``discrete_source``.
         """
         checked = ZooOptions.make(zoo, vec_normalize=vec_normalize)  # the zoo and vec_normalize checks zoo_policy makes
         k = len(checked.zoo)
-        if isinstance(source_activation, (str, type)):
-            activations = (_activation_name(source_activation),) * k
+        if source_activation is None or isinstance(source_activation, (str, type)):
+            activations = (None if source_activation is None else _activation_name(source_activation),) * k
         else:
             if len(source_activation) != k:
                 raise ValueError(f"source_activation lists {len(source_activation)} activations for {k} sources: give "
-                                 "one name (for every source) or one per source, in zoo order.")
-            activations = tuple(_activation_name(a) for a in source_activation)
+                                 "one name (for every source), one per source in zoo order, or None (each source's "
+                                 "own).")
+            activations = tuple(None if a is None else _activation_name(a) for a in source_activation)
         if discrete_source not in DISCRETE_SOURCES:
             raise ValueError(f"Unknown discrete_source {discrete_source!r}: choose one of {', '.join(DISCRETE_SOURCES)}.")
         return cls(checked.zoo, checked.vec_normalize, activations, discrete_source, bool(clip_source_actions))
+
+    def with_sources(self, sources: Sequence[PolicySource]) -> MultipolarOptions:
+        """These options with every activation left to the sources read from them (:func:`recorded_activation`)."""
+        activations = tuple(recorded_activation(s) if a is None else a for a, s in zip(self.source_activation, sources))
+        return replace(self, source_activation=activations)
 
     def as_kwargs(self) -> dict[str, Any]:
         """The options as ``policy_kwargs`` entries: lists, strings and booleans only (SB3 saves them)."""
@@ -181,36 +211,71 @@ def source_actor(source: PolicySource) -> dict[str, tuple[torch.Tensor, torch.Te
         what = FAMILIES.get(source.family or "", "no SB3 policy this library knows")
         raise ValueError(f"{where} is a {what} policy, but MULTIPOLAR takes actor-critic sources ({FAMILIES['actor-critic']}): "
                          "each source's action is the output of its action_net.")
-    if any(k.startswith("mlp_extractor.shared_net.") for k in state):
-        raise ValueError(f"{where} has shared layers (mlp_extractor.shared_net, SB3 < 1.8): only separate policy and "
-                         "value networks are supported; re-save it with a current SB3.")
     if "action_net.weight" not in state or "action_net.bias" not in state:
         raise ValueError(f"{where} has no action_net.weight and action_net.bias.")
-    indices = sorted(int(m.group(1)) for k in state if (m := _POLICY_NET.fullmatch(k)))
-    trunk = {f"mlp_extractor.policy_net.{i}": (state[f"mlp_extractor.policy_net.{i}.weight"],
-                                               state[f"mlp_extractor.policy_net.{i}.bias"]) for i in indices}
+    trunk = _trunk(source, "policy_net")
     first_in = next(iter(trunk.values()))[0].shape[1] if trunk else state["action_net.weight"].shape[1]
+    layers = _extractor(source, ("pi_", ""), first_in)
+    layers.update(trunk)
+    layers["action_net"] = (state["action_net.weight"], state["action_net.bias"])
+    return {key: (w.detach().to(torch.float32), b.detach().to(torch.float32)) for key, (w, b) in layers.items()}
 
-    extractor_prefix = next((p for p in (f"pi_{_EXTRACTOR}", _EXTRACTOR) if any(k.startswith(p) for k in state)), None)
+
+def source_value_trunk(source: PolicySource) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The layers of an actor-critic source that compute its value latent, the input of its ``value_net``:
+    ``{layer: (weight, bias)}`` in forward order, as :func:`source_actor` names them (the critic's NatureCNN
+    extractor, then ``mlp_extractor.value_net.<i>``; no ``action_net``). Empty for an MLP source without
+    value layers: its latent is the flattened observation. :class:`FrozenActor` runs it.
+
+    :raises ValueError: a source that is not an actor-critic policy, or whose critic has other layers.
+    """
+    where = f"Source {source.name!r} ({source.origin})"
+    if source.family != "actor-critic":
+        what = FAMILIES.get(source.family or "", "no SB3 policy this library knows")
+        raise ValueError(f"{where} is a {what} policy, not an actor-critic one ({FAMILIES['actor-critic']}): it has no "
+                         "state-value network (mlp_extractor.value_net, value_net).")
+    if "value_net.weight" not in source.state:
+        raise ValueError(f"{where} has no value_net.weight.")
+    trunk = _trunk(source, "value_net")
+    first_in = next(iter(trunk.values()))[0].shape[1] if trunk else source.state["value_net.weight"].shape[1]
+    layers = _extractor(source, ("vf_", ""), first_in)
+    layers.update(trunk)
+    return {key: (w.detach().to(torch.float32), b.detach().to(torch.float32)) for key, (w, b) in layers.items()}
+
+
+def _trunk(source: PolicySource, net: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The layers of ``mlp_extractor.<net>`` (``policy_net`` or ``value_net``), in forward order."""
+    state = source.state
+    if any(k.startswith("mlp_extractor.shared_net.") for k in state):
+        raise ValueError(f"Source {source.name!r} ({source.origin}) has shared layers (mlp_extractor.shared_net, "
+                         "SB3 < 1.8): only separate policy and value networks are supported; re-save it with a "
+                         "current SB3.")
+    prefix = f"mlp_extractor.{net}."
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.weight")
+    indices = sorted(int(m.group(1)) for k in state if (m := pattern.fullmatch(k)))
+    return {f"{prefix}{i}": (state[f"{prefix}{i}.weight"], state[f"{prefix}{i}.bias"]) for i in indices}
+
+
+def _extractor(source: PolicySource, prefixes: Sequence[str], first_in: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The NatureCNN layers (keyed ``features_extractor.<layer>``) that feed a network whose first layer reads
+    ``first_in`` values: under the first of ``<prefix>features_extractor.`` that holds tensors, else a compact
+    folder's NatureCNN when its ``linear.0`` gives ``first_in`` values; empty for ``FlattenExtractor``."""
+    state, where = source.state, f"Source {source.name!r} ({source.origin})"
+    extractor_prefix = next((f"{p}{_EXTRACTOR}" for p in prefixes if any(k.startswith(f"{p}{_EXTRACTOR}") for k in state)),
+                            None)
     if extractor_prefix is not None:
         cnn = {k[len(extractor_prefix):]: v for k, v in state.items() if k.startswith(extractor_prefix)}
     elif source.extractor is not None and "linear.0.weight" in source.extractor \
             and source.extractor["linear.0.weight"].shape[0] == first_in:
         cnn = dict(source.extractor)
     else:
-        cnn = {}
-    layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    if cnn:
-        expected = [f"{layer}.{p}" for layer in (*_NATURE_STRIDES, "linear.0") for p in ("weight", "bias")]
-        if set(cnn) != set(expected):
-            some = ", ".join(sorted(set(cnn) - set(expected))[:4]) or ", ".join(sorted(set(expected) - set(cnn)))
-            raise ValueError(f"{where} has a features extractor other than SB3's NatureCNN ({some}, ...): MULTIPOLAR runs "
-                             "sources with FlattenExtractor (MlpPolicy) or NatureCNN (CnnPolicy).")
-        for layer in (*_NATURE_STRIDES, "linear.0"):
-            layers[f"{_EXTRACTOR}{layer}"] = (cnn[f"{layer}.weight"], cnn[f"{layer}.bias"])
-    layers.update(trunk)
-    layers["action_net"] = (state["action_net.weight"], state["action_net.bias"])
-    return {key: (w.detach().to(torch.float32), b.detach().to(torch.float32)) for key, (w, b) in layers.items()}
+        return {}
+    expected = [f"{layer}.{p}" for layer in (*_NATURE_STRIDES, "linear.0") for p in ("weight", "bias")]
+    if set(cnn) != set(expected):
+        some = ", ".join(sorted(set(cnn) - set(expected))[:4]) or ", ".join(sorted(set(expected) - set(cnn)))
+        raise ValueError(f"{where} has a features extractor other than SB3's NatureCNN ({some}, ...): a frozen source "
+                         "runs with FlattenExtractor (MlpPolicy) or NatureCNN (CnnPolicy).")
+    return {f"{_EXTRACTOR}{layer}": (cnn[f"{layer}.weight"], cnn[f"{layer}.bias"]) for layer in (*_NATURE_STRIDES, "linear.0")}
 
 
 def actor_shapes(actor: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, list[int]]:
@@ -232,17 +297,25 @@ def action_values(action_space: spaces.Space) -> int:
                      f"{action_space}.")
 
 
+#: Why a MULTIPOLAR source must fit the target's spaces (the end of :func:`check_actor_fits`' message).
+_MULTIPOLAR_RULE = ("MULTIPOLAR sources must act in the target's observation and action spaces (their architectures may "
+                    "differ from each other and from the target's).")
+
+
 def check_actor_fits(name: str, origin: str, layers: dict[str, list[int]], observation_space: spaces.Space,
-                     action_space: spaces.Space, continuous: bool | None = None) -> None:
+                     action_space: spaces.Space, continuous: bool | None = None, *,
+                     target: str = "this MULTIPOLAR policy", rule: str = _MULTIPOLAR_RULE) -> None:
     """:raises ValueError: an actor that does not read this observation space or does not act in this action space:
     the message names the source, each offending layer and its shapes.
 
     :param continuous: whether the source's policy is Gaussian (it has a ``log_std``); ``None`` if unknown.
+    :param target: what the source was to fit, for the message (``"this MULTIPOLAR policy"``).
+    :param rule: the message's last sentence: why the source must fit, and what to do instead.
     """
     problems = []
     if continuous is not None and continuous != isinstance(action_space, spaces.Box):
         kind = "continuous-action (Gaussian, with a log_std)" if continuous else "discrete-action (no log_std)"
-        problems.append(f"  - it is a {kind} policy, and this policy's actions are {action_space}")
+        problems.append(f"  - it is a {kind} policy, and the target's actions are {action_space}")
     keys = list(layers)
     flat: int | None = get_flattened_obs_dim(observation_space)
     reads = f"the observations {observation_space}, flattened, give"
@@ -274,17 +347,17 @@ def check_actor_fits(name: str, origin: str, layers: dict[str, list[int]], obser
         problems.append(f"  - action_net.weight: {tuple(layers['action_net'])} gives {layers['action_net'][0]} values per "
                         f"action, and the actions {action_space} need {want}")
     if problems:
-        raise ValueError(f"Source {name!r} ({origin}) does not fit this MULTIPOLAR policy on observations "
-                         f"{observation_space} and actions {action_space}:\n" + "\n".join(problems) + "\nMULTIPOLAR "
-                         "sources must act in the target's observation and action spaces (their architectures may "
-                         "differ from each other and from the target's).")
+        raise ValueError(f"Source {name!r} ({origin}) does not fit {target} on observations {observation_space} and "
+                         f"actions {action_space}:\n" + "\n".join(problems) + f"\n{rule}")
 
 
 class FrozenActor(nn.Module):
-    """One source's actor as a fixed function of its tensors, held as buffers (never parameters).
+    """One source's actor (or value trunk) as a fixed function of its tensors, held as buffers (never parameters).
 
-    :param layers: weight shape of each layer, in forward order (:func:`actor_shapes`).
-    :param activation: name of the activation after each ``policy_net`` layer (NatureCNN's are ReLU).
+    :param layers: weight shape of each layer, in forward order (:func:`actor_shapes` of :func:`source_actor` or
+        :func:`source_value_trunk`); no layers: the flattened input itself.
+    :param activation: name of the activation after each ``mlp_extractor`` layer (NatureCNN's are ReLU;
+        ``action_net`` has none).
     :param tensors: the layers' ``(weight, bias)``; ``None`` builds NaN buffers of the same shapes, to be
         filled by a state-dict load.
     """
@@ -294,7 +367,7 @@ class FrozenActor(nn.Module):
         super().__init__()
         self.layer_keys = list(layers)
         self.activation = activation
-        self._activation = ACTIVATIONS[activation]
+        self._activation = ACTIVATIONS[activation]()
         for key, shape in layers.items():
             if tensors is None:
                 weight, bias = torch.full(tuple(shape), float("nan")), torch.full((shape[0],), float("nan"))
@@ -308,8 +381,9 @@ class FrozenActor(nn.Module):
         return f"{key.replace('.', '_')}_{kind}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The source's ``action_net`` output (Gaussian mean or logits) for preprocessed observations ``x``."""
-        if not self.layer_keys[0].startswith(_EXTRACTOR):
+        """The source's ``action_net`` output (Gaussian mean or logits) for preprocessed observations ``x`` (a value
+        trunk's: its value latent)."""
+        if not self.layer_keys or not self.layer_keys[0].startswith(_EXTRACTOR):
             x = x.flatten(1)
         for key in self.layer_keys:
             weight, bias = getattr(self, self._name(key, "weight")), getattr(self, self._name(key, "bias"))
@@ -343,7 +417,7 @@ class MultipolarActorCriticPolicy(ActorCriticPolicy):
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Any, *,
                  zoo: Sequence[str] | None = None, vec_normalize: Sequence[str | None] | None = None,
-                 source_activation: str | type[nn.Module] | Sequence[str | type[nn.Module]] = "tanh",
+                 source_activation: str | type[nn.Module] | Sequence[str | type[nn.Module] | None] | None = None,
                  discrete_source: str = "one-hot", clip_source_actions: bool = True,
                  source_layers: Sequence[dict[str, Sequence[int]]] | None = None, **kwargs: Any) -> None:
         options = MultipolarOptions.make(zoo, vec_normalize, source_activation, discrete_source, clip_source_actions)
@@ -360,6 +434,7 @@ class MultipolarActorCriticPolicy(ActorCriticPolicy):
         sources, missing = read_zoo(ZooOptions.make(options.zoo, vec_normalize=options.vec_normalize))
         actors = None
         if sources is not None:
+            options = options.with_sources(sources)
             actors = [source_actor(s) for s in sources]
             shapes = [actor_shapes(a) for a in actors]
             for source, layers in zip(sources, shapes):
@@ -377,6 +452,9 @@ class MultipolarActorCriticPolicy(ActorCriticPolicy):
         elif source_layers is None:
             raise SourceUnavailable(f"{missing} MULTIPOLAR needs the source files, or the sources' layer shapes "
                                     "(source_layers, which multipolar_policy records) to load a saved model.")
+        elif None in options.source_activation:
+            raise SourceUnavailable(f"{missing} The sources' activations are read from their files, which are not "
+                                    "here: give source_activation (multipolar_policy records it for a saved model).")
         else:
             warnings.warn(f"{missing} MultipolarActorCriticPolicy built with empty source tensors; it works only once "
                           "weights are loaded (as ALGO.load does).")
@@ -496,7 +574,7 @@ def multipolar_policy(
     policy: str | type[ActorCriticPolicy] = "MlpPolicy",
     *,
     vec_normalize: Sequence[str | os.PathLike | None] | None = None,
-    source_activation: str | type[nn.Module] | Sequence[str | type[nn.Module]] = "tanh",
+    source_activation: str | type[nn.Module] | Sequence[str | type[nn.Module] | None] | None = None,
     discrete_source: str = "one-hot",
     clip_source_actions: bool = True,
     **policy_kwargs: Any,
@@ -517,8 +595,11 @@ def multipolar_policy(
         its observation normalisation is folded into the source's first layer, so that the target
         trains on raw observations (train it without ``VecNormalize``, or with ``norm_obs=False``).
     :param source_activation: the activation of the sources' ``policy_net`` layers, one for all or one
-        per source: a name (``"tanh"``, SB3's default for PPO/A2C/TRPO; ``"relu"``, ...) or the
-        ``torch.nn`` class. State dicts do not record it, and a wrong one gives wrong source actions.
+        per source: a name (``"tanh"``, ``"relu"``, ...), the ``torch.nn`` class, or ``None`` (the default):
+        the activation the source records (:func:`recorded_activation`: a compact folder's ``meta.json``
+        ``architecture``, an SB3 zip's saved ``policy_kwargs``), else SB3's default for PPO/A2C/TRPO,
+        tanh. State dicts alone do not record it, and a wrong one gives wrong source actions; the
+        resolved names are what ``policy_kwargs`` keep.
     :param discrete_source: for ``Discrete`` actions, what each source contributes: ``"one-hot"`` (its
         argmax action; the authors'), ``"probabilities"`` or ``"log-probabilities"``.
     :param clip_source_actions: for ``Box`` actions, clip each source's Gaussian mean to the action
@@ -567,6 +648,7 @@ def multipolar_policy(
     sources, missing = read_zoo(ZooOptions.make(options.zoo, vec_normalize=options.vec_normalize))
     if sources is None:
         raise SourceUnavailable(missing)
+    options = options.with_sources(sources)
     layers = [actor_shapes(source_actor(s)) for s in sources]
     kwargs = dict(policy_kwargs)
     if default_extractor is not FlattenExtractor:
@@ -576,6 +658,7 @@ def multipolar_policy(
 
 
 __all__ = [
-    "ACTIVATIONS", "DISCRETE_SOURCES", "FrozenActor", "MULTIPOLAR_OPTIONS", "MultipolarActorCriticPolicy",
-    "MultipolarOptions", "action_values", "actor_shapes", "check_actor_fits", "multipolar_policy", "source_actor",
+    "ACTIVATIONS", "DEFAULT_ACTIVATION", "DISCRETE_SOURCES", "FrozenActor", "MULTIPOLAR_OPTIONS",
+    "MultipolarActorCriticPolicy", "MultipolarOptions", "action_values", "actor_shapes", "check_actor_fits",
+    "multipolar_policy", "recorded_activation", "resolve_activation", "source_actor", "source_value_trunk",
 ]

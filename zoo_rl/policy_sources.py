@@ -6,13 +6,18 @@ here is the whole policy state of one pretrained agent, keyed as SB3 keys it
 
 Formats understood by :func:`load_policy_source`:
 
-- an **SB3 zip** of any algorithm: only its ``policy.pth`` is read, with
-  ``torch.load(weights_only=True)``; the pickled ``data`` entry is never opened, so a zip from a
-  stranger cannot run code. The target networks' tensors (``critic_target.*``, ``q_net_target.*``,
-  ...) are dropped: SB3 copies the online networks into the targets when it builds a policy;
+- an **SB3 zip** of any algorithm: its tensors come from ``policy.pth`` only, read with
+  ``torch.load(weights_only=True)``; the pickled objects inside the ``data`` entry are never
+  unpickled, so a zip from a stranger cannot run code. The target networks' tensors
+  (``critic_target.*``, ``q_net_target.*``, ...) are dropped: SB3 copies the online networks into the
+  targets when it builds a policy. State dicts do not record the activation function, which a source
+  must be run with: :func:`read_sb3_activation` reads the name of its class from ``data``'s JSON text
+  (SB3 writes ``policy_kwargs["activation_fn"]`` there as ``"<class 'torch.nn...ReLU'>"``) into
+  ``meta["architecture"]["activation"]``, where compact folders keep it;
 - the project's **compact** folder (``weights.pt`` + ``meta.json``): its NatureCNN tensors
   (``features.*``) stand for every features-extractor copy of the policy, its ``head.*`` tensors are
-  the rest of the policy under their SB3 keys;
+  the rest of the policy under their SB3 keys; ``meta.json``'s ``architecture`` (``net_arch``,
+  ``activation``) is written by :func:`zoo_rl.zoo_training.export_policy`;
 - a **Hugging Face hub** id of the RL Baselines3 Zoo (``hf:sb3/sac-Pendulum-v1``), when the hub is
   reachable.
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import os
 import pickle
 import re
@@ -37,6 +43,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from zoo_rl.sources import (
     _HUB_ID,
@@ -62,6 +69,15 @@ FAMILIES: dict[str, str] = {
 TARGET_MODULES: tuple[str, ...] = ("actor_target", "critic_target", "q_net_target", "quantile_net_target")
 #: The path segment under which SB3 keeps a features extractor.
 EXTRACTOR = "features_extractor"
+#: ``torch.nn`` activation classes by the names the project gives them (``meta.json``'s ``architecture``, the
+#: hyperparameter files' ``activation_fn``, MULTIPOLAR's ``source_activation``).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+}
+#: The same names by ``torch.nn`` class name (``"ReLU"`` -> ``"relu"``).
+ACTIVATION_CLASSES: dict[str, str] = {cls.__name__: name for name, cls in ACTIVATIONS.items()}
+_CLASS_REPR = re.compile(r"^<class '(?P<path>[\w.]+)'>$")
 _EXTRACTOR_KEY = re.compile(r"(?:^|\.)(?:pi_|vf_)?features_extractor\.")
 
 
@@ -196,6 +212,9 @@ def load_policy_source(spec: str | os.PathLike, name: str | None = None,
                              "features extractor only, which ZooExtractor takes, not a whole policy.")
     elif zipfile.is_zipfile(path):
         state, meta = read_policy_pth(path), {}
+        activation = read_sb3_activation(path)
+        if activation is not None:
+            meta["architecture"] = {"activation": activation}
     else:
         raise ValueError(f"{path} is neither an SB3 model .zip nor a compact zoo folder: whole-policy sources are "
                          "the zips that SB3's model.save() writes, or compact folders (weights.pt + meta.json).")
@@ -205,6 +224,32 @@ def load_policy_source(spec: str | os.PathLike, name: str | None = None,
     if vec_normalize is not None:
         source = fold_vec_normalize(source, read_vec_normalize(vec_normalize))
     return source
+
+
+def read_sb3_activation(path: str | os.PathLike) -> str | None:
+    """The activation function an SB3 zip's policy was built with, from the JSON text of its ``data`` entry.
+
+    SB3 writes ``policy_kwargs`` there with every value that JSON cannot hold as its pickled bytes *and* its
+    ``str()``; only that text is read (nothing is unpickled). ``torch.nn``'s activations come back as the
+    names of :data:`ACTIVATION_CLASSES` (``"relu"``), any other class as its dotted path.
+
+    :return: the name, or ``None`` where the zip records no ``activation_fn`` (the policy used its
+        algorithm's default: tanh for PPO, A2C and TRPO) or cannot be read.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+        return None
+    kwargs = data.get("policy_kwargs") if isinstance(data, dict) else None
+    value = kwargs.get("activation_fn") if isinstance(kwargs, dict) else None
+    match = _CLASS_REPR.match(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    module, _, cls = match["path"].rpartition(".")
+    if module.startswith("torch.nn") and cls in ACTIVATION_CLASSES:
+        return ACTIVATION_CLASSES[cls]
+    return match["path"]
 
 
 def load_policy_zoo(specs: Sequence[str | os.PathLike], vec_normalize: Sequence[str | os.PathLike | None] | None = None,

@@ -1,27 +1,46 @@
 """Rank the sources of a zoo for a target task before any transfer run.
 
 :func:`rank_sources` scores every source from at most ``steps`` agent steps on the target
-(default 10k), plus one shared run of the same length by a uniformly random policy:
+(default 10k), plus one shared run of the same length by a uniformly random policy. The kind of
+ranking follows the target (:func:`image_task`):
 
-- **zero-shot play** (the primary evidence). The source's own policy (its extractor and action
-  head, actions sampled as in training) plays the target. A source action is mapped to the target
-  action with the same meaning (ALE's ``get_action_meanings``, Lab2D's action names); a combined
-  Atari action the target lacks falls back to its largest part the target has (``UPRIGHTFIRE`` ->
-  ``RIGHTFIRE`` in Pong, ``RIGHT`` in Breakout: a movement before ``FIRE``), else ``NOOP``. The score is the training reward (clipped to its
-  sign, as the agent will learn it) per agent step, which is defined whether or not an episode
-  ends inside the budget; its standard error comes from the independent environments. A source
+- **image targets** (Atari, Lab2D) rank **NatureCNN sources** (:func:`zoo_rl.load_source`), whose
+  features and action heads transfer across games through the meaning of their actions;
+- **every other target** (MuJoCo bodies) ranks **whole actor-critic policies**
+  (:func:`zoo_rl.load_policy_source`: PPO, A2C or TRPO agents as SB3 zips or compact folders holding
+  the whole policy, such as the MuJoCo zoo's), which must read the target's observations and act in
+  its action space: a source whose spaces differ (another body) is refused, naming the shapes, since
+  it can neither play the target nor read its observations for the probe.
+
+Each source gets two scores:
+
+- **zero-shot play** (the primary evidence). The source's own policy plays the target.
+  NatureCNN sources: its extractor and action head, actions sampled as in training, each mapped to
+  the target action with the same meaning (ALE's ``get_action_meanings``, Lab2D's action names); a
+  combined Atari action the target lacks falls back to its largest part the target has
+  (``UPRIGHTFIRE`` -> ``RIGHTFIRE`` in Pong, ``RIGHT`` in Breakout: a movement before ``FIRE``), else
+  ``NOOP``. Whole policies: their actor (:class:`zoo_rl.multipolar.FrozenActor`, with the
+  activation the source records), acting as the RL Baselines3 Zoo evaluates such agents
+  (:func:`zoo_rl.training.deterministic_eval`): a Gaussian policy's mean clipped to the action
+  bounds, a categorical one's actions sampled. The score is the reward per agent step, the
+  training reward of the target's agents: clipped to its sign on image targets (Atari's training
+  reward, which the NatureCNN agents learned), raw elsewhere (MuJoCo agents learn the raw reward).
+  A rate per step is defined whether or not an episode ends inside the budget (a MuJoCo episode
+  lasts 1000 steps); its standard error comes from the independent environments. A source
   *transfers zero-shot* when its rate is above the random policy's by two standard errors.
-- **value probe** (where zero-shot play says nothing). On the random policy's frames, a ridge
-  regression from the source's 512 features to the discounted return-to-go (clipped rewards,
+- **value probe** (where zero-shot play says nothing). On the random policy's observations, a
+  ridge regression from the source's features to the discounted return-to-go (of the same rewards,
   gamma 0.99), fitted on half of the environments and scored (R²) on the other half, both ways.
-  It measures whether the source's features already encode what predicts reward on the target.
+  The features are a NatureCNN's 512 outputs, or a whole policy's value latent (the output of its
+  ``mlp_extractor.value_net`` trunk, the input of its ``value_net``). It measures whether the
+  source's features already encode what predicts reward on the target.
 
 Ranking: the sources that transfer zero-shot come first, by reward rate; the others follow by
 probe R². What it cannot see: how fast a source's features *adapt* under fine-tuning (a source
 whose play is useless may still fine-tune well), effects that need more than ``steps`` steps to
-show (rare rewards), and sources without an action head (a bare extractor, a CleanRL file) or
-whose actions share no meaning with the target's (another family): those are ranked by the
-probe alone. Validation against the fine-tunes of the published studies: ``docs/results.md``.
+show (rare rewards), and NatureCNN sources without an action head (a bare extractor, a CleanRL
+file) or whose actions share no meaning with the target's (another family): those are ranked by
+the probe alone. Validation against the fine-tunes of the published studies: ``docs/results.md``.
 
 Every source is scored on its own (against the same seeded random-policy run), so a ranking stopped part-way
 can go on from the sources it scored: ``rank_sources(..., scored=rows)`` plays only the others, and
@@ -30,6 +49,7 @@ can go on from the sources it scored: ``rank_sources(..., scored=rows)`` plays o
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import time
@@ -41,9 +61,14 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim, preprocess_obs
 from stable_baselines3.common.vec_env import VecEnv
 
 from envs.tasks import Task, make_env, resolve
+from zoo_rl.multipolar import (FrozenActor, action_values, actor_shapes, check_actor_fits, recorded_activation,
+                               source_actor, source_value_trunk)
+from zoo_rl.policy_sources import FAMILIES, PolicySource, load_policy_source
 from zoo_rl.sources import LAYERS, Source, load_source, read_compact, read_sb3_zip
 
 #: Agent steps per source, and for the shared random-policy run.
@@ -62,6 +87,8 @@ RANKING_COLUMNS = ["rank", "source", "basis", "zero_shot_rate", "zero_shot_se", 
 SCORE_COLUMNS = [c for c in RANKING_COLUMNS if c not in ("rank", "basis")]
 #: Name under which the shared random-policy run reports its progress (``on_play``).
 RANDOM_POLICY = "random policy"
+#: Task families whose observations are images: their zoos are NatureCNN sources (:func:`image_task`).
+IMAGE_FAMILIES = ("atari", "lab2d")
 _ATARI_PARTS = re.compile(r"UP|DOWN|LEFT|RIGHT|FIRE")
 
 
@@ -69,9 +96,9 @@ _ATARI_PARTS = re.compile(r"UP|DOWN|LEFT|RIGHT|FIRE")
 class Rollout:
     """What a policy did in ``steps`` agent steps on ``n_envs`` environments."""
 
-    rewards: np.ndarray  # (steps_per_env, n_envs) clipped training rewards
+    rewards: np.ndarray  # (steps_per_env, n_envs) training rewards: sign-clipped on image targets, else raw
     dones: np.ndarray  # (steps_per_env, n_envs)
-    observations: np.ndarray | None  # (steps_per_env, n_envs, C, H, W) uint8, when kept
+    observations: np.ndarray | None  # (steps_per_env, n_envs, *obs): images (C, H, W) uint8, when kept
     episode_returns: list[float]  # unclipped returns of the episodes that ended
 
     def rate(self) -> tuple[float, float]:
@@ -79,6 +106,12 @@ class Rollout:
         per_env = self.rewards.mean(axis=0)
         se = per_env.std(ddof=1) / np.sqrt(len(per_env)) if len(per_env) > 1 else 0.0
         return float(per_env.mean()), float(se)
+
+
+def image_task(task: Task) -> bool:
+    """Whether ``task``'s observations are images (Atari, Lab2D): its zoo is ranked as NatureCNN sources, every
+    other task's as whole actor-critic policies (see the module docstring)."""
+    return task.family in IMAGE_FAMILIES
 
 
 def action_meanings(venv: VecEnv) -> list[str]:
@@ -146,25 +179,32 @@ def features(source: Source, observations: np.ndarray) -> torch.Tensor:
 
 
 def play(venv: VecEnv, steps: int, act, keep_observations: bool = False,
-         on_step: Callable[[int], None] | None = None, report_every: int = 256) -> Rollout:
-    """Run ``act(observations (n, C, H, W) uint8) -> actions (n,)`` for ``steps`` agent steps in total;
-    ``on_step(agent steps so far)`` at the start, about every ``report_every`` agent steps, and at the end."""
+         on_step: Callable[[int], None] | None = None, report_every: int = 256, *, images: bool = True,
+         clip_rewards: bool = True) -> Rollout:
+    """Run ``act(observations (n, ...)) -> actions (n, ...)`` for ``steps`` agent steps in total;
+    ``on_step(agent steps so far)`` at the start, about every ``report_every`` agent steps, and at the end.
+
+    :param images: the environments' ``(n, H, W, C)`` image observations are handed to ``act`` (and kept)
+        channels first, ``(n, C, H, W)``, as SB3 hands them to a CNN; ``False``: as the environments give them.
+    :param clip_rewards: keep the rewards clipped to their sign (Atari's training reward); ``False``: raw.
+    """
     n = venv.num_envs
     per_env = max(1, steps // n)
     every = max(1, report_every // n)
     obs = venv.reset()
-    rewards = np.zeros((per_env, n), dtype=np.float32)
+    rewards = np.zeros((per_env, n), dtype=np.float32 if clip_rewards else np.float64)
     dones = np.zeros((per_env, n), dtype=bool)
-    kept = np.zeros((per_env, n, obs.shape[-1], *obs.shape[1:3]), dtype=np.uint8) if keep_observations else None
+    shape = (obs.shape[-1], *obs.shape[1:3]) if images else obs.shape[1:]
+    kept = np.zeros((per_env, n, *shape), dtype=obs.dtype) if keep_observations else None
     returns: list[float] = []
     for t in range(per_env):
         if on_step is not None and t % every == 0:
             on_step(t * n)
-        chw = np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
+        x = np.ascontiguousarray(obs.transpose(0, 3, 1, 2)) if images else obs
         if kept is not None:
-            kept[t] = chw
-        obs, reward, done, infos = venv.step(act(chw))
-        rewards[t], dones[t] = np.sign(reward), done
+            kept[t] = x
+        obs, reward, done, infos = venv.step(act(x))
+        rewards[t], dones[t] = np.sign(reward) if clip_rewards else reward, done
         returns += [float(i["episode"]["r"]) for i in infos if "episode" in i]
     if on_step is not None:
         on_step(per_env * n)
@@ -206,8 +246,10 @@ def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: in
                  on_play: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
     """Score and rank the sources in ``zoo`` for ``target`` (see the module docstring).
 
-    :param target: a task or a task name (``Pong``, ``Breakout-m4``, ``lab2d:commons_harvest``).
-    :param zoo: sources as :func:`zoo_rl.load_source` reads them.
+    :param target: a task or a task name (``Pong``, ``Breakout-m4``, ``lab2d:commons_harvest``,
+        ``mujoco:halfcheetah+mass=1.25``).
+    :param zoo: on an image target, sources as :func:`zoo_rl.load_source` reads them (NatureCNN); on any other,
+        whole actor-critic policies as :func:`zoo_rl.load_policy_source` reads them, on the target's spaces.
     :param steps: agent steps per source (and for the random policy).
     :param scored: rows (:data:`SCORE_COLUMNS`) of sources scored already by a call with the same target,
         ``steps``, ``n_envs`` and ``seed``: kept as they are, those sources are not played again (the random
@@ -215,8 +257,12 @@ def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: in
     :param on_scored: called with each newly scored source's row as soon as it is scored.
     :param on_play: ``on_play(name, agent steps so far, steps)`` while a policy plays (the random policy is
         named :data:`RANDOM_POLICY`).
-    :return: one row per source, best first: columns :data:`RANKING_COLUMNS`.
-    :raises ValueError: an empty zoo, or ``steps`` smaller than ``n_envs`` x 2.
+    :return: one row per source, best first: columns :data:`RANKING_COLUMNS`. ``shared_actions`` counts the
+        target actions a NatureCNN source's actions map onto by meaning (other than ``NOOP``); for a whole
+        policy, the action values it shares with the target: all of them (the spaces match).
+    :raises ValueError: an empty zoo, ``steps`` smaller than ``n_envs`` x 2; on a target without image
+        observations, a source that is no actor-critic policy or whose observation or action shapes are not
+        the target's (before anything is played).
     """
     task = resolve(target) if isinstance(target, str) else target
     if len(zoo) == 0:
@@ -224,67 +270,20 @@ def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: in
     if steps < 2 * n_envs or n_envs < 2:
         raise ValueError(f"steps ({steps}) must be at least 2 x n_envs and n_envs ({n_envs}) at least 2: the "
                          "standard errors and the probe's held-out half come from the separate environments.")
-    rng = np.random.default_rng(seed)
     kept = {str(r["source"]): {c: r.get(c, np.nan) for c in SCORE_COLUMNS}
             for r in (scored.to_dict("records") if scored is not None else [])}
-    loaded = [(spec, load_source(spec)) for spec in zoo]
-
-    def fresh_env() -> VecEnv:
-        return make_env(task, n_envs, seed=seed, backend="gym")
-
-    def reporter(name: str):
-        return None if on_play is None else (lambda done: on_play(name, done, steps))
-
+    scorer: _Scorer = (_NatureScorer if image_task(task) else _PolicyScorer)(task, steps, n_envs, seed, on_play)
+    loaded = [(spec, scorer.load(spec)) for spec in zoo]
+    todo = [source for _, source in loaded if source.name not in kept]
+    if todo:  # the probe's observations and the zero-shot baseline
+        scorer.prepare(todo)
     rows: list[dict[str, Any]] = []
-    random_seconds = float("nan")
-    if any(source.name not in kept for _, source in loaded):  # the probe's frames and the zero-shot baseline
-        venv = fresh_env()
-        try:
-            meanings = action_meanings(venv)
-            start = time.perf_counter()
-            random = play(venv, steps, lambda obs: rng.integers(len(meanings), size=len(obs)), keep_observations=True,
-                          on_step=reporter(RANDOM_POLICY))
-            random_seconds = time.perf_counter() - start
-        finally:
-            venv.close()
-        random_rate, random_se = random.rate()
-        targets = returns_to_go(random.rewards, random.dones)
-        frames = random.observations.reshape(-1, *random.observations.shape[2:])
     for spec, source in loaded:
         if source.name in kept:
             rows.append(kept[source.name])
             continue
         started = time.perf_counter()
-        feats = features(source, frames).numpy().reshape(*random.rewards.shape, -1)
-        row = dict(source=source.name, probe_r2=probe_r2(feats, targets), random_rate=random_rate,
-                   shared_actions=0, zero_shot_rate=np.nan, zero_shot_se=np.nan, zero_shot_z=np.nan,
-                   zero_shot_return=np.nan, zero_shot_episodes=0, agent_steps=0)
-        head, own = source_head(spec), source_task(source)
-        if head is not None and own is not None and own.family == task.family:
-            own_env = make_env(own, 1, seed=seed, backend="gym")
-            try:
-                mapping, shared = action_map(action_meanings(own_env), meanings)
-            finally:
-                own_env.close()
-            if shared and len(mapping) == head[0].shape[0]:
-                weight, bias = head
-                generator = torch.Generator().manual_seed(seed)
-
-                def act(obs: np.ndarray) -> np.ndarray:
-                    logits = F.linear(features(source, obs), weight, bias)
-                    return mapping[torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0].numpy()]
-
-                venv = fresh_env()
-                try:
-                    rollout = play(venv, steps, act, on_step=reporter(source.name))
-                finally:
-                    venv.close()
-                rate, se = rollout.rate()
-                row.update(shared_actions=shared, zero_shot_rate=rate, zero_shot_se=se,
-                           zero_shot_z=(rate - random_rate) / max(np.hypot(se, random_se), 1e-9),
-                           zero_shot_return=float(np.mean(rollout.episode_returns)) if rollout.episode_returns
-                           else np.nan, zero_shot_episodes=len(rollout.episode_returns),
-                           agent_steps=int(rollout.rewards.size))
+        row = scorer.score(spec, source)
         row["seconds"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         if on_scored is not None:
@@ -298,8 +297,186 @@ def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: in
     rest = table[table["basis"] == "probe"].sort_values("probe_r2", ascending=False)
     table = pd.concat([zero_shot, rest]).reset_index(drop=True)
     table["rank"] = np.arange(1, len(table) + 1)
-    table.attrs["random_seconds"] = random_seconds
+    table.attrs["random_seconds"] = scorer.random_seconds
     return table[RANKING_COLUMNS]
+
+
+class _Scorer:
+    """What both kinds of ranking share: the target's seeded environments, the random-policy baseline (run by
+    :meth:`prepare`), the probe's targets on it, and the zero-shot statistics of a source's play."""
+
+    #: image observations, channels first, and sign-clipped rewards (see :func:`play`)
+    images = True
+
+    def __init__(self, task: Task, steps: int, n_envs: int, seed: int,
+                 on_play: Callable[[str, int, int], None] | None) -> None:
+        self.task, self.steps, self.n_envs, self.seed, self.on_play = task, steps, n_envs, seed, on_play
+        self.random_seconds = float("nan")
+
+    def load(self, spec: str | os.PathLike) -> Any:
+        raise NotImplementedError
+
+    def prepare(self, sources: list[Any]) -> None:
+        raise NotImplementedError
+
+    def score(self, spec: str | os.PathLike, source: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def env(self) -> VecEnv:
+        return make_env(self.task, self.n_envs, seed=self.seed, backend="gym")
+
+    def play(self, venv: VecEnv, name: str, act, keep: bool = False) -> Rollout:
+        on_step = None if self.on_play is None else (lambda done: self.on_play(name, done, self.steps))
+        return play(venv, self.steps, act, keep_observations=keep, on_step=on_step, images=self.images,
+                    clip_rewards=self.images)
+
+    def play_random(self, venv: VecEnv, act) -> None:
+        """The random policy's run (its observations kept), its rate and the probe's targets."""
+        start = time.perf_counter()
+        self.random = self.play(venv, RANDOM_POLICY, act, keep=True)
+        self.random_seconds = time.perf_counter() - start
+        self.random_rate, self.random_se = self.random.rate()
+        self.targets = returns_to_go(self.random.rewards, self.random.dones)
+
+    def play_source(self, name: str, act) -> Rollout:
+        venv = self.env()
+        try:
+            return self.play(venv, name, act)
+        finally:
+            venv.close()
+
+    def row(self, name: str, feats: np.ndarray) -> dict[str, Any]:
+        """A source's row with its probe score (``feats``: ``(N, D)`` on the random policy's observations, in
+        their order) and no zero-shot play yet."""
+        feats = feats.reshape(*self.random.rewards.shape, -1)
+        return dict(source=name, probe_r2=probe_r2(feats, self.targets), random_rate=self.random_rate,
+                    shared_actions=0, zero_shot_rate=np.nan, zero_shot_se=np.nan, zero_shot_z=np.nan,
+                    zero_shot_return=np.nan, zero_shot_episodes=0, agent_steps=0)
+
+    def zero_shot(self, rollout: Rollout) -> dict[str, Any]:
+        rate, se = rollout.rate()
+        return dict(zero_shot_rate=rate, zero_shot_se=se,
+                    zero_shot_z=(rate - self.random_rate) / max(np.hypot(se, self.random_se), 1e-9),
+                    zero_shot_return=float(np.mean(rollout.episode_returns)) if rollout.episode_returns else np.nan,
+                    zero_shot_episodes=len(rollout.episode_returns), agent_steps=int(rollout.rewards.size))
+
+
+class _NatureScorer(_Scorer):
+    """NatureCNN sources on an image target: actions mapped by meaning, the probe on the 512 features."""
+
+    def load(self, spec: str | os.PathLike) -> Source:
+        return load_source(spec)
+
+    def prepare(self, sources: list[Source]) -> None:
+        rng = np.random.default_rng(self.seed)
+        venv = self.env()
+        try:
+            self.meanings = action_meanings(venv)
+            self.play_random(venv, lambda obs: rng.integers(len(self.meanings), size=len(obs)))
+        finally:
+            venv.close()
+        self.frames = self.random.observations.reshape(-1, *self.random.observations.shape[2:])
+
+    def score(self, spec: str | os.PathLike, source: Source) -> dict[str, Any]:
+        row = self.row(source.name, features(source, self.frames).numpy())
+        head, own = source_head(spec), source_task(source)
+        if head is None or own is None or own.family != self.task.family:
+            return row
+        own_env = make_env(own, 1, seed=self.seed, backend="gym")
+        try:
+            mapping, shared = action_map(action_meanings(own_env), self.meanings)
+        finally:
+            own_env.close()
+        if not shared or len(mapping) != head[0].shape[0]:
+            return row
+        weight, bias = head
+        generator = torch.Generator().manual_seed(self.seed)
+
+        def act(obs: np.ndarray) -> np.ndarray:
+            logits = F.linear(features(source, obs), weight, bias)
+            return mapping[torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0].numpy()]
+
+        row.update(self.zero_shot(self.play_source(source.name, act)), shared_actions=shared)
+        return row
+
+
+class _PolicyScorer(_Scorer):
+    """Whole actor-critic policies on the target's own spaces: their actor plays, the probe reads their value latent."""
+
+    images = False
+
+    def load(self, spec: str | os.PathLike) -> PolicySource:
+        return load_policy_source(spec)
+
+    def prepare(self, sources: list[PolicySource]) -> None:
+        venv = self.env()
+        try:
+            self.observation_space, self.action_space = venv.observation_space, venv.action_space
+            self.networks = {id(s): policy_networks(s, self.observation_space, self.action_space) for s in sources}
+            space = copy.deepcopy(self.action_space)
+            space.seed(self.seed)
+            self.play_random(venv, lambda obs: np.stack([space.sample() for _ in range(len(obs))]))
+        finally:
+            venv.close()
+        observations = self.random.observations.reshape(-1, *self.random.observations.shape[2:])
+        self.inputs = self.preprocess(observations)
+
+    def preprocess(self, obs: np.ndarray) -> torch.Tensor:
+        return preprocess_obs(torch.as_tensor(obs), self.observation_space).float()
+
+    def score(self, spec: str | os.PathLike, source: PolicySource) -> dict[str, Any]:
+        actor, value_trunk = self.networks[id(source)]
+        with torch.no_grad():
+            row = self.row(source.name, value_trunk(self.inputs).numpy())
+        space = self.action_space
+        if isinstance(space, spaces.Box):
+            low, high = (torch.as_tensor(b, dtype=torch.float32).flatten() for b in (space.low, space.high))
+
+            @torch.no_grad()
+            def act(obs: np.ndarray) -> np.ndarray:  # the mean, as SB3's predict(deterministic=True) executes it
+                mean = torch.clamp(actor(self.preprocess(obs)), low, high)
+                return mean.numpy().reshape(len(obs), *space.shape)
+        else:
+            generator = torch.Generator().manual_seed(self.seed)
+
+            @torch.no_grad()
+            def act(obs: np.ndarray) -> np.ndarray:
+                probs = torch.softmax(actor(self.preprocess(obs)), -1)
+                return torch.multinomial(probs, 1, generator=generator)[:, 0].numpy()
+
+        row.update(self.zero_shot(self.play_source(source.name, act)), shared_actions=action_values(space))
+        return row
+
+
+def policy_networks(source: PolicySource, observation_space: spaces.Space,
+                    action_space: spaces.Space) -> tuple[FrozenActor, FrozenActor]:
+    """A whole-policy source's frozen actor (its ``action_net`` output) and value trunk (its value latent), with
+    the activation it records (:func:`zoo_rl.multipolar.recorded_activation`), for a target of these spaces.
+
+    :raises ValueError: a source that is no actor-critic policy, or whose observation or action shapes are not
+        the target's (naming the layers and shapes).
+    """
+    where = f"Source {source.name!r} ({source.origin})"
+    if source.family != "actor-critic":
+        what = FAMILIES.get(source.family or "", "no SB3 policy this library knows")
+        raise ValueError(f"{where} is a {what} policy: the whole-policy ranking scores actor-critic sources "
+                         f"({FAMILIES['actor-critic']}), whose action_net plays the target and whose value network's "
+                         "latent the probe reads. Leave it out of the zoo.")
+    rule = ("A whole-policy source plays the target with its own actions and reads its observations, so it must have "
+            "the target's observation and action shapes: a source of another body or task cannot; leave it out "
+            "of this target's zoo.")
+    actor, trunk = source_actor(source), source_value_trunk(source)
+    check_actor_fits(source.name, source.origin, actor_shapes(actor), observation_space, action_space,
+                     continuous="log_std" in source.state, target="this target's ranking", rule=rule)
+    flat = get_flattened_obs_dim(observation_space)
+    reads = next(iter(trunk.values()))[0].shape[1] if trunk else source.state["value_net.weight"].shape[1]
+    if not any(k.startswith("features_extractor.") for k in trunk) and reads != flat:
+        raise ValueError(f"Source {source.name!r} ({source.origin}) does not fit this target's ranking: its value "
+                         f"network reads {reads} values, and the observations {observation_space}, flattened, give "
+                         f"{flat}.\n{rule}")
+    activation = recorded_activation(source)
+    return (FrozenActor(actor_shapes(actor), activation, actor).eval(),
+            FrozenActor(actor_shapes(trunk), activation, trunk).eval())
 
 
 def ranking_order(ranking: pd.DataFrame, names: Sequence[str]) -> list[int]:

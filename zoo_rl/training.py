@@ -49,6 +49,7 @@ from envs.tasks import Task, env_backend, make_env
 from zoo_rl.files import (CHECKPOINT, CONFIG, EVALUATIONS, STATUS, VEC_NORMALIZE, atomic_write_bytes, command_line,
                           save_model_atomic, write_json)
 from zoo_rl.machine import reuse_freed_memory
+from zoo_rl.policy_sources import ACTIVATIONS
 from zoo_rl.policies import algo_kwargs, policy_class
 
 try:
@@ -65,10 +66,6 @@ if QRDQN is not None:
 ON_POLICY = ("ppo", "a2c")
 #: Seed offset of a run's evaluation environments (training uses the run's seed itself).
 EVAL_SEED_OFFSET = 10_000
-#: Activation functions that ``policy_kwargs: {activation_fn: <name>}`` may name in a hyperparameter file.
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "silu": nn.SiLU,
-}
 #: What a ``normalize`` mapping may set (the rest of ``VecNormalize``'s arguments keep SB3's defaults).
 NORMALIZE_OPTIONS = ("norm_obs", "norm_reward", "clip_obs", "clip_reward")
 #: Hyperparameters that set the run's environments up rather than the algorithm: never passed to SB3.
@@ -539,7 +536,9 @@ def sync_normalization(model: BaseAlgorithm, eval_env: VecEnv) -> None:
     if trained is None:
         raise ValueError("The evaluation environment normalises observations but the model's training environment has "
                          "no VecNormalize to take statistics from: open both with the same `normalize`.")
-    frozen.obs_rms, frozen.ret_rms = copy.deepcopy(trained.obs_rms), copy.deepcopy(trained.ret_rms)
+    if trained.norm_obs:  # SB3 keeps no observation statistics without norm_obs
+        frozen.obs_rms = copy.deepcopy(trained.obs_rms)
+    frozen.ret_rms = copy.deepcopy(trained.ret_rms)
 
 
 def resume_normalization(env: VecEnv, run_dir: str | Path, normalize: dict[str, Any] | None) -> VecEnv:
