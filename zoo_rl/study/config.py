@@ -16,16 +16,23 @@ from zoo_rl.files import (CONFIG, EVALUATIONS, FINAL_EVALUATION, RESULT, STATUS,
                           write_json)
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.ranking import RANK_STEPS
-from zoo_rl.sources import META_FILE, Source, sha256_of
-from zoo_rl.study.methods import DEFAULT_METHODS, expand_methods, extractor_kwargs, kickstart_teachers
+from zoo_rl.sources import META_FILE, sha256_of
+from zoo_rl.study.methods import (DEFAULT_METHODS, EXTRACTOR_ONLY, POLICY_DEFAULT_METHODS, POLICY_ONLY,
+                                  expand_methods, extractor_kwargs, kickstart_teachers)
 from zoo_rl.training import ALGOS
 
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ZOO_DIR = ROOT / "agents" / "zoo"
 #: The committed zoo of each task family: a target's default zoo is its own family's.
-ZOO_DIRS = {"atari": DEFAULT_ZOO_DIR, "lab2d": ROOT / "agents" / "zoo-lab2d"}
+ZOO_DIRS = {"atari": DEFAULT_ZOO_DIR, "lab2d": ROOT / "agents" / "zoo-lab2d", "mujoco": ROOT / "agents" / "zoo-mujoco"}
+#: How a study of a whole-policy target trains under VecNormalize: rewards normalised (as the RL Baselines3 Zoo's
+#: MuJoCo settings do), observations raw, because the sources read raw observations (their own normalisation
+#: is folded into their first layers at export) and scratch, fine-tunes and zoo methods must see the same inputs.
+POLICY_STUDY_NORMALIZE = {"norm_obs": False, "norm_reward": True}
 HYPERPARAMS_DIR = ROOT / "agents" / "hyperparams"
+#: The learning rate of image studies: the Zoo-Tuning paper's RL setting (Adam at 1e-4).
+PAPER_LR = 1e-4
 #: Games of the final evaluation: the published protocol.
 FINAL_EPISODES = 20
 
@@ -57,12 +64,15 @@ class StudyConfig:
         "sources (source folders, SB3 zips, hub ids) or whole zoos (agents/zoo agents/zoo-lab2d: their members "
         "minus the target task's own source); default: the committed zoo of the target's family minus the "
         "target task's own source", None, nargs="+")
-    methods: list[str] = _option("comma-separated methods; see below", type=_comma_list,
+    methods: list[str] = _option("comma-separated methods; see below (MuJoCo targets: multipolar in the place of "
+                                 "ensemble)", type=_comma_list,
                                  factory=lambda: list(DEFAULT_METHODS))
     seeds: int = _option("seeds per method (0 .. seeds-1)", 3)
     algo: str = _option("SB3 algorithm: ppo, a2c, dqn or qrdqn", "ppo")
     steps: int = _option("agent steps per run (100k: the Atari-100k budget)", 100_000)
-    lr: float = _option("learning rate of the optimizer, constant (Adam at 1e-4: the paper's)", 1e-4)
+    lr: float | None = _option("learning rate of the optimizer, constant (default: Adam at 1e-4, the paper's, for "
+                               "image targets; the hyperparameter file's tuned rate for MuJoCo targets)", None,
+                               type=float)
     out: Path | None = _option("study folder (default: runs/transfer/<target>-<algo>)", None, type=Path)
     eval_every: int = _option("steps between evaluations (also the checkpoint interval)", 10_000)
     eval_episodes: int = _option("episodes per evaluation", 5)
@@ -157,6 +167,32 @@ def write_study_json(study: StudyConfig, runs: int, sources: list[dict[str, str]
     before = earlier.get("commands", [earlier["command"]] if "command" in earlier else [])
     record["commands"] = list(dict.fromkeys([*before, record["command"]]))
     write_json(path, record)
+
+
+def whole_policy(task: Task) -> bool:
+    """Whether a study of ``task`` transfers whole policies (:func:`zoo_rl.zoo_policy`: every layer of an MLP policy,
+    for state-vector targets such as MuJoCo bodies) rather than NatureCNN extractors (:class:`zoo_rl.ZooExtractor`,
+    for image targets: Atari, Lab2D)."""
+    return task.family == "mujoco"
+
+
+_POLICY_ZOOS: dict[tuple[str, ...], list[Any]] = {}
+
+
+def cached_policy_zoo(zoo: Sequence[str]) -> list[Any]:
+    """:func:`zoo_rl.policy_sources.load_policy_zoo`, read once per process for the same list of sources."""
+    from zoo_rl.policy_sources import load_policy_zoo
+
+    key = tuple(str(z) for z in zoo)
+    if key not in _POLICY_ZOOS:
+        _POLICY_ZOOS[key] = load_policy_zoo(list(key))
+    return _POLICY_ZOOS[key]
+
+
+def source_names(zoo: Sequence[str], task: Task) -> list[str]:
+    """The display names of a study's sources, in zoo order (the names of tables, rankings and methods)."""
+    sources = cached_policy_zoo(zoo) if whole_policy(task) else cached_zoo(zoo)
+    return [s.name for s in sources]
 
 
 def committed_zoo(zoo_dir: Path = DEFAULT_ZOO_DIR) -> list[Path]:
@@ -341,6 +377,45 @@ def check_normalisation(job: RunJob) -> None:
                          f"another --out (a method name can also fix it: {job.method.partition(':')[0]}:{wanted}).")
 
 
+def policy_hyperparams(algo: str, task: Task) -> tuple[dict[str, Any], int, Any]:
+    """``(hyperparams, n_envs, policy)`` of a whole-policy target from ``agents/hyperparams/<algo>.yml`` (its
+    family's entry), with :data:`POLICY_STUDY_NORMALIZE` in place of the file's ``normalize``."""
+    from zoo_rl.training import hyperparams_for
+
+    params, n_envs, policy = hyperparams_for(HYPERPARAMS_DIR / f"{algo}.yml", task)
+    if params.get("normalize"):
+        params["normalize"] = dict(POLICY_STUDY_NORMALIZE)
+    return params, n_envs, policy
+
+
+def policy_study_lr(algo: str) -> float:
+    """The default learning rate of a whole-policy study: the hyperparameter file's own (the RL Baselines3 Zoo's
+    tuned MuJoCo value), constant. The paper's 1e-4 is an Atari setting; a scratch baseline trained at a rate its
+    task was not tuned for would flatter every transfer method.
+
+    :raises ValueError: the file's rate is a schedule or missing (give ``--lr``).
+    """
+    from zoo_rl.training import load_hyperparams
+
+    rate = load_hyperparams(HYPERPARAMS_DIR / f"{algo}.yml", "", family="mujoco").get("learning_rate")
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool):
+        raise ValueError(f"agents/hyperparams/{algo}.yml gives its mujoco entry no constant learning_rate ({rate!r}): "
+                         "pass --lr.")
+    return float(rate)
+
+
+def check_policy_zoo(algo: str, zoo: Sequence[str], env: Any, task: Task) -> None:
+    """Build the whole-policy zoo model of ``algo`` on ``env`` once (uniform gates, the target's architecture):
+    it raises, naming the layer, the shapes and the sources, where the zoo does not fit the target."""
+    from zoo_rl.training import algo_class, sb3_policy_kwargs
+    from zoo_rl.zoo_policies import zoo_policy
+
+    params, _, policy = policy_hyperparams(algo, task)
+    cls, kwargs = zoo_policy(algo, zoo=list(zoo), policy=policy, gate="uniform",
+                             **sb3_policy_kwargs(params.get("policy_kwargs")))
+    algo_class(algo)(cls, env, policy_kwargs=kwargs, device="cpu")
+
+
 def plan(study: StudyConfig) -> list[RunJob]:
     """Resolve and check everything before any training: target, zoo, methods, algorithm, the files of the runs
     started before (:func:`check_run_files`), and the runs to train at a time where ``study.workers`` is None
@@ -357,21 +432,36 @@ def plan(study: StudyConfig) -> list[RunJob]:
     if study.launcher not in ("local", "ray"):
         raise ValueError(f"launcher must be 'local' or 'ray', got {study.launcher!r}.")
     task = resolve(study.target, study.mode, study.difficulty)
+    policies = whole_policy(task)
+    if policies and study.methods == DEFAULT_METHODS:
+        study.methods = list(POLICY_DEFAULT_METHODS)
+    if study.lr is None:
+        study.lr = policy_study_lr(study.algo) if policies else PAPER_LR
+    wrong_kind = [m for m in study.methods if m.partition(":")[0] in (EXTRACTOR_ONLY if policies else POLICY_ONLY)]
+    if wrong_kind:
+        raise ValueError(f"{', '.join(wrong_kind)}: " + (
+            "the ensemble puts NatureCNN extractors side by side; a whole-policy target has none (MULTIPOLAR is the "
+            "multi-source baseline there)" if policies else
+            "MULTIPOLAR aggregates sources acting in the target's own action space (whole-policy zoos such as "
+            "agents/zoo-mujoco); an image target's zoo plays other games") + ".")
     zoo = expand_zoo(study.zoo, task) if study.zoo is not None else default_zoo(task)
     needs_zoo = any(m.partition(":")[0] != "scratch" for m in study.methods)
-    sources: list[Source] = []
+    sources: list[Any] = []
     if needs_zoo:
         if not zoo:
             manifest = (ZOO_DIRS[task.family] / "manifest.yml").relative_to(ROOT)
             raise ValueError(f"No zoo sources for target {task.slug}: train some with `python agents/train.py "
                              f"--zoo --manifest {manifest}`, pass --zoo, or run only --methods scratch.")
-        sources = cached_zoo(zoo)
+        sources = cached_policy_zoo(zoo) if policies else cached_zoo(zoo)
         env = make_env(task, 1, seed=0)
         try:
-            from stable_baselines3.common.vec_env import VecTransposeImage
+            if policies:
+                check_policy_zoo(study.algo, zoo, env, task)
+            else:
+                from stable_baselines3.common.vec_env import VecTransposeImage
 
-            space = VecTransposeImage(env).observation_space
-            ZooExtractor(space, zoo=zoo, gate="uniform")  # raises if the zoo does not fit the env
+                space = VecTransposeImage(env).observation_space
+                ZooExtractor(space, zoo=zoo, gate="uniform")  # raises if the zoo does not fit the env
         finally:
             env.close()
     methods = expand_methods(study.methods, sources)

@@ -79,7 +79,8 @@ def _readable_zoo(zoo: list[str]) -> list[str]:
 
 
 def diagnose_run(run_dir: str | Path) -> pd.DataFrame:
-    """Rows of :data:`DIAGNOSTIC_COLUMNS` for one finished run (empty for scratch or unfinished runs).
+    """Rows of :data:`DIAGNOSTIC_COLUMNS` for one finished run of a ZooExtractor study (empty for scratch, unfinished
+    runs and runs of whole-policy studies, whose gates per layer are in their gates.csv).
 
     Sources that cannot be read any more give NaN drifts; the gates and alignments come from the
     model alone.
@@ -91,7 +92,7 @@ def diagnose_run(run_dir: str | Path) -> pd.DataFrame:
     config = json.loads(config_path.read_text())
     method, seed = config["method"], int(config["seed"])
     base, _, arg = method.partition(":")
-    if base == "scratch":
+    if base == "scratch" or "body" in (config.get("task") or {}):  # whole-policy runs: their gates are in gates.csv
         return pd.DataFrame(columns=DIAGNOSTIC_COLUMNS)
     state = read_policy_pth(model_path)
     try:  # read once per process: a study's runs share their zoo

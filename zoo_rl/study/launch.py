@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from zoo_rl.files import RANKING, RANKING_PARTIAL, RESULT, file_lock
-from zoo_rl.study.config import RunJob, StudyConfig, plan, write_study_json, zoo_record
+from zoo_rl.study.config import RunJob, StudyConfig, plan, source_names, write_study_json, zoo_record
 from zoo_rl.study.cores import Registration, machine_cores, study_processes
 from zoo_rl.study.progress import RankingProgress, StudyProgress, describe_plan, stop_message
 from zoo_rl.study.runs import kept_scores, read_ranking, run_job, study_ranking
@@ -154,9 +154,7 @@ def _close(bars: list[Any]) -> None:
 
 
 def _ranking_detail(study: StudyConfig, jobs: list[RunJob]) -> str:
-    from zoo_rl.extractor import cached_zoo
-
-    names = [s.name for s in cached_zoo(jobs[0].zoo)]
+    names = source_names(jobs[0].zoo, jobs[0].task)
     kept = kept_scores(Path(study.out) / RANKING_PARTIAL, jobs[0].task, study.rank_steps, names, None)
     scored = [] if kept is None else list(kept["source"])
     return (f"{len(scored)} of {len(names)} sources scored"
@@ -165,11 +163,10 @@ def _ranking_detail(study: StudyConfig, jobs: list[RunJob]) -> str:
 
 def _rank(study: StudyConfig, jobs: list[RunJob], progress: bool, bars: list[Any]) -> None:
     """The study's ranking.csv, computed (under a lock: one process ranks, the others wait for it) unless whole."""
-    from zoo_rl.extractor import cached_zoo
     from zoo_rl.study.cores import run_threads
 
     out, task, zoo = Path(study.out), jobs[0].task, jobs[0].zoo
-    names = [s.name for s in cached_zoo(zoo)]
+    names = source_names(zoo, task)
     say = (lambda line: print(line, flush=True)) if progress else None
     with file_lock(out / (RANKING + ".lock"), wait=False) as free:
         if not free:

@@ -24,13 +24,22 @@ METHODS: dict[str, str] = {
     "ensemble": "the K frozen source extractors side by side with a learned head",
     "kickstart": "NatureCNN from random initialisation distilling the top-ranked source's policy (Kickstarting; "
                  "kickstart:all: every source's, weighted by the ranking's zero-shot evidence)",
+    "multipolar": "MULTIPOLAR: the frozen sources' actions aggregated with learned per-source, per-dimension weights, "
+                  "plus the target's own actor (whole-policy zoos: zoo_rl.multipolar)",
 }
 
 
 #: The methods a study runs when it names none: every method above, and Zoo-Tuning started from the
 #: top-ranked source with its gates at 100x the learning rate (docs/choosing.md: above the best single-source
 #: fine-tune on the targets with a related source, not below scratch without one).
-DEFAULT_METHODS: list[str] = [m for m in METHODS if m != "kickstart"] + ["zoo-lite:ranked+gate-lr100"]
+DEFAULT_METHODS: list[str] = [m for m in METHODS if m not in ("kickstart", "multipolar")] + ["zoo-lite:ranked+gate-lr100"]
+#: The methods of a study that transfers whole policies (a MuJoCo target, :func:`zoo_rl.zoo_policy`) when it names
+#: none: the same set, with MULTIPOLAR, the multi-source baseline of continuous control, in the place of the
+#: ensemble of NatureCNN extractors (which has no counterpart without a features extractor).
+POLICY_DEFAULT_METHODS: list[str] = [m for m in DEFAULT_METHODS if m != "ensemble"] + ["multipolar"]
+#: Methods that need a NatureCNN zoo (image targets), and those that need whole policies of the target's spaces.
+EXTRACTOR_ONLY = ("ensemble",)
+POLICY_ONLY = ("multipolar",)
 ZOO_GATES = {"uniform": "uniform", "zoo": "sample", "zoo-lite": "lite"}
 
 
@@ -165,6 +174,8 @@ def expand_methods(methods: list[str], sources: list[Source]) -> list[str]:
             out.append(method)
         elif base == "finetune":
             out += [f"finetune:{n}" for n in names]
+        elif base == "multipolar" and arg:
+            raise ValueError(f"{method}: MULTIPOLAR takes no options; write multipolar.")
         elif base == "kickstart":
             if arg not in ("", "all"):
                 raise ValueError(f"{method}: write kickstart (the top-ranked source teaches) or kickstart:all (every "

@@ -95,14 +95,14 @@ def _parallel_speedup(workers: int) -> float:
 
 def ranking_plan(study: StudyConfig, jobs: list[RunJob]) -> str | None:
     """The plan's line about the source ranking (``None`` where the study needs none or has it already)."""
-    from zoo_rl.extractor import cached_zoo
+    from zoo_rl.study.config import source_names
     from zoo_rl.study.runs import kept_scores, read_ranking
 
     zoo = jobs[0].zoo
     if not zoo or all(j.method == "scratch" for j in jobs):
         return None
     out = Path(study.out)
-    names = [s.name for s in cached_zoo(zoo)]
+    names = source_names(zoo, jobs[0].task)
     if (out / RANKING).is_file() and read_ranking(out / RANKING, names)[0] is not None:
         return None
     kept = kept_scores(out / RANKING_PARTIAL, jobs[0].task, study.rank_steps, names, None)

@@ -28,19 +28,26 @@ from zoo_rl.machine import extractor_precision, machine_info, reuse_freed_memory
 from zoo_rl.metrics import area_under_curve, human_normalised
 from zoo_rl.optim import zoo_optimizer
 from zoo_rl.policies import FastCnnPolicy
-from zoo_rl.kickstart import KickstartA2C, KickstartPPO, load_teacher, ranking_weights
-from zoo_rl.ranking import SCORE_COLUMNS, action_meanings, rank_sources, ranking_order
-from zoo_rl.study.config import HYPERPARAMS_DIR, RunJob, StudyConfig
+from zoo_rl.kickstart import KickstartA2C, KickstartPPO, load_any_teacher, ranking_weights
+from zoo_rl.ranking import SCORE_COLUMNS, rank_sources, ranking_order
+from zoo_rl.multipolar import multipolar_policy
+from zoo_rl.study.config import (HYPERPARAMS_DIR, RunJob, StudyConfig, cached_policy_zoo, policy_hyperparams,
+                                 source_names, whole_policy)
 from zoo_rl.study.cores import run_threads, study_processes
 from zoo_rl.study.signals import FAULT_ENV, fault_point
 from zoo_rl.study.methods import RANKED_WEIGHT, ZOO_GATES, extractor_kwargs, kickstart_teachers, ranked_top
-from zoo_rl.training import (EVAL_SEED_OFFSET, ON_POLICY, RunSpec, algo_class, hyperparams_for, load_evaluations,
-                             new_model, open_run, train_run)
+from zoo_rl.zoo_policies import ZOO_OPTIONS as ZOO_POLICY_OPTIONS
+from zoo_rl.zoo_policies import ZooPolicyMixin, export_zoo_policy, zoo_policy
+from zoo_rl.training import (EVAL_SEED_OFFSET, ON_POLICY, RunSpec, algo_class, deterministic_eval, hyperparams_for,
+                             load_evaluations, new_model, open_run, sb3_policy_kwargs, train_run, vec_normalize_kwargs)
 
 
 def _hyperparams(job: RunJob) -> tuple[dict[str, Any], int]:
     study = job.study
-    params, n_envs, _ = hyperparams_for(HYPERPARAMS_DIR / f"{study.algo}.yml", job.task)  # the policy: below
+    if whole_policy(job.task):
+        params, n_envs, _ = policy_hyperparams(study.algo, job.task)
+    else:
+        params, n_envs, _ = hyperparams_for(HYPERPARAMS_DIR / f"{study.algo}.yml", job.task)  # the policy: below
     if study.n_envs is not None:
         n_envs = study.n_envs
     params["learning_rate"] = study.lr  # constant: the paper's RL setting is Adam at 1e-4
@@ -57,7 +64,7 @@ def run_extractor_kwargs(job: RunJob) -> dict[str, Any]:
     kwargs = extractor_kwargs(job.method, job.study.normalisation)
     top = ranked_top(job.method)
     if top is not None:
-        order = ranking_order(study_ranking(job.study, job.task, job.zoo), [s.name for s in cached_zoo(job.zoo)])
+        order = ranking_order(study_ranking(job.study, job.task, job.zoo), source_names(job.zoo, job.task))
         kwargs["init_gates"] = ranked_gates(len(job.zoo), order, top=top, weight=RANKED_WEIGHT)
     return kwargs
 
@@ -71,7 +78,7 @@ def study_ranking(study: StudyConfig, task: Task, zoo: list[str],
     ranking.csv present is computed again, and which sources a stopped ranking had scored already."""
     path = Path(study.out) / RANKING
     if path.is_file():
-        table, problem = read_ranking(path, [s.name for s in cached_zoo(zoo)])
+        table, problem = read_ranking(path, source_names(zoo, task))
         if table is not None:
             return table
         if say is not None:
@@ -112,7 +119,7 @@ def resumable_ranking(out: Path, task: Task, zoo: list[str], steps: int,
     other sources. The partial file is removed once ranking.csv is written."""
     out = Path(out)
     partial = out / RANKING_PARTIAL
-    names = [s.name for s in cached_zoo(zoo)]
+    names = source_names(zoo, task)
     scored = kept_scores(partial, task, steps, names, say)
     rows = [] if scored is None else scored.to_dict("records")
     if rows and say is not None:
@@ -155,9 +162,11 @@ def kept_scores(partial: Path, task: Task, steps: int, names: list[str],
 
 def run_spec(job: RunJob) -> RunSpec:
     """The :class:`zoo_rl.training.RunSpec` of ``job``: the study's hyperparameters, and the policy and
-    extractor of its method (the same heads for every method)."""
+    extractor of its method (the same heads for every method); for a whole-policy target, :func:`policy_run_spec`."""
     study = job.study
     params, _ = _hyperparams(job)
+    if whole_policy(job.task):
+        return policy_run_spec(job, params)
     on_policy = study.algo in ON_POLICY
     policy: Any = FastCnnPolicy if on_policy and study.precision == "bf16" else "CnnPolicy"
     policy_kwargs: dict[str, Any] = dict(net_arch=[])  # the same heads for every method
@@ -179,6 +188,32 @@ def run_spec(job: RunJob) -> RunSpec:
                    tensorboard_log=str(job.run_dir / TENSORBOARD), **kickstart)
 
 
+def policy_run_spec(job: RunJob, params: dict[str, Any]) -> RunSpec:
+    """The :class:`zoo_rl.training.RunSpec` of a whole-policy target (:func:`zoo_rl.study.config.whole_policy`):
+    the hyperparameter file's policy and architecture for every method; the zoo methods build every layer of it
+    from the sources (:func:`zoo_rl.zoo_policy`, with the method's gate options), ``multipolar`` aggregates the
+    sources' actions around it (:func:`zoo_rl.multipolar_policy`), ``finetune`` and ``scratch`` are the plain
+    policy (a fine-tune's weights: :func:`build_model`)."""
+    study = job.study
+    architecture = sb3_policy_kwargs(params.get("policy_kwargs"))
+    policy: Any = params.get("policy", "MlpPolicy")
+    policy_kwargs: dict[str, Any] = {}
+    base = job.method.partition(":")[0]
+    if base in ZOO_GATES:
+        policy, policy_kwargs = zoo_policy(study.algo, zoo=job.zoo, policy=policy, **run_extractor_kwargs(job),
+                                           **architecture)
+    elif base == "multipolar":
+        policy, policy_kwargs = multipolar_policy(study.algo, zoo=job.zoo, policy=policy, **architecture)
+    kickstart: dict[str, Any] = {}
+    if kickstart_teachers(job.method) is not None:
+        kickstart = dict(algo_cls=KICKSTART_ALGOS[study.algo], prepare=lambda model: give_teachers(job, model))
+    return RunSpec(run_dir=job.run_dir, algo=study.algo, total_steps=study.steps,
+                   hyperparams={k: v for k, v in params.items() if k != "policy"}, policy=policy,
+                   policy_kwargs=policy_kwargs or None, seed=job.seed, checkpoint_every=study.eval_every,
+                   eval_every=study.eval_every, eval_episodes=study.eval_episodes,
+                   tensorboard_log=str(job.run_dir / TENSORBOARD), **kickstart)
+
+
 #: The kickstarted class of each on-policy algorithm (:mod:`zoo_rl.kickstart`).
 KICKSTART_ALGOS = {"ppo": KickstartPPO, "a2c": KickstartA2C}
 
@@ -186,21 +221,21 @@ KICKSTART_ALGOS = {"ppo": KickstartPPO, "a2c": KickstartA2C}
 def give_teachers(job: RunJob, model: Any) -> None:
     """Give a kickstarted run's model its teachers (never saved, so again on every resume): the study's
     top-ranked source, or every source weighted by the ranking's zero-shot evidence
-    (:func:`zoo_rl.kickstart.ranking_weights`), their actions mapped onto the target's by meaning."""
-    names = [s.name for s in cached_zoo(job.zoo)]
+    (:func:`zoo_rl.kickstart.ranking_weights`); an image target's NatureCNN sources with their actions mapped onto
+    the target's by meaning, a whole-policy target's sources as they act (:func:`zoo_rl.kickstart.load_any_teacher`)."""
+    names = source_names(job.zoo, job.task)
     ranking = study_ranking(job.study, job.task, job.zoo)
     order = ranking_order(ranking, names)
     env = make_env(job.task, 1, seed=0, backend="gym")  # the gym wrappers name their actions on every backend
     try:
-        meanings = action_meanings(env)
+        if kickstart_teachers(job.method) == "all":
+            teachers = [load_any_teacher(path, env, name) for path, name in zip(job.zoo, names)]
+            model.set_teachers(teachers, ranking_weights(ranking, names))
+        else:
+            top = order[0]
+            model.set_teachers([load_any_teacher(job.zoo[top], env, names[top])])
     finally:
         env.close()
-    if kickstart_teachers(job.method) == "all":
-        teachers = [load_teacher(path, meanings, name) for path, name in zip(job.zoo, names)]
-        model.set_teachers(teachers, ranking_weights(ranking, names))
-    else:
-        top = order[0]
-        model.set_teachers([load_teacher(job.zoo[top], meanings, names[top])])
 
 
 def build_model(job: RunJob, env, spec: RunSpec | None = None) -> Any:
@@ -208,10 +243,29 @@ def build_model(job: RunJob, env, spec: RunSpec | None = None) -> Any:
     :func:`run_spec`, computed when not given): a fine-tune starts from its source's extractor."""
     model = new_model(spec or run_spec(job), env)
     base, _, arg = job.method.partition(":")
-    if base == "finetune":
+    if base == "finetune" and whole_policy(job.task):
+        source = next(s for s in cached_policy_zoo(job.zoo) if s.name == arg)
+        load_whole_policy(model, source)
+    elif base == "finetune":
         source = next(s for s in cached_zoo(job.zoo) if s.name == arg)
         load_extractor_weights(model, source)
     return model
+
+
+def load_whole_policy(model: Any, source: Any) -> None:
+    """Set every tensor of ``model``'s policy from a whole-policy source (:class:`zoo_rl.policy_sources.PolicySource`).
+
+    :raises ValueError: the source misses a tensor of the policy, has one it lacks, or one of another shape.
+    """
+    target = model.policy.state_dict()
+    missing = sorted(set(target) - set(source.state))
+    extra = sorted(set(source.state) - set(target))
+    shapes = sorted(f"{k}: {tuple(source.state[k].shape)} in {source.origin}, {tuple(v.shape)} in the policy"
+                    for k, v in target.items() if k in source.state and source.state[k].shape != v.shape)
+    if missing or extra or shapes:
+        raise ValueError(f"{source.name} ({source.origin}) does not fit the policy to fine-tune: missing {missing}, "
+                         f"not in the policy {extra}, shapes {shapes}.")
+    model.policy.load_state_dict({k: source.state[k].to(v.device, v.dtype) for k, v in target.items()})
 
 
 class ProgressFile(BaseCallback):
@@ -280,16 +334,23 @@ def evaluate_final(model: Any, task: Task, method: str, algo: str, seed: int, ep
     from stable_baselines3.common.evaluation import evaluate_policy
 
     if method.partition(":")[0] == "zoo-lite":
-        model = export_lite(model)
+        model = merged(model)
     env = make_env(task, episodes, seed=EVAL_SEED_OFFSET + seed, backend="gym")
     model.set_random_seed(EVAL_SEED_OFFSET + seed)
     try:
         restart_games(env)
-        returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=algo not in ON_POLICY,
+        returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes,
+                                     deterministic=deterministic_eval(algo, env.action_space),
                                      return_episode_rewards=True, warn=False)
     finally:
         env.close()
     return {"returns": [float(r) for r in returns], "mean": float(np.mean(returns)), "seeded": True}
+
+
+def merged(model: Any) -> Any:
+    """A lite model merged into one plain network, as a zoo-lite run is evaluated: :func:`zoo_rl.export_lite` for a
+    ZooExtractor, :func:`zoo_rl.zoo_policies.export_zoo_policy` for a whole zoo policy."""
+    return export_zoo_policy(model) if isinstance(model.policy, ZooPolicyMixin) else export_lite(model)
 
 
 def _check_checkpoint(job: RunJob) -> None:
@@ -334,9 +395,14 @@ def run_job(job: RunJob, threads: int | None = None,
 
 
 def _zoo_extractor_kwargs(spec: RunSpec) -> dict[str, Any]:
-    if spec.policy_kwargs.get("features_extractor_class") is not ZooExtractor:
+    """The zoo options of a run (gate, normalisation, alignment, start gates, learning-rate multipliers), from its
+    ZooExtractor or its zoo policy; ``{}`` for other methods."""
+    kwargs = spec.policy_kwargs or {}
+    if isinstance(spec.policy, type) and issubclass(spec.policy, ZooPolicyMixin):
+        return {k: v for k, v in kwargs.items() if k in ZOO_POLICY_OPTIONS and k not in ("zoo", "vec_normalize")}
+    if kwargs.get("features_extractor_class") is not ZooExtractor:
         return {}
-    return {k: v for k, v in spec.policy_kwargs["features_extractor_kwargs"].items() if k != "zoo"}
+    return {k: v for k, v in kwargs["features_extractor_kwargs"].items() if k != "zoo"}
 
 
 def _train_job(job: RunJob, on_progress: Callable[[RunJob, int], None] | None,
@@ -373,9 +439,9 @@ def _train(job: RunJob, spec: RunSpec, on_progress: Callable[[RunJob, int], None
     """Train (or resume) the run to its steps; returns the model."""
     run_dir = job.run_dir
     study = job.study
-    _, n_envs = _hyperparams(job)
+    params, n_envs = _hyperparams(job)
     envs = open_run(run_dir, job.task, n_envs=n_envs, seed=job.seed, backend=study.env_backend,
-                    eval_episodes=study.eval_episodes,
+                    eval_episodes=study.eval_episodes, normalize=vec_normalize_kwargs(params),
                     record={"study": asdict(study), "method": job.method, "seed": job.seed, "zoo": job.zoo,
                             "hyperparams": spec.hyperparams,
                             # the ZooExtractor options, a ranked start's init_gates included ({} without one)
@@ -396,7 +462,7 @@ def _train(job: RunJob, spec: RunSpec, on_progress: Callable[[RunJob, int], None
         callbacks.append(GateLogger(csv_path=run_dir / GATES, every=max(study.eval_every // 4, 1)))
     try:
         model, _ = train_run(spec, env, eval_env, callbacks=callbacks, model=model,
-                             evaluate_as=export_lite if base == "zoo-lite" else None, evaluate_at_start=True)
+                             evaluate_as=merged if base == "zoo-lite" else None, evaluate_at_start=True)
     finally:
         envs.close()
     return model
