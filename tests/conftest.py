@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.torch_layers import NatureCNN
 
 from zoo_rl.sources import write_compact
@@ -83,3 +84,30 @@ def tmp_copy(paths: list[str], tmp: Path) -> list[str]:
         shutil.copytree(p, dest)
         out.append(str(dest))
     return out
+
+
+class StopAt(BaseCallback):
+    """Simulates a kill: raises once training has passed ``steps``."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps = steps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.steps:
+            raise KeyboardInterrupt
+        return True
+
+
+def random_play(env_id: str, n: int) -> np.ndarray:
+    """``n`` observations of a gymnasium environment under random actions (seeded)."""
+    env = gym.make(env_id)
+    env.action_space.seed(0)
+    obs, _ = env.reset(seed=0)
+    out = []
+    for _ in range(n):
+        out.append(obs)
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            obs, _ = env.reset()
+    return np.stack(out)

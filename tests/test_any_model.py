@@ -13,7 +13,6 @@ import pickle
 import shutil
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -26,7 +25,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 import zoo_rl.zoo_policies as zoo_policies
-from conftest import ImageEnv, random_nature_state
+from conftest import ImageEnv, random_nature_state, random_play
 from zoo_rl import GateLogger, ZooAdam, ZooLayer, export_lite, ranked_gates, zoo_layers, zoo_policy
 from zoo_rl.optim import LR_MULTIPLIER
 from zoo_rl.policy_sources import read_vec_normalize
@@ -97,16 +96,7 @@ def optimizers(policy) -> list[torch.optim.Optimizer]:
 
 def observations(name: str, n: int = 16) -> np.ndarray:
     """``n`` observations of the case's environment under random actions."""
-    env = gym.make(CASES[name][1])
-    env.action_space.seed(0)
-    obs, _ = env.reset(seed=0)
-    out = []
-    for _ in range(n):
-        out.append(obs)
-        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            obs, _ = env.reset()
-    return np.stack(out)
+    return random_play(CASES[name][1], n)
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -23,6 +22,7 @@ from zoo_rl.policy_sources import load_policy_source, read_vec_normalize
 from zoo_rl.training import (RunSpec, deterministic_eval, hyperparams_for, load_hyperparams, open_run,
                              sb3_policy_kwargs, train_run, vec_normalize_kwargs)
 from zoo_rl.zoo_training import SourceSpec, collect_observations, read_manifest, train_source
+from conftest import StopAt
 
 ROOT = Path(__file__).resolve().parents[1]
 MUJOCO_ZOO = ROOT / "agents" / "zoo-mujoco"
@@ -131,19 +131,6 @@ def test_monitor_returns_stay_raw_under_vec_normalize(tmp_path, hyper):
             break
     assert infos[0]["episode"]["r"] == pytest.approx(raw, rel=1e-5)
     envs.close()
-
-
-class StopAt(BaseCallback):
-    """Simulates a kill: raises once training has passed ``steps``."""
-
-    def __init__(self, steps: int) -> None:
-        super().__init__()
-        self.steps = steps
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self.steps:
-            raise KeyboardInterrupt
-        return True
 
 
 def test_a_killed_run_resumes_with_the_statistics_of_its_checkpoint(tmp_path, hyper):

@@ -23,7 +23,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from stable_baselines3.common.torch_layers import NatureCNN
 from torch import nn
 
-from conftest import OBS_SPACE_CHW, ImageEnv, random_nature_state
+from conftest import OBS_SPACE_CHW, ImageEnv, random_nature_state, random_play
 from zoo_rl import MultipolarActorCriticPolicy, multipolar_policy
 from zoo_rl.multipolar import DISCRETE_SOURCES
 from zoo_rl.sources import write_compact
@@ -70,16 +70,7 @@ def copy_zoo(paths: list[str], folder: Path) -> list[str]:
 
 def observations(env_id: str, n: int = 32) -> torch.Tensor:
     """``n`` observations of the environment under random actions."""
-    env = gym.make(env_id)
-    env.action_space.seed(0)
-    obs, _ = env.reset(seed=0)
-    out = []
-    for _ in range(n):
-        out.append(obs)
-        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            obs, _ = env.reset()
-    return torch.as_tensor(np.stack(out))
+    return torch.as_tensor(random_play(env_id, n))
 
 
 def source_distributions(zips: list[str], obs: torch.Tensor) -> list[torch.distributions.Distribution]:

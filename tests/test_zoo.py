@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
 
 from envs.atari import make_atari
 from zoo_rl.sources import load_source, load_zoo, sha256_of
 from zoo_rl.training import CHECKPOINT, EVALUATIONS, RunSpec, load_hyperparams, parse_value, train_run
 from zoo_rl.zoo_training import SourceSpec, read_manifest
+from conftest import StopAt
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "agents" / "zoo"
@@ -48,19 +48,6 @@ def test_manifest_lists_valid_tasks():
     assert all(s.steps >= 1_000_000 for s in specs)
     lab2d = read_manifest(LAB2D_ZOO / "manifest.yml")
     assert len(lab2d) >= 3 and all(s.task.family == "lab2d" for s in lab2d)
-
-
-class StopAt(BaseCallback):
-    """Simulates a kill: raises once training has passed ``steps``."""
-
-    def __init__(self, steps: int) -> None:
-        super().__init__()
-        self.steps = steps
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self.steps:
-            raise KeyboardInterrupt
-        return True
 
 
 @pytest.mark.slow

@@ -81,7 +81,7 @@ from torch import nn
 
 from zoo_rl.policy_sources import ACTIVATIONS, FAMILIES, PolicySource
 from zoo_rl.sources import SourceUnavailable
-from zoo_rl.zoo_policies import ALGORITHMS, ZooOptions, read_zoo
+from zoo_rl.zoo_policies import ALGORITHMS, ZooOptions, policy_base, read_zoo
 
 #: The keyword arguments the MULTIPOLAR policy takes besides ``ActorCriticPolicy``'s.
 MULTIPOLAR_OPTIONS: tuple[str, ...] = ("zoo", "vec_normalize", "source_activation", "discrete_source",
@@ -626,13 +626,7 @@ def multipolar_policy(
     if not any(supported(base) for base in algo_class.policy_aliases.values()):
         raise ValueError(f"MULTIPOLAR is built for on-policy actor-critic algorithms whose policy is SB3's "
                          f"ActorCriticPolicy (PPO, A2C, TRPO); {algo_class.__name__}'s policies are not.")
-    if isinstance(policy, str):
-        if policy not in algo_class.policy_aliases:
-            raise ValueError(f"{algo_class.__name__} has no policy {policy!r}; choose one of "
-                             f"{', '.join(algo_class.policy_aliases)}.")
-        base = algo_class.policy_aliases[policy]
-    else:
-        base = policy
+    base = policy_base(algo_class, policy)
     if not supported(base):
         raise ValueError(f"MULTIPOLAR is built for on-policy actor-critic algorithms whose policy is SB3's "
                          f"ActorCriticPolicy (PPO, A2C, TRPO); {algo_class.__name__}'s {getattr(base, '__name__', base)} "

@@ -544,6 +544,19 @@ def zoo_policy_class(base: type[BasePolicy]) -> type[ZooPolicyMixin]:
     raise ValueError(f"{base.__name__} is not a policy family zoo layers support ({supported}).")
 
 
+def policy_base(algo_class: type[BaseAlgorithm], policy: str | type[BasePolicy]) -> type[BasePolicy]:
+    """The SB3 policy class that ``ALGO(policy, env)`` would build: ``policy`` itself, or ``algo_class``'s alias.
+
+    :raises ValueError: a name that is none of the algorithm's aliases (they are listed).
+    """
+    if not isinstance(policy, str):
+        return policy
+    if policy not in algo_class.policy_aliases:
+        raise ValueError(f"{algo_class.__name__} has no policy {policy!r}; choose one of "
+                         f"{', '.join(algo_class.policy_aliases)}.")
+    return algo_class.policy_aliases[policy]
+
+
 def zoo_policy(
     algo: type[BaseAlgorithm] | str,
     zoo: Sequence[str | os.PathLike],
@@ -602,13 +615,7 @@ def zoo_policy(
         for cls in alias.__mro__:
             if cls in _UNSUPPORTED:
                 raise ValueError(_UNSUPPORTED[cls])
-    if isinstance(policy, str):
-        if policy not in algo_class.policy_aliases:
-            raise ValueError(f"{algo_class.__name__} has no policy {policy!r}; choose one of "
-                             f"{', '.join(algo_class.policy_aliases)}.")
-        base = algo_class.policy_aliases[policy]
-    else:
-        base = policy
+    base = policy_base(algo_class, policy)
     policy_class = zoo_policy_class(base)
     options = ZooOptions.make(zoo, gate, normalisation, align, lite_momentum, init_gates, gate_lr, align_lr, bank_lr,
                               vec_normalize)
