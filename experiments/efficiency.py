@@ -17,19 +17,33 @@ Scratch's steps to a level come from the same scratch study (its longest runs; a
 level stands in with its budget, and the ratio is then an upper bound), or, where the entry names one, from a
 longer reference (``scratch_steps`` with its ``reference``: a long scratch run or a published training log). How crossings are read, and what a
 method that never crosses gets: :mod:`zoo_rl.efficiency`.
+
+An entry's ``scratch_log`` names a published training log (SB3 Monitor files of one scratch run, e.g. the RL
+Baselines3 Zoo's, under ``results/rlzoo/``). It serves only the levels that none of the scratch study's seeds
+reach, and it is read when the tables are made (:func:`apply_scratch_log`), so ``levels.csv`` keeps the study's
+own scratch steps and needs no new derivation. The tables mark such a level (``scratch_log``, and a note under
+its table): one run of another protocol, no interval on scratch's side.
+
+    python experiments/efficiency.py log results/rlzoo/ppo-PongNoFrameskip-v4_1 --target Pong \
+        --levels results/levels.csv --studies results/pong-500k   # the log's crossings, other readings, studies' scratch
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from zoo_rl.efficiency import (Level, efficiency_table, format_ratio, format_steps, held_by_every_transfer,
+from zoo_rl.efficiency import (MONITOR_EVERY, MONITOR_WINDOW, Level, crossing_step, efficiency_table, format_ratio,
+                                format_step_count, format_steps, held_by_every_transfer, median_steps,
+                                monitor_last_step, monitor_steps_to_level, read_monitor_files,
                                 scratch_reference_steps)
 from zoo_rl.files import CURVES, RESULTS, atomic_write_bytes, write_csv_atomic
 
@@ -42,35 +56,55 @@ LEVEL_COLUMNS = ["target", "level_name", "level", "derivation", "scratch_steps",
 
 
 def read_rules(path: Path = RULES) -> dict[str, dict]:
-    """``target -> {scratch, source, scratch_steps}`` from ``levels.yml``, checked."""
+    """``target -> {scratch, source, scratch_steps, scratch_log}`` from ``levels.yml``, checked.
+
+    ``scratch_log`` is a folder of Monitor files, or ``{path, reference}`` with the words the tables print for it;
+    an entry gives at most one of ``scratch_steps`` and ``scratch_log`` (one longer reference).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: it names, per target, the scratch study and the related source.")
     rules = yaml.safe_load(path.read_text()) or {}
-    allowed = {"scratch", "source", "scratch_steps"}
+    allowed = {"scratch", "source", "scratch_steps", "scratch_log"}
     for target, rule in rules.items():
         unknown = set(rule or {}) - allowed
         if unknown or not (rule or {}).get("scratch"):
-            raise ValueError(f"{path}: entry {target!r} needs 'scratch' (a published study) and may have 'source' and "
-                             f"'scratch_steps'; unknown keys: {sorted(unknown)}.")
+            raise ValueError(f"{path}: entry {target!r} needs 'scratch' (a published study) and may have 'source', "
+                             f"'scratch_steps' and 'scratch_log'; unknown keys: {sorted(unknown)}.")
+        if rule.get("scratch_steps") and rule.get("scratch_log"):
+            raise ValueError(f"{path}: entry {target!r} gives both 'scratch_steps' and 'scratch_log': name one longer "
+                             "reference.")
+        log = rule.get("scratch_log")
+        if log is not None and not (isinstance(log, str) or (isinstance(log, dict) and isinstance(log.get("path"), str)
+                                                             and set(log) <= {"path", "reference"})):
+            raise ValueError(f"{path}: entry {target!r}: 'scratch_log' is a folder of Monitor files, or "
+                             f"{{path: <folder>, reference: <words>}}; got {log!r}.")
     return rules
 
 
+def _scratch_study(target: str, rule: dict, root: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, float]]:
+    """``(scratch results, curves, budgets by seed)`` of the rule's scratch study."""
+    study = root / rule["scratch"]
+    results_path = study / RESULTS
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{target}: {results_path} is missing; 'scratch' must name a published study "
+                                "with scratch runs (results/<study>).")
+    results = pd.read_csv(results_path)
+    scratch = results[results["method"] == "scratch"]
+    if scratch.empty:
+        raise ValueError(f"{target}: {results_path} has no scratch runs.")
+    budgets = {int(r.seed): float(r.steps) for r in scratch.itertuples()}
+    return scratch, pd.read_csv(study / CURVES), budgets
+
+
 def derive_levels(rules: dict[str, dict], zoo: Path, root: Path = ROOT) -> pd.DataFrame:
-    """The levels of every target of ``rules``, from its scratch study's results and ``zoo``'s sources."""
+    """The levels of every target of ``rules``, from its scratch study's results and ``zoo``'s sources.
+
+    A ``scratch_log`` is not read here: :func:`apply_scratch_log` reads it with the tables.
+    """
     rows = []
     for target, rule in rules.items():
-        study = root / rule["scratch"]
-        results_path = study / RESULTS
-        if not results_path.is_file():
-            raise FileNotFoundError(f"{target}: {results_path} is missing; 'scratch' must name a published study "
-                                    "with scratch runs (results/<study>).")
-        results = pd.read_csv(results_path)
-        scratch = results[results["method"] == "scratch"]
-        if scratch.empty:
-            raise ValueError(f"{target}: {results_path} has no scratch runs.")
+        scratch, curves, budgets = _scratch_study(target, rule, root)
         budget = int(scratch["steps"].max())
-        curves = pd.read_csv(study / CURVES)
-        budgets = {int(r.seed): float(r.steps) for r in scratch.itertuples()}
         reference = f"{rule['scratch']} scratch ({len(scratch)} seeds, {budget:,} steps)"
         levels = [("scratch-final", float(scratch["final_return"].mean()),
                    f"scratch's mean final return at {budget:,} steps ({len(scratch)} seeds, {rule['scratch']})")]
@@ -110,8 +144,58 @@ def levels_for(target: str, levels_path: Path = LEVELS) -> list[Level]:
                   bool(r.scratch_censored), r.scratch_reference) for r in rows.itertuples()]
 
 
-def study_efficiency(study: Path, levels_path: Path = LEVELS, reps: int = 2000) -> tuple[pd.DataFrame, str]:
-    """``(table, markdown)`` of a study folder (a run folder or a published ``results/`` one)."""
+def scratch_log_of(rule: dict | None) -> tuple[str, str] | None:
+    """``(folder, words)`` of the rule's ``scratch_log``, or ``None``."""
+    log = (rule or {}).get("scratch_log")
+    if not log:
+        return None
+    if isinstance(log, str):
+        return log, f"training log {log}"
+    return log["path"], log.get("reference") or f"training log {log['path']}"
+
+
+def apply_scratch_log(levels: list[Level], target: str, rule: dict | None, root: Path = ROOT) -> list[Level]:
+    """``levels`` with scratch's steps read from the rule's ``scratch_log`` for each level that none of the rule's
+    scratch study's seeds reach (the others, and every level of a rule without a log, come back unchanged).
+
+    The log's crossing (:func:`zoo_rl.efficiency.monitor_steps_to_level`, its fixed window and cadence) is one
+    number: one run has no spread to resample, so the ratio's interval reflects only the method's seeds. A log
+    that never reaches the level stands in with its last episode's step, censored (the ratio is then a bound).
+
+    :raises FileNotFoundError: the log's folder or the scratch study is missing.
+    """
+    named = scratch_log_of(rule)
+    if named is None:
+        return list(levels)
+    folder, words = named
+    episodes = read_monitor_files(root / folder)
+    _, curves, _ = _scratch_study(target, rule, root)
+    scratch = curves[curves["method"] == "scratch"]
+    out = []
+    for level in levels:
+        reached = any(math.isfinite(crossing_step(g["steps"].to_numpy(), g["return"].to_numpy(), level.value))
+                      for _, g in scratch.groupby("seed"))
+        if reached:
+            out.append(level)
+            continue
+        steps = monitor_steps_to_level(episodes, level.value)
+        censored = not math.isfinite(steps)
+        if censored:
+            steps = monitor_last_step(episodes)
+        reference = (f"{words}, {folder}: one run, mean of its last {MONITOR_WINDOW} training episodes every "
+                     f"{MONITOR_EVERY:,} steps, as {rule['scratch']} scratch never reaches it")
+        out.append(replace(level, scratch_steps=(float(steps),), scratch_censored=censored,
+                           scratch_reference=reference, scratch_log=True))
+    return out
+
+
+def study_efficiency(study: Path, levels_path: Path = LEVELS, reps: int = 2000, rules: dict[str, dict] | None = None,
+                     root: Path = ROOT) -> tuple[pd.DataFrame, str]:
+    """``(table, markdown)`` of a study folder (a run folder or a published ``results/`` one).
+
+    :param rules: ``levels.yml``'s entries (default: read from :data:`RULES`): a target's ``scratch_log`` serves
+        the levels its scratch study never reaches (:func:`apply_scratch_log`).
+    """
     study = Path(study)
     curves_path = study / CURVES
     if not curves_path.is_file():
@@ -123,7 +207,9 @@ def study_efficiency(study: Path, levels_path: Path = LEVELS, reps: int = 2000) 
     if (study / RESULTS).is_file():
         results = pd.read_csv(study / RESULTS)
         budgets = {(r.method, int(r.seed)): float(r.steps) for r in results.itertuples()}
-    table = efficiency_table(curves, levels_for(target, levels_path), budgets=budgets, reps=reps)
+    rules = read_rules() if rules is None else rules
+    levels = apply_scratch_log(levels_for(target, levels_path), target, rules.get(target), root)
+    table = efficiency_table(curves, levels, budgets=budgets, reps=reps)
     return table, efficiency_markdown(table, target)
 
 
@@ -135,13 +221,18 @@ def _target_of(study: Path) -> str:
     raise ValueError(f"{study}: cannot tell the study's target ({RESULTS} missing or holding several targets).")
 
 
+def _any_log(table: pd.DataFrame) -> bool:
+    return "scratch_log" in table.columns and bool(table["scratch_log"].fillna(False).astype(bool).any())
+
+
 def efficiency_markdown(table: pd.DataFrame, target: str) -> str:
     """The efficiency table in markdown, one section per level, with what each level means."""
     lines = [f"### Steps to reach a return level ({target})", "",
              "Per seed, the first evaluation at or above the level (step 0 counts); median over seeds [95% bootstrap "
              "interval]; `> N`: the median seed never reached it within its N steps. Ratio: the method's median steps "
              "over scratch's (lower is better; `≤`: scratch's own runs did not reach the level, so its budget stands in "
-             "and the ratio is an upper bound).", ""]
+             "and the ratio is an upper bound" + ("; `*`: scratch's steps come from a published training log, see the "
+                                                   "note under the table" if _any_log(table) else "") + ").", ""]
     for name, rows in table.groupby("level_name", sort=False):
         level = rows["level"].iloc[0]
         reference = rows["scratch_reference"].iloc[0]
@@ -153,13 +244,91 @@ def efficiency_markdown(table: pd.DataFrame, target: str) -> str:
         if held_by_every_transfer(table, name):
             lines += ["Every transferred method holds this level at step 0: it cannot tell them apart; read the "
                       "higher level.", ""]
+        from_log = _any_log(rows)
         lines += ["| method | reached | at step 0 | steps to level | ratio to scratch |", "| --- | --- | --- | --- | --- |"]
         for r in rows.sort_values(["steps_median", "method"]).itertuples():
+            ratio = format_ratio(r.ratio, r.ratio_low, r.ratio_high, bool(r.scratch_censored))
             lines.append(f"| {r.method} | {r.reached}/{r.runs} | {r.held_at_start}/{r.runs} | "
                          f"{format_steps(r.steps_median, r.steps_low, r.steps_high, r.budget)} | "
-                         f"{'reference' if r.method == 'scratch' else format_ratio(r.ratio, r.ratio_low, r.ratio_high, bool(r.scratch_censored))} |")
+                         f"{'reference' if r.method == 'scratch' else ratio + (' *' if from_log and math.isfinite(r.ratio) else '')} |")
+        lines.append("")
+        if from_log:
+            steps = rows["scratch_steps"].iloc[0]
+            lines += [f"\\* Scratch's steps to this level ({format_step_count(steps)}) come from a published training "
+                      "log, as the levels' scratch study never reaches it: one run "
+                      "(its crossing enters the ratio as a fixed number, so the interval reflects only the method's "
+                      "seeds) of another protocol, read from its training episodes. Its caveats: docs/studies.md, "
+                      "\"Sample efficiency: steps to a return level\".", ""]
+    return "\n".join(lines)
+
+
+#: Other readings of a log printed beside the one the tables use: ``(label, window, every)``.
+LOG_READINGS = [(f"{MONITOR_WINDOW} every {MONITOR_EVERY // 1000}k (tables)", MONITOR_WINDOW, MONITOR_EVERY),
+                ("100 after each episode (SB3 ep_rew_mean)", 100, None),
+                (f"{MONITOR_WINDOW} after each episode", MONITOR_WINDOW, None),
+                ("5 every 25k", 5, 25_000), ("16 every 25k", 16, 25_000), (f"{MONITOR_WINDOW} every 10k", MONITOR_WINDOW, 10_000)]
+
+
+def log_report(folder: Path, levels: list[tuple[str, float]], studies: list[Path] = ()) -> str:
+    """What a training log says about ``levels`` (``(name, return)``): its rows, its crossing as the tables read it
+    and under the other readings of :data:`LOG_READINGS`, and, for each study of ``studies``, the crossing of each
+    scratch seed (evaluations; ``> budget`` where a seed never reaches it)."""
+    episodes = read_monitor_files(folder)
+    rows = episodes.groupby("env").size()
+    lines = [f"{folder}: {len(rows)} environments, {len(episodes):,} episodes ("
+             + ", ".join(f"env {env}: {n}" for env, n in rows.items())
+             + f"), last episode ending at {monitor_last_step(episodes):,.0f} agent steps", ""]
+    table = pd.DataFrame({label: [monitor_steps_to_level(episodes, value, window=window, every=every)
+                                  if window <= len(episodes) else math.nan for _, value in levels]
+                          for label, window, every in LOG_READINGS},
+                         index=[f"{name} {value:g}" for name, value in levels])
+    lines += ["agent steps at the first reading at or above the level (window of finished episodes, reading cadence; "
+              "n/a: fewer episodes than the window):",
+              table.map(lambda x: "n/a" if math.isnan(x) else "never" if not math.isfinite(x) else f"{x:,.0f}"
+                        ).to_string(), ""]
+    for study in studies:
+        curves = pd.read_csv(Path(study) / CURVES)
+        scratch = curves[curves["method"] == "scratch"]
+        budgets = {}
+        if (Path(study) / RESULTS).is_file():
+            results = pd.read_csv(Path(study) / RESULTS)
+            budgets = {int(r.seed): float(r.steps) for r in results[results["method"] == "scratch"].itertuples()}
+        lines.append(f"{study} scratch, per seed (first evaluation at or above the level):")
+        for name, value in levels:
+            per_seed = {int(seed): crossing_step(g["steps"].to_numpy(), g["return"].to_numpy(), value)
+                        for seed, g in scratch.groupby("seed")}
+            text = ", ".join(f"seed {seed} {x:,.0f}" if math.isfinite(x) else
+                             f"seed {seed} > {budgets.get(seed, float(scratch['steps'].max())):,.0f}"
+                             for seed, x in per_seed.items())
+            med = median_steps(np.array(list(per_seed.values())))
+            lines.append(f"  {name} {value:g}: {text} (median {'> budget' if not math.isfinite(med) else f'{med:,.0f}'})")
         lines.append("")
     return "\n".join(lines)
+
+
+def log_main(argv: list[str]) -> int:
+    """``efficiency.py log <folder>``: print :func:`log_report` for a target's levels and any ``--level``."""
+    parser = argparse.ArgumentParser(prog="efficiency.py log",
+                                     description="a training log's steps to the levels of a target (read-only)")
+    parser.add_argument("folder", type=Path, help="a folder of SB3 Monitor files (<rank>.monitor.csv)")
+    parser.add_argument("--target", default=None, help="read this target's levels from --levels")
+    parser.add_argument("--levels", type=Path, action="append", default=[],
+                        help="a levels file (repeatable); default: the default levels file when --target is given")
+    parser.add_argument("--level", type=float, action="append", default=[],
+                        help="a return to read besides the target's levels (repeatable; --level=-18)")
+    parser.add_argument("--studies", type=Path, nargs="*", default=[], help="studies whose scratch seeds to print beside")
+    args = parser.parse_args(argv)
+    levels: list[tuple[str, float]] = []
+    if args.target:
+        for path in args.levels or [LEVELS]:
+            for level in levels_for(args.target, path):
+                if all(abs(level.value - v) > 1e-9 for _, v in levels):
+                    levels.append((f"{level.name} ({path.name})", level.value))
+    levels += [("level", v) for v in args.level]
+    if not levels:
+        parser.error("give --target (with --levels) or --level.")
+    print(log_report(args.folder, levels, args.studies))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,13 +357,17 @@ def main(argv: list[str] | None = None) -> int:
         print(table.to_string(index=False))
         print(f"wrote {args.out}")
         return 0
+    if argv and argv[0] == "log":
+        return log_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("studies", nargs="+", type=Path, help="study folders (runs/transfer/... or results/...)")
     parser.add_argument("--levels", type=Path, default=LEVELS)
+    parser.add_argument("--rules", type=Path, default=RULES, help="levels.yml: a target's scratch_log is read from it")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     args = parser.parse_args(argv)
+    rules = read_rules(args.rules)
     for study in args.studies:
-        table, markdown = study_efficiency(study, args.levels, reps=args.reps)
+        table, markdown = study_efficiency(study, args.levels, reps=args.reps, rules=rules)
         write_csv_atomic(table, study / "efficiency.csv")
         atomic_write_bytes(study / "efficiency.md", (markdown + "\n").encode())
         print(markdown)

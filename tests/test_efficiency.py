@@ -3,17 +3,20 @@
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from zoo_rl.efficiency import (Level, crossing_step, efficiency_table, format_ratio, format_steps,
-                               held_by_every_transfer, median_interval, median_steps, ratio_interval,
-                               scratch_reference_steps)
+from zoo_rl.efficiency import (MONITOR_EVERY, MONITOR_WINDOW, Level, crossing_step, efficiency_table, format_ratio,
+                               format_steps, held_by_every_transfer, median_interval, median_steps, monitor_last_step,
+                               monitor_readings, monitor_steps, monitor_steps_to_level, ratio_interval,
+                               read_monitor_files, scratch_reference_steps)
 
 ROOT = Path(__file__).resolve().parents[1]
+RLZOO_PONG = ROOT / "results" / "rlzoo" / "ppo-PongNoFrameskip-v4_1"
 
 
 def load_script():
@@ -165,3 +168,164 @@ def test_levels_of_some_targets_join_those_fixed_before(tmp_path):
     assert len(both) == len(first) + 1  # Pong's rows replaced, not repeated; Breakout has no related source
     with pytest.raises(SystemExit, match="not in"):
         script.main(["levels", "--zoo", zoo, "--targets", "Tetris", "--out", str(out)])
+
+
+def write_monitor(folder, rank, episodes, t_start=1000.0):
+    """An SB3 Monitor file as SB3 writes it: the JSON comment line, then csv rows ending in CRLF."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{r:.1f},{length},{i + 1.5:.6f}\r\n" for i, (r, length) in enumerate(episodes))
+    (folder / f"{rank}.monitor.csv").write_bytes(
+        (f'#{{"t_start": {t_start}, "env_id": "PongNoFrameskip-v4"}}\n' + "r,l,t\r\n" + rows).encode())
+
+
+@pytest.fixture
+def two_envs(tmp_path):
+    """Env 0 ends games at 400, 800 and 1,600 frames; env 1 at 600, 800 and 1,800. With 2 environments and 4
+    frames per step the run's steps are 2 x frames / 4: env 0 at 200, 400, 800; env 1 at 300, 400, 900."""
+    folder = tmp_path / "log"
+    write_monitor(folder, 0, [(-21, 400), (-19, 400), (-10, 800)])
+    write_monitor(folder, 1, [(-20, 600), (-21, 200), (-5, 1000)])
+    return folder
+
+
+def test_monitor_steps_by_hand(two_envs):
+    episodes = read_monitor_files(two_envs)
+    assert episodes.groupby("env").size().tolist() == [3, 3]
+    ordered = monitor_steps(episodes)
+    assert ordered["steps"].tolist() == [200, 300, 400, 400, 800, 900]
+    assert ordered["env"].tolist() == [0, 1, 0, 1, 0, 1]  # a tie in environment order
+    assert monitor_steps(episodes, n_envs=4)["steps"].tolist() == [400, 600, 800, 800, 1600, 1800]
+    assert monitor_steps(episodes, frame_skip=1)["steps"].max() == 3600
+    with pytest.raises(ValueError, match="holds 2 environments"):
+        monitor_steps(episodes, n_envs=1)
+
+
+def test_monitor_crossing_by_hand(two_envs):
+    # window 2 after each step with an ending: 300 -> mean(-21, -20) = -20.5; 400, once both games that end
+    # there are in, -> mean(-19, -21) = -20 (never env 0's game alone: mean(-20, -19) = -19.5); 800 -> -15.5; 900 -> -7.5
+    readings = monitor_readings(two_envs, window=2, every=None)
+    assert readings["steps"].tolist() == [300, 400, 800, 900]
+    assert readings["mean_return"].tolist() == [-20.5, -20.0, -15.5, -7.5]
+    assert monitor_steps_to_level(two_envs, -19.5, window=2, every=None) == 800
+    assert monitor_steps_to_level(two_envs, -7.5, window=2, every=None) == 900  # at the level counts
+    assert monitor_steps_to_level(two_envs, -20.5, window=1, every=None) == 300  # env 1's -20 at 300
+    # read every 100 steps: the same crossing, on the grid
+    assert monitor_steps_to_level(two_envs, -19.5, window=2, every=100) == 800
+    # read every 250 steps (250, 500, 750): the mean at 500 and 750 is -20, and there is no reading at 900
+    assert monitor_readings(two_envs, window=2, every=250)["steps"].tolist() == [500, 750]
+    assert monitor_steps_to_level(two_envs, -19.5, window=2, every=250) == math.inf
+
+
+def test_monitor_level_never_reached_is_censored(two_envs):
+    assert monitor_steps_to_level(two_envs, -5.0, window=2, every=None) == math.inf
+    assert monitor_last_step(two_envs) == 900  # what a censored reading stands in with
+    with pytest.raises(ValueError, match="between 1 and the log's 6 episodes"):
+        monitor_readings(two_envs, window=7)
+    with pytest.raises(ValueError, match="finite return"):
+        monitor_steps_to_level(two_envs, math.nan, window=2)
+
+
+def test_monitor_files_are_checked(tmp_path, two_envs):
+    with pytest.raises(FileNotFoundError, match="no \\*.monitor.csv"):
+        read_monitor_files(tmp_path / "log" / "..")
+    bad = tmp_path / "bad"
+    write_monitor(bad, 0, [(-21, 400)])
+    (bad / "0.monitor.csv").rename(bad / "monitor.csv")
+    with pytest.raises(ValueError, match="<rank>.monitor.csv"):
+        read_monitor_files([bad / "monitor.csv"])
+    (bad / "3.monitor.csv").write_text("r,l,t\n-21,400,1.0\n")
+    with pytest.raises(ValueError, match="first line"):
+        read_monitor_files([bad / "3.monitor.csv"])
+    write_monitor(bad, 4, [(-21, 0)])
+    with pytest.raises(ValueError, match="positive integer"):
+        read_monitor_files([bad / "4.monitor.csv"])
+
+
+def test_committed_rlzoo_log_parses_completely():
+    """Every row of the RL Zoo's Pong log, as results/rlzoo/.../README.md counts them, and the crossings that
+    docs/studies.md quotes."""
+    episodes = read_monitor_files(RLZOO_PONG)
+    counts = episodes.groupby("env").size().to_dict()
+    readme = (RLZOO_PONG / "README.md").read_text()
+    stated = {int(m[1]): int(m[2]) for m in re.finditer(r"^\| `(\d)\.monitor\.csv` \|[^|]*\|[^|]*\| (\d+) \|", readme, re.M)}
+    assert stated == counts == {0: 724, 1: 722, 2: 722, 3: 724, 4: 724, 5: 723, 6: 721, 7: 722}
+    assert len(episodes) == 5782 and "5,782 episodes" in readme
+    for env, g in episodes.groupby("env"):
+        assert (np.diff(g["t"].to_numpy()) > 0).all()  # the rows of one environment, in the order they ended
+        assert g["r"].iloc[-1] == 21.0 and 122_000 < g["t"].iloc[-1] < 122_500  # the file's last row is there
+        first = (RLZOO_PONG / f"{env}.monitor.csv").read_text().splitlines()[0]
+        assert json.loads(first[1:])["env_id"] == "PongNoFrameskip-v4"
+    assert episodes["r"].between(-21, 21).all()
+    # every environment's frames: 10,000,384 steps x 4 / 8 plus reset frames, less the unfinished last game
+    frames = episodes.groupby("env")["l"].sum()
+    assert frames.between(5_000_192, 5_000_192 + 724 * 38).all()
+    assert (MONITOR_WINDOW, MONITOR_EVERY) == (8, 25_000)
+    assert monitor_steps_to_level(episodes, -2.5) == 1_250_000
+    assert monitor_steps_to_level(episodes, -14.2) == 650_000
+    assert monitor_steps_to_level(episodes, -19.816666666666666) == 400_000
+    assert monitor_steps_to_level(episodes, -2.5, window=100, every=None) == 1_476_382
+    assert monitor_steps_to_level(episodes, -2.5, window=8, every=None) == 1_000_966
+
+
+def scratch_log_root(tmp_path):
+    """A scratch study that reaches -20.5 but not -7.5, and a 2-environment log whose games of 50,000 frames end
+    together every 25,000 steps: 4 at -21 each, then 4 at -5 each. Read over 8 games every 25,000 steps: -21 at
+    100k, -17 at 125k, -13 at 150k, -9 at 175k, -5 at 200k."""
+    study = tmp_path / "results" / "s"
+    study.mkdir(parents=True)
+    pd.DataFrame({"target": "Pong", "method": "scratch", "seed": [0, 1], "steps": 100_352,
+                  "final_return": [-20.0, -20.0]}).to_csv(study / "results.csv", index=False)
+    pd.concat([curve("scratch", 0, [-21, -20]), curve("scratch", 1, [-21, -20])]).to_csv(study / "curves.csv", index=False)
+    for rank in (0, 1):
+        write_monitor(tmp_path / "logs" / "run", rank, [(-21, 50_000)] * 4 + [(-5, 50_000)] * 4)
+    return tmp_path
+
+
+def test_scratch_log_serves_only_levels_scratch_never_reaches(tmp_path):
+    script = load_script()
+    root = scratch_log_root(tmp_path)
+    rule = {"scratch": "results/s", "scratch_log": {"path": "logs/run", "reference": "a published log"}}
+    levels = [Level("low", -20.5, (10_000.0, 10_000.0)), Level("high", -7.5, (100_352.0, 100_352.0), True, "s scratch"),
+              Level("top", -4.0, (100_352.0, 100_352.0), True, "s scratch")]
+    low, high, top = script.apply_scratch_log(levels, "Pong", rule, root=root)
+    assert low == levels[0]  # scratch's own runs reach it: they stay the reference
+    assert high.scratch_steps == (200_000.0,) and not high.scratch_censored and high.scratch_log
+    assert high.scratch_reference.startswith("a published log, logs/run: one run")
+    assert top.scratch_steps == (200_000.0,) and top.scratch_censored  # the log never reaches -4: a bound
+    assert script.apply_scratch_log(levels, "Pong", {"scratch": "results/s"}, root=root) == levels
+
+    curves = pd.concat([curve("scratch", 0, [-21, -20]), curve("zoo", 0, [-21, -10, -7, -5]),
+                        curve("zoo", 1, [-21, -7, -6, -5])])
+    table = efficiency_table(curves, [high], reps=200)
+    zoo = table.set_index("method").loc["zoo"]
+    assert zoo["steps_median"] == 10_000 and zoo["ratio"] == pytest.approx(10_000 / 200_000)
+    assert bool(zoo["scratch_log"]) and zoo["scratch_steps"] == 200_000
+    markdown = script.efficiency_markdown(table, "Pong")
+    assert "* Scratch's steps to this level (200k) come from a published training log" in markdown
+    assert "| zoo | 2/2 | 0/2 | " in markdown and " *" in markdown.split("| zoo |")[1].splitlines()[0]
+
+
+def test_scratch_log_rules_are_checked(tmp_path):
+    script = load_script()
+    (tmp_path / "both.yml").write_text("Pong: {scratch: results/s, scratch_steps: {steps: 1}, scratch_log: logs/run}\n")
+    with pytest.raises(ValueError, match="both 'scratch_steps' and 'scratch_log'"):
+        script.read_rules(tmp_path / "both.yml")
+    (tmp_path / "odd.yml").write_text("Pong: {scratch: results/s, scratch_log: {folder: logs/run}}\n")
+    with pytest.raises(ValueError, match="'scratch_log' is a folder"):
+        script.read_rules(tmp_path / "odd.yml")
+    assert script.scratch_log_of({"scratch_log": "logs/run"}) == ("logs/run", "training log logs/run")
+    pong = script.read_rules()["Pong"]
+    assert (ROOT / script.scratch_log_of(pong)[0]).resolve() == RLZOO_PONG.resolve()
+
+
+def test_log_report_prints_each_reading_and_the_studies_scratch(tmp_path, capsys):
+    script = load_script()
+    root = scratch_log_root(tmp_path)
+    assert script.main(["log", str(root / "logs" / "run"), "--level=-7.5", "--level=-4",
+                        "--studies", str(root / "results" / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "2 environments, 16 episodes (env 0: 8, env 1: 8), last episode ending at 200,000 agent steps" in out
+    table = out.split("than the window):")[1]
+    assert table.splitlines()[2].split()[2] == "200,000"  # level -7.5, the tables' reading
+    assert "never" in table.splitlines()[3]  # level -4
+    assert "level -7.5: seed 0 > 100,352, seed 1 > 100,352 (median > budget)" in out

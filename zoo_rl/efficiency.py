@@ -18,12 +18,22 @@ long table ``method, seed, steps, return`` (a study's ``curves.csv``):
   longer reference (a longer scratch study, or a published training log), given as a number.
   A scratch seed censored at its budget enters the ratio at that budget: scratch needs at least
   that, so the ratio is then an upper bound (``scratch_censored`` says so).
+- **a published training log** (:func:`monitor_steps_to_level`): the SB3 ``Monitor`` files of one
+  training run (the RL Baselines3 Zoo's, for a level this project's scratch runs never reach). They
+  hold one row per finished *training* episode, not evaluations, so they are read the way a study
+  reads its runs: the mean return of the last :data:`MONITOR_WINDOW` finished episodes, read every
+  :data:`MONITOR_EVERY` agent steps, first reading at or above the level. One run has no interval:
+  its crossing enters the ratio as one fixed number (only the method's seeds are resampled).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,7 +41,24 @@ import pandas as pd
 #: Columns of :func:`efficiency_table`.
 EFFICIENCY_COLUMNS = ["method", "level_name", "level", "runs", "reached", "held_at_start", "budget",
                       "steps_median", "steps_low", "steps_high", "scratch_steps", "scratch_reference",
-                      "scratch_censored", "ratio", "ratio_low", "ratio_high"]
+                      "scratch_censored", "scratch_log", "ratio", "ratio_low", "ratio_high"]
+
+#: Finished training episodes averaged per reading of a Monitor log: 8, one per environment of the RL
+#: Zoo's Atari runs on average. A single training episode is one game played with sampled actions (a
+#: return near -2.5 on Pong spreads over about +-8 points), so one episode is no reading; 8 games are
+#: about the 5 new games of a study's evaluation, and span about one episode per environment, so the
+#: reading lags the policy by little. SB3's own ``ep_rew_mean`` (100 episodes) smooths more but
+#: describes the policies of the last 12.5 episodes per environment (about 300k agent steps near Pong's
+#: -2.5): its crossing is late by up to half that span (docs/studies.md gives both).
+MONITOR_WINDOW = 8
+#: Agent steps between readings of a Monitor log: the evaluation cadence of the 500k-step Pong studies.
+#: Read after every finished episode instead, a short window's first crossing is the extreme of
+#: hundreds of noisy readings (8 episodes "reach" Pong's -19.8 in their first window, random play);
+#: read every 25k steps it has as many chances as a study's evaluations.
+MONITOR_EVERY = 25_000
+#: Agent steps per emulator frame's worth of ``l``: SB3's AtariWrapper repeats each action 4 frames.
+ATARI_FRAME_SKIP = 4
+_MONITOR_NAME = re.compile(r"^(\d+)\.monitor\.csv$")
 
 
 def crossing_step(steps: np.ndarray, returns: np.ndarray, level: float) -> float:
@@ -120,6 +147,8 @@ class Level:
         curves' own ``scratch`` runs.
     :param scratch_censored: some reference seed never reached the level (the ratio is an upper bound).
     :param scratch_reference: what ``scratch_steps`` was read from (printed beside the ratio).
+    :param scratch_log: ``scratch_steps`` is one run's published training log (:func:`monitor_steps_to_level`):
+        another protocol, one seed, training episodes; the tables mark it.
     """
 
     name: str
@@ -127,6 +156,7 @@ class Level:
     scratch_steps: tuple[float, ...] | None = None
     scratch_censored: bool = False
     scratch_reference: str = ""
+    scratch_log: bool = False
 
 
 def scratch_reference_steps(curves: pd.DataFrame, level: float, budgets: dict[int, float] | None = None
@@ -155,7 +185,8 @@ def efficiency_table(curves: pd.DataFrame, levels: list[Level], budgets: dict[tu
     :param budgets: ``(method, seed) -> steps the run was trained for`` (default: its last evaluation's
         step), where a censored scratch seed enters the ratio.
     :return: columns :data:`EFFICIENCY_COLUMNS`; ``held_at_start`` counts the seeds already at the
-        level at step 0, ``reached`` the seeds that crossed at all. Scratch's own row has no ratio.
+        level at step 0, ``reached`` the seeds that crossed at all, ``scratch_log`` marks a level whose
+        scratch steps are one run's training log (:attr:`Level.scratch_log`). Scratch's own row has no ratio.
     """
     missing = {"method", "seed", "steps", "return"} - set(curves.columns)
     if missing:
@@ -190,6 +221,7 @@ def efficiency_table(curves: pd.DataFrame, levels: list[Level], budgets: dict[tu
                 "steps_median": med, "steps_low": low, "steps_high": high,
                 "scratch_steps": median_steps(scratch) if scratch is not None else math.nan,
                 "scratch_reference": reference, "scratch_censored": censored,
+                "scratch_log": level.scratch_log and level.scratch_steps is not None,
                 "ratio": ratio[0], "ratio_low": ratio[1], "ratio_high": ratio[2],
             })
     return pd.DataFrame(rows, columns=EFFICIENCY_COLUMNS)
@@ -202,11 +234,16 @@ def held_by_every_transfer(table: pd.DataFrame, level_name: str) -> bool:
     return bool(len(rows)) and bool((rows["held_at_start"] == rows["runs"]).all())
 
 
+def format_step_count(steps: float) -> str:
+    """``40k``, ``1.25M``; ``> budget`` for ``inf`` (censored)."""
+    if not math.isfinite(steps):
+        return "> budget"
+    return f"{steps / 1e6:.2f}M" if steps >= 1e6 else f"{steps / 1e3:.0f}k"
+
+
 def format_steps(median: float, low: float, high: float, budget: float) -> str:
     """``40k [20k, 60k]``; ``> 100k`` where the median seed never reached the level within its budget."""
-    def k(x: float) -> str:
-        return "> budget" if not math.isfinite(x) else (f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.0f}k")
-
+    k = format_step_count
     if not math.isfinite(median):
         return f"> {k(budget)}"
     return f"{k(median)} [{k(low)}, {k(high)}]"
@@ -222,3 +259,144 @@ def format_ratio(ratio: float, low: float, high: float, censored: bool) -> str:
     bound = "≤ " if censored else ""
     high_text = "inf" if not math.isfinite(high) else f"{high:.2f}"
     return f"{bound}{ratio:.2f} [{low:.2f}, {high_text}]"
+
+
+def read_monitor_files(source: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """Every finished episode of a set of SB3 ``Monitor`` files: columns ``env, r, l, t``.
+
+    A Monitor file is ``<rank>.monitor.csv``: a first line ``#{"t_start": ..., "env_id": ...}``, a header
+    ``r,l,t`` (possibly with more columns, dropped here), then one row per finished episode: its return,
+    its length in steps of the environment the Monitor wraps, its end in seconds since ``t_start``.
+    ``env`` is the rank from the file name (SB3's ``make_vec_env`` names the file of environment ``i``
+    ``i.monitor.csv``), so the environments keep their identity whatever order the files come in.
+
+    :param source: a folder (its ``*.monitor.csv``), or the files themselves.
+    :return: rows per environment in file order (the order the episodes finished).
+    :raises FileNotFoundError: the folder holds no Monitor file, or a named file is missing.
+    :raises ValueError: a file name without its rank, a rank given twice, a first line that is not the
+        Monitor's JSON comment, a missing ``r``/``l``/``t`` column, an episode length that is not a
+        positive integer, a return or time that is not a finite number.
+    """
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        files = sorted(Path(source).glob("*.monitor.csv"))
+        if not files:
+            raise FileNotFoundError(f"{source} holds no *.monitor.csv file.")
+    else:
+        files = [Path(source)] if isinstance(source, (str, Path)) else [Path(f) for f in source]
+    tables, ranks = [], set()
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist (a Monitor log: a folder of <rank>.monitor.csv files).")
+        match = _MONITOR_NAME.match(path.name)
+        if not match:
+            raise ValueError(f"{path}: a Monitor file of a vectorised run is named <rank>.monitor.csv.")
+        rank = int(match[1])
+        if rank in ranks:
+            raise ValueError(f"{path}: environment {rank} is given twice.")
+        ranks.add(rank)
+        with open(path, newline="") as f:
+            first = f.readline()
+        try:
+            header = json.loads(first[1:]) if first.startswith("#") else None
+        except json.JSONDecodeError:
+            header = None
+        if not isinstance(header, dict) or "t_start" not in header:
+            raise ValueError(f"{path}: the first line must be the Monitor's comment #{{\"t_start\": ...}}, got {first[:80]!r}.")
+        table = pd.read_csv(path, skiprows=1)
+        missing = {"r", "l", "t"} - set(table.columns)
+        if missing:
+            raise ValueError(f"{path}: Monitor columns r, l, t expected; missing {sorted(missing)}.")
+        table = table[["r", "l", "t"]]
+        lengths = pd.to_numeric(table["l"], errors="coerce")
+        if not (np.isfinite(lengths) & (lengths > 0) & (lengths == np.round(lengths))).all():
+            raise ValueError(f"{path}: every episode length l must be a positive integer.")
+        if not np.isfinite(table[["r", "t"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)).all():
+            raise ValueError(f"{path}: every return r and time t must be a finite number.")
+        tables.append(table.astype({"r": float, "l": int, "t": float}).assign(env=rank))
+    columns = ["env", "r", "l", "t"]
+    return pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame(columns=columns)
+
+
+def monitor_steps(episodes: pd.DataFrame, n_envs: int | None = None, frame_skip: int = ATARI_FRAME_SKIP
+                  ) -> pd.DataFrame:
+    """The episodes of :func:`read_monitor_files` with ``steps``: the run's agent steps (all environments
+    together) when each ended, in the order they ended.
+
+    The step count rests on how the run was built, which the files do not say; it holds for the RL
+    Baselines3 Zoo's Atari runs and SB3's ``make_atari_env``. There ``Monitor`` wraps the raw
+    ``NoFrameskip`` game *below* the ``AtariWrapper`` (``make_vec_env`` applies ``wrapper_class`` on top of
+    the Monitor), so ``l`` counts emulator frames of a whole game (every life), and each agent step is
+    ``frame_skip`` frames. A vectorised environment steps all ``n_envs`` environments at once (an
+    environment that finishes resets within the same step), so when environment ``i`` ends an episode,
+    every environment has taken its number of agent steps: the run's steps are
+    ``n_envs * cumsum(l_i) / frame_skip``. The frames of each reset (1-30 no-ops, and two FIRE steps of 4
+    frames on games that need FIRE) are no agent steps: they overstate each environment's agent steps by at
+    most 38 / ``frame_skip`` per episode, 23.5 / ``frame_skip`` on average; on Pong, whose games last
+    3,000-20,000 frames, under 1.3% and on average 0.1-0.8%. A game that ends within an action's frames
+    understates by under one step per episode.
+
+    :param n_envs: environments of the run (default: the environments in ``episodes``).
+    :return: columns ``env, r, l, t, steps``, sorted by ``steps`` (ties in environment order, the order a
+        VecEnv reports them).
+    :raises ValueError: ``n_envs`` below the environments present, ``frame_skip`` below 1.
+    """
+    if frame_skip < 1:
+        raise ValueError(f"frame_skip must be at least 1, got {frame_skip}.")
+    present = int(episodes["env"].nunique())
+    n_envs = present if n_envs is None else int(n_envs)
+    if n_envs < max(present, 1):
+        raise ValueError(f"n_envs={n_envs}, but the log holds {present} environments.")
+    frames = episodes.groupby("env", sort=False)["l"].cumsum()
+    out = episodes.assign(steps=n_envs * frames.to_numpy(float) / frame_skip)
+    return out.sort_values(["steps", "env"], kind="stable").reset_index(drop=True)
+
+
+def monitor_readings(monitor: str | Path | Iterable[str | Path] | pd.DataFrame, n_envs: int | None = None,
+                     frame_skip: int = ATARI_FRAME_SKIP, window: int = MONITOR_WINDOW,
+                     every: int | None = MONITOR_EVERY) -> pd.DataFrame:
+    """``steps, mean_return``: the mean return of the last ``window`` finished episodes (all environments
+    together, :func:`monitor_steps` order), read every ``every`` agent steps (at 1 x, 2 x, ... ``every``, up
+    to the last finished episode) or, with ``every=None``, after each step at which an episode ended.
+
+    A reading needs ``window`` finished episodes: earlier ones are left out (no mean of fewer games).
+
+    :param monitor: a folder or files (:func:`read_monitor_files`), or their table.
+    :raises ValueError: ``window`` below 1 or above the episodes of the log, ``every`` below 1.
+    """
+    episodes = monitor if isinstance(monitor, pd.DataFrame) else read_monitor_files(monitor)
+    if window < 1 or window > len(episodes):
+        raise ValueError(f"window must be between 1 and the log's {len(episodes)} episodes, got {window}.")
+    if every is not None and every < 1:
+        raise ValueError(f"every must be at least 1 agent step (or None: after each episode), got {every}.")
+    ordered = monitor_steps(episodes, n_envs=n_envs, frame_skip=frame_skip)
+    steps = ordered["steps"].to_numpy()
+    means = ordered["r"].rolling(window).mean().to_numpy()
+    if every is None:
+        # after the last of the episodes that end at one step: the state once the VecEnv step is done
+        last = np.append(steps[1:] != steps[:-1], True)
+        keep = last & np.isfinite(means)
+        return pd.DataFrame({"steps": steps[keep], "mean_return": means[keep]})
+    grid = np.arange(every, steps[-1] + 1, every, dtype=float)
+    done = np.searchsorted(steps, grid, side="right") - 1  # the last episode finished by each reading
+    keep = done >= window - 1
+    return pd.DataFrame({"steps": grid[keep], "mean_return": means[done[keep]]})
+
+
+def monitor_steps_to_level(monitor: str | Path | Iterable[str | Path] | pd.DataFrame, level: float,
+                           n_envs: int | None = None, frame_skip: int = ATARI_FRAME_SKIP,
+                           window: int = MONITOR_WINDOW, every: int | None = MONITOR_EVERY) -> float:
+    """Agent steps at the first reading (:func:`monitor_readings`) at or above ``level``; ``inf`` if the
+    log never reaches it (censored: scratch needs more than :func:`monitor_last_step`).
+
+    :raises ValueError: as :func:`monitor_readings`, and ``level`` not a finite return.
+    """
+    readings = monitor_readings(monitor, n_envs=n_envs, frame_skip=frame_skip, window=window, every=every)
+    return crossing_step(readings["steps"].to_numpy(), readings["mean_return"].to_numpy(), level)
+
+
+def monitor_last_step(monitor: str | Path | Iterable[str | Path] | pd.DataFrame, n_envs: int | None = None,
+                      frame_skip: int = ATARI_FRAME_SKIP) -> float:
+    """The run's agent steps when its last recorded episode ended: what a log that never reaches a level
+    says about it (scratch needs more)."""
+    episodes = monitor if isinstance(monitor, pd.DataFrame) else read_monitor_files(monitor)
+    return float(monitor_steps(episodes, n_envs=n_envs, frame_skip=frame_skip)["steps"].max())
