@@ -5,6 +5,7 @@
     python agents/train.py --zoo                  # every source in agents/zoo/manifest.yml
     python agents/train.py --zoo --manifest agents/zoo-lab2d/manifest.yml   # the Lab2D zoo
     python agents/train.py --zoo --manifest agents/zoo-mujoco/manifest.yml  # HalfCheetah variants (MLP, VecNormalize)
+    python agents/train.py --zoo --manifest agents/zoo-pendulum/manifest.yml --threads 1  # Pendulum variants (SAC)
     python agents/train.py --park                 # unfinished runs -> agents/zoo/_inprogress/ (commit them)
     python agents/train.py --zoo --refresh-random # recompute the committed sources' random-policy baseline
 
@@ -12,7 +13,7 @@ Runs resume automatically from ``runs/zoo/<name>/checkpoint.zip`` after a kill; 
 is written to ``agents/zoo/<name>/`` (weights.pt + meta.json).
 
 Across machines: ``--park`` copies the unfinished runs' resume state (checkpoint, VecNormalize
-statistics where the run has them, evaluations, monitor logs) to ``agents/zoo/_inprogress/<name>/`` so that it can be committed; a later call
+statistics and replay buffer where the run has them, evaluations, monitor logs) to ``agents/zoo/_inprogress/<name>/`` so that it can be committed; a later call
 on a fresh clone picks it up from there and continues the step count.
 """
 
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 
 from envs.atari import BACKENDS
-from zoo_rl.files import CHECKPOINT, CONFIG, EVALUATIONS, STATUS, VEC_NORMALIZE
+from zoo_rl.files import CHECKPOINT, CONFIG, EVALUATIONS, REPLAY_BUFFER, STATUS, VEC_NORMALIZE
 from zoo_rl.zoo_training import SourceSpec, read_manifest, refresh_random_returns, train_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,11 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--game", help="Atari game, short name (Pong) or full id (PongNoFrameskip-v4), "
-                                     "lab2d:<level>[:<argument>][+key=value...], or mujoco:<body>[+key=value...]")
+                                     "lab2d:<level>[:<argument>][+key=value...], mujoco:<body>[+key=value...] or "
+                                     "classic:pendulum[+key=value...]")
     what.add_argument("--zoo", action="store_true", help="train every source of the manifest that is not done yet")
     what.add_argument("--park", action="store_true",
                       help="copy unfinished runs' resume state to agents/zoo/_inprogress/ (to commit) and exit")
-    parser.add_argument("--algo", default="ppo", help="ppo (default), a2c, dqn or qrdqn")
+    parser.add_argument("--algo", default="ppo", help="ppo (default), a2c, dqn, qrdqn or sac")
     parser.add_argument("--steps", type=int, default=1_000_000, help="agent steps (Atari: 1 step = 4 frames)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mode", type=int, default=None, help="ALE game mode (default: the game's default)")
@@ -103,8 +105,8 @@ def is_done(zoo_dir: Path, spec: SourceSpec) -> bool:
 
 
 #: Files of a run needed to resume it elsewhere (the checkpoint holds weights and optimizer; the VecNormalize
-#: statistics of a run that normalises belong to it).
-RESUME_FILES = (CHECKPOINT, VEC_NORMALIZE, EVALUATIONS, CONFIG, STATUS)
+#: statistics of a run that normalises, and the replay buffer of an off-policy run on state vectors, belong to it).
+RESUME_FILES = (CHECKPOINT, VEC_NORMALIZE, REPLAY_BUFFER, EVALUATIONS, CONFIG, STATUS)
 
 
 def copy_run(src: Path, dest: Path, optimizer_dtype: torch.dtype | None = None) -> None:

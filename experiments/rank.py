@@ -3,6 +3,7 @@
     python experiments/rank.py --target Pong
     python experiments/rank.py --target Breakout --mode 4
     python experiments/rank.py --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo
+    python experiments/rank.py --target classic:pendulum+g=12 --algo sac   # whole-policy sources (once trained)
 
 Each source plays the target with its own policy for ``--steps`` agent steps (default 10k), beside a
 random policy; where that play is not above random, a value probe on its features decides. Writes
@@ -35,13 +36,15 @@ def main(argv: list[str] | None = None) -> None:
                         "target task's own source)")
     p.add_argument("--out", type=Path, default=None, help="folder for ranking.csv (default: the study's folder)")
     p.add_argument("--steps", type=int, default=RANK_STEPS, help=f"agent steps per source (default {RANK_STEPS:,})")
+    p.add_argument("--algo", default="ppo", help="the sources' algorithm where they are whole policies (classic "
+                   "control: sac; default ppo)")
     args = p.parse_args(argv)
     scored: list[str] = []
     study: StudyConfig | None = None
     try:
         with stop_on_signals():
             study = StudyConfig(target=args.target, mode=args.mode, difficulty=args.difficulty, zoo=args.zoo,
-                                methods=["finetune"], out=args.out, seeds=1, workers=1)
+                                methods=["finetune"], out=args.out, seeds=1, workers=1, algo=args.algo)
             job = plan(study)[0]
             print(f"ranking {len(job.zoo)} sources for {job.task.slug}, {args.steps:,} agent steps each "
                   f"(and as many for a random policy)", flush=True)
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
             try:
                 table = resumable_ranking(Path(study.out), job.task, job.zoo, args.steps, on_play=bar.update,
-                                          say=bar.bar.write, on_scored=scored_line)
+                                          say=bar.bar.write, on_scored=scored_line, algo=args.algo)
             finally:
                 bar.close()
     except (ValueError, FileNotFoundError) as exc:

@@ -249,7 +249,7 @@ def test_zoo_folders_expand_to_members_minus_the_target_task(tmp_path):
     zoo = study_module.expand_zoo([str(lab), str(atari), single], task)
     assert [p.split("/")[-1] for p in zoo] == ["lab2d-chase_eat", "breakout", "breakout"]
     assert study_module.default_zoo(task, lab) == [str(lab / "lab2d-chase_eat")]
-    assert set(study_module.ZOO_DIRS) == {"atari", "lab2d", "mujoco"}
+    assert set(study_module.ZOO_DIRS) == {"atari", "lab2d", "mujoco", "classic"}
     untrained = tmp_path / "untrained"
     untrained.mkdir()
     (untrained / "manifest.yml").write_text("sources: []\n")

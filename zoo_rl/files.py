@@ -27,6 +27,7 @@ CONFIG = "config.json"  #: resolved configuration and the command that started t
 CHECKPOINT = "checkpoint.zip"  #: latest SB3 save (weights, optimizer, step count); removed once finished
 STATUS = "status.json"  #: step count and wall time of the checkpoint
 VEC_NORMALIZE = "vecnormalize.pkl"  #: VecNormalize statistics saved with the checkpoint (the RL Zoo's name)
+REPLAY_BUFFER = "replay_buffer.pkl"  #: an off-policy run's replay buffer, saved with the checkpoint
 EVALUATIONS = "evaluations.npz"  #: SB3 EvalCallback layout: timesteps, results, ep_lengths
 TENSORBOARD = "tensorboard"  #: SB3's TensorBoard logs (a folder)
 FINAL = "final.zip"  #: the finished model

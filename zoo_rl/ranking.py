@@ -6,11 +6,12 @@ ranking follows the target (:func:`image_task`):
 
 - **image targets** (Atari, Lab2D) rank **NatureCNN sources** (:func:`zoo_rl.load_source`), whose
   features and action heads transfer across games through the meaning of their actions;
-- **every other target** (MuJoCo bodies) ranks **whole actor-critic policies**
-  (:func:`zoo_rl.load_policy_source`: PPO, A2C or TRPO agents as SB3 zips or compact folders holding
-  the whole policy, such as the MuJoCo zoo's), which must read the target's observations and act in
-  its action space: a source whose spaces differ (another body) is refused, naming the shapes, since
-  it can neither play the target nor read its observations for the probe.
+- **every other target** (MuJoCo bodies, classic-control systems) ranks **whole policies** of one family
+  (:func:`zoo_rl.load_policy_source`, SB3 zips or compact folders holding the whole policy): actor-critic
+  ones (PPO, A2C or TRPO agents, such as the MuJoCo zoo's) by default, SAC ones (such as the Pendulum zoo's)
+  with ``family="sac"``. They must read the target's observations and act in its action space: a source
+  whose spaces differ (another body) is refused, naming the shapes, since it can neither play the target
+  nor read its observations for the probe.
 
 Each source gets two scores:
 
@@ -22,7 +23,7 @@ Each source gets two scores:
   ``NOOP``. Whole policies: their actor (:class:`zoo_rl.multipolar.FrozenActor`, with the
   activation the source records), acting as the RL Baselines3 Zoo evaluates such agents
   (:func:`zoo_rl.training.deterministic_eval`): a Gaussian policy's mean clipped to the action
-  bounds, a categorical one's actions sampled. The score is the reward per agent step, the
+  bounds (a SAC actor's: squashed by tanh and scaled to the bounds), a categorical one's actions sampled. The score is the reward per agent step, the
   training reward of the target's agents: clipped to its sign on image targets (Atari's training
   reward, which the NatureCNN agents learned), raw elsewhere (MuJoCo agents learn the raw reward).
   A rate per step is defined whether or not an episode ends inside the budget (a MuJoCo episode
@@ -32,7 +33,9 @@ Each source gets two scores:
   ridge regression from the source's features to the discounted return-to-go (of the same rewards,
   gamma 0.99), fitted on half of the environments and scored (R²) on the other half, both ways.
   The features are a NatureCNN's 512 outputs, or a whole policy's value latent (the output of its
-  ``mlp_extractor.value_net`` trunk, the input of its ``value_net``). It measures whether the
+  ``mlp_extractor.value_net`` trunk, the input of its ``value_net``; for SAC, which has no state-value
+  network, the last hidden layer of its first Q network on the observation and the source's own
+  deterministic action: the features from which it values its own policy there). It measures whether the
   source's features already encode what predicts reward on the target.
 
 Ranking: the sources that transfer zero-shot come first, by reward rate; the others follow by
@@ -89,6 +92,8 @@ SCORE_COLUMNS = [c for c in RANKING_COLUMNS if c not in ("rank", "basis")]
 RANDOM_POLICY = "random policy"
 #: Task families whose observations are images: their zoos are NatureCNN sources (:func:`image_task`).
 IMAGE_FAMILIES = ("atari", "lab2d")
+#: The policy families (:data:`zoo_rl.policy_sources.FAMILIES`) whose whole policies the ranking scores.
+POLICY_FAMILIES = ("actor-critic", "sac")
 _ATARI_PARTS = re.compile(r"UP|DOWN|LEFT|RIGHT|FIRE")
 
 
@@ -106,6 +111,12 @@ class Rollout:
         per_env = self.rewards.mean(axis=0)
         se = per_env.std(ddof=1) / np.sqrt(len(per_env)) if len(per_env) > 1 else 0.0
         return float(per_env.mean()), float(se)
+
+
+def ranked_family(algo: str) -> str:
+    """The family of the whole-policy sources that a study of ``algo`` ranks: ``sac`` for SAC, else ``actor-critic``
+    (:func:`rank_sources`' ``family``)."""
+    return "sac" if algo.lower() == "sac" else "actor-critic"
 
 
 def image_task(task: Task) -> bool:
@@ -243,13 +254,14 @@ def probe_r2(feats: np.ndarray, targets: np.ndarray, ridge: float = PROBE_RIDGE)
 def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: int = RANK_STEPS,
                  n_envs: int = RANK_ENVS, seed: int = 0, progress: bool = False,
                  scored: pd.DataFrame | None = None, on_scored: Callable[[dict[str, Any]], None] | None = None,
-                 on_play: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
+                 on_play: Callable[[str, int, int], None] | None = None,
+                 family: str = "actor-critic") -> pd.DataFrame:
     """Score and rank the sources in ``zoo`` for ``target`` (see the module docstring).
 
     :param target: a task or a task name (``Pong``, ``Breakout-m4``, ``lab2d:commons_harvest``,
         ``mujoco:halfcheetah+mass=1.25``).
     :param zoo: on an image target, sources as :func:`zoo_rl.load_source` reads them (NatureCNN); on any other,
-        whole actor-critic policies as :func:`zoo_rl.load_policy_source` reads them, on the target's spaces.
+        whole policies of ``family`` as :func:`zoo_rl.load_policy_source` reads them, on the target's spaces.
     :param steps: agent steps per source (and for the random policy).
     :param scored: rows (:data:`SCORE_COLUMNS`) of sources scored already by a call with the same target,
         ``steps``, ``n_envs`` and ``seed``: kept as they are, those sources are not played again (the random
@@ -257,11 +269,14 @@ def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: in
     :param on_scored: called with each newly scored source's row as soon as it is scored.
     :param on_play: ``on_play(name, agent steps so far, steps)`` while a policy plays (the random policy is
         named :data:`RANDOM_POLICY`).
+    :param family: on a target without image observations, the family of the whole-policy sources
+        (:data:`POLICY_FAMILIES`): ``actor-critic`` (PPO, A2C, TRPO; the default) or ``sac``, the study's algorithm
+        (:func:`ranked_family`); sources of any other family are refused.
     :return: one row per source, best first: columns :data:`RANKING_COLUMNS`. ``shared_actions`` counts the
         target actions a NatureCNN source's actions map onto by meaning (other than ``NOOP``); for a whole
         policy, the action values it shares with the target: all of them (the spaces match).
     :raises ValueError: an empty zoo, ``steps`` smaller than ``n_envs`` x 2; on a target without image
-        observations, a source that is no actor-critic policy or whose observation or action shapes are not
+        observations, a source that is not of ``family`` or whose observation or action shapes are not
         the target's (before anything is played).
     """
     task = resolve(target) if isinstance(target, str) else target
@@ -272,7 +287,9 @@ def rank_sources(target: Task | str, zoo: Sequence[str | os.PathLike], steps: in
                          "standard errors and the probe's held-out half come from the separate environments.")
     kept = {str(r["source"]): {c: r.get(c, np.nan) for c in SCORE_COLUMNS}
             for r in (scored.to_dict("records") if scored is not None else [])}
-    scorer: _Scorer = (_NatureScorer if image_task(task) else _PolicyScorer)(task, steps, n_envs, seed, on_play)
+    if family not in POLICY_FAMILIES:
+        raise ValueError(f"family={family!r}: the whole-policy ranking scores {' or '.join(POLICY_FAMILIES)} sources.")
+    scorer: _Scorer = (_NatureScorer if image_task(task) else _PolicyScorer)(task, steps, n_envs, seed, on_play, family)
     loaded = [(spec, scorer.load(spec)) for spec in zoo]
     todo = [source for _, source in loaded if source.name not in kept]
     if todo:  # the probe's observations and the zero-shot baseline
@@ -309,8 +326,9 @@ class _Scorer:
     images = True
 
     def __init__(self, task: Task, steps: int, n_envs: int, seed: int,
-                 on_play: Callable[[str, int, int], None] | None) -> None:
+                 on_play: Callable[[str, int, int], None] | None, family: str = "actor-critic") -> None:
         self.task, self.steps, self.n_envs, self.seed, self.on_play = task, steps, n_envs, seed, on_play
+        self.family = family  # of whole-policy sources (rank_sources' family)
         self.random_seconds = float("nan")
 
     def load(self, spec: str | os.PathLike) -> Any:
@@ -401,7 +419,8 @@ class _NatureScorer(_Scorer):
 
 
 class _PolicyScorer(_Scorer):
-    """Whole actor-critic policies on the target's own spaces: their actor plays, the probe reads their value latent."""
+    """Whole policies (actor-critic or SAC) on the target's own spaces: their actor plays, the probe reads their value
+    latent."""
 
     images = False
 
@@ -412,7 +431,8 @@ class _PolicyScorer(_Scorer):
         venv = self.env()
         try:
             self.observation_space, self.action_space = venv.observation_space, venv.action_space
-            self.networks = {id(s): policy_networks(s, self.observation_space, self.action_space) for s in sources}
+            self.networks = {id(s): policy_networks(s, self.observation_space, self.action_space, self.family)
+                             for s in sources}
             space = copy.deepcopy(self.action_space)
             space.seed(self.seed)
             self.play_random(venv, lambda obs: np.stack([space.sample() for _ in range(len(obs))]))
@@ -433,7 +453,7 @@ class _PolicyScorer(_Scorer):
             low, high = (torch.as_tensor(b, dtype=torch.float32).flatten() for b in (space.low, space.high))
 
             @torch.no_grad()
-            def act(obs: np.ndarray) -> np.ndarray:  # the mean, as SB3's predict(deterministic=True) executes it
+            def act(obs: np.ndarray) -> np.ndarray:  # as SB3's predict(deterministic=True) executes it
                 mean = torch.clamp(actor(self.preprocess(obs)), low, high)
                 return mean.numpy().reshape(len(obs), *space.shape)
         else:
@@ -449,22 +469,28 @@ class _PolicyScorer(_Scorer):
 
 
 def policy_networks(source: PolicySource, observation_space: spaces.Space,
-                    action_space: spaces.Space) -> tuple[FrozenActor, FrozenActor]:
-    """A whole-policy source's frozen actor (its ``action_net`` output) and value trunk (its value latent), with
-    the activation it records (:func:`zoo_rl.multipolar.recorded_activation`), for a target of these spaces.
+                    action_space: spaces.Space, family: str = "actor-critic") -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A whole-policy source's frozen actor (its ``action_net`` output; a SAC actor's deterministic action, in the
+    action space's units) and value trunk (its value latent), with the activation it records
+    (:func:`zoo_rl.multipolar.recorded_activation`), for a target of these spaces.
 
-    :raises ValueError: a source that is no actor-critic policy, or whose observation or action shapes are not
-        the target's (naming the layers and shapes).
+    :param family: the family the ranking scores (:data:`POLICY_FAMILIES`).
+    :raises ValueError: a source of another family, or whose observation or action shapes are not the target's
+        (naming the layers and shapes).
     """
     where = f"Source {source.name!r} ({source.origin})"
-    if source.family != "actor-critic":
+    if source.family != family:
         what = FAMILIES.get(source.family or "", "no SB3 policy this library knows")
-        raise ValueError(f"{where} is a {what} policy: the whole-policy ranking scores actor-critic sources "
-                         f"({FAMILIES['actor-critic']}), whose action_net plays the target and whose value network's "
-                         "latent the probe reads. Leave it out of the zoo.")
+        why = (f"actor-critic sources ({FAMILIES['actor-critic']}), whose action_net plays the target and whose value "
+               "network's latent the probe reads" if family == "actor-critic" else
+               f"{FAMILIES[family]} sources, the study's algorithm")
+        raise ValueError(f"{where} is a {what} policy: the whole-policy ranking scores {why}. Leave it out of the "
+                         "zoo.")
     rule = ("A whole-policy source plays the target with its own actions and reads its observations, so it must have "
             "the target's observation and action shapes: a source of another body or task cannot; leave it out "
             "of this target's zoo.")
+    if family == "sac":
+        return sac_networks(source, observation_space, action_space, rule)
     actor, trunk = source_actor(source), source_value_trunk(source)
     check_actor_fits(source.name, source.origin, actor_shapes(actor), observation_space, action_space,
                      continuous="log_std" in source.state, target="this target's ranking", rule=rule)
@@ -477,6 +503,76 @@ def policy_networks(source: PolicySource, observation_space: spaces.Space,
     activation = recorded_activation(source)
     return (FrozenActor(actor_shapes(actor), activation, actor).eval(),
             FrozenActor(actor_shapes(trunk), activation, trunk).eval())
+
+
+class SquashedActor(torch.nn.Module):
+    """A SAC actor's deterministic action in the units of a ``Box`` action space: the tanh of its Gaussian mean,
+    scaled from ``[-1, 1]`` to ``[low, high]``, what SB3's ``predict(deterministic=True)`` executes."""
+
+    def __init__(self, mean: FrozenActor, low: np.ndarray, high: np.ndarray) -> None:
+        super().__init__()
+        self.mean = mean
+        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32).flatten())
+        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32).flatten())
+
+    def squashed(self, x: torch.Tensor) -> torch.Tensor:
+        """The action in ``[-1, 1]``, as SAC's critics read it (its replay buffer holds actions in these units)."""
+        return torch.tanh(self.mean(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.low + (self.squashed(x) + 1.0) * 0.5 * (self.high - self.low)
+
+
+class CriticLatent(torch.nn.Module):
+    """The last hidden layer of a SAC critic's Q network on the observation and the actor's own squashed action."""
+
+    def __init__(self, trunk: FrozenActor, actor: SquashedActor) -> None:
+        super().__init__()
+        self.trunk, self.actor = trunk, actor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(torch.cat([x.flatten(1), self.actor.squashed(x)], dim=1))
+
+
+def sac_networks(source: PolicySource, observation_space: spaces.Space, action_space: spaces.Space,
+                 rule: str) -> tuple[SquashedActor, CriticLatent]:
+    """A SAC source's deterministic actor (:class:`SquashedActor`) and the latent of its first Q network on its own
+    actions (:class:`CriticLatent`), with the activation its metadata records, else SB3's SAC default (ReLU).
+
+    :raises ValueError: an action space that is no ``Box``, a source with a features extractor with weights or with
+        gSDE's clipped mean (only ``MlpPolicy`` sources without gSDE are run), or shapes that are not the target's.
+    """
+    state, where = source.state, f"Source {source.name!r} ({source.origin})"
+    if not isinstance(action_space, spaces.Box):
+        raise ValueError(f"{where} is a SAC policy, which acts in continuous (Box) spaces; the target's actions are "
+                         f"{action_space}.")
+    if "actor.mu.weight" not in state or any("features_extractor." in k for k in state):
+        raise ValueError(f"{where} is not a plain SAC MlpPolicy (an actor.mu layer, no features extractor with "
+                         "weights, no gSDE): the ranking runs only those. Leave it out of the zoo.")
+
+    def layers(prefix: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        pattern = re.compile(re.escape(prefix) + r"(\d+)\.weight")
+        indices = sorted(int(m.group(1)) for k in state if (m := pattern.fullmatch(k)))
+        return {f"{prefix}{i}": (state[f"{prefix}{i}.weight"], state[f"{prefix}{i}.bias"]) for i in indices}
+
+    actor = {**layers("actor.latent_pi."), "action_net": (state["actor.mu.weight"], state["actor.mu.bias"])}
+    check_actor_fits(source.name, source.origin, actor_shapes(actor), observation_space, action_space,
+                     continuous=True, target="this target's ranking", rule=rule)
+    q_net = layers("critic.qf0.")
+    trunk = dict(list(q_net.items())[:-1])  # every layer but the Q output
+    reads = get_flattened_obs_dim(observation_space) + action_values(action_space)
+    first = next(iter(q_net.values()))[0] if q_net else None
+    if first is None or first.shape[1] != reads:
+        shape = "none" if first is None else f"{tuple(first.shape)}, which reads {first.shape[1]} values"
+        raise ValueError(f"{where} does not fit this target's ranking: its critic's first layer (critic.qf0.0.weight) "
+                         f"is {shape}, and the observations {observation_space}, flattened, with the actions "
+                         f"{action_space} give {reads}.\n{rule}")
+    architecture = source.meta.get("architecture")
+    activation = recorded_activation(source) if isinstance(architecture, dict) and architecture.get("activation") \
+        else "relu"
+    mean = FrozenActor(actor_shapes(actor), activation, actor).eval()
+    squashed = SquashedActor(mean, action_space.low, action_space.high).eval()
+    return squashed, CriticLatent(FrozenActor(actor_shapes(trunk), activation, trunk), squashed).eval()
 
 
 def ranking_order(ranking: pd.DataFrame, names: Sequence[str]) -> list[int]:

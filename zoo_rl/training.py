@@ -10,6 +10,9 @@ Used by ``agents/train.py`` (the source zoo) and the study runner (:mod:`zoo_rl.
       status.json        the checkpoint's step count and wall time
       vecnormalize.pkl   the VecNormalize statistics of a run that normalises (``normalize`` in its
                          hyperparameters), SB3's VecNormalize.save format, written with each checkpoint
+      replay_buffer.pkl  the replay buffer of an off-policy run on state vectors (SAC on a MuJoCo body or a
+                         classic-control system: :func:`keeps_replay_buffer`), SB3's save_replay_buffer
+                         format, written with each checkpoint
       evaluations.npz    SB3 EvalCallback layout: timesteps, results (n_evals, n_episodes), ep_lengths
       <i>.monitor.csv    Monitor CSVs of the training envs (unclipped full-game returns), where SB3's
                          load_results and the RL Baselines3 Zoo's plot scripts look for them
@@ -18,7 +21,7 @@ Used by ``agents/train.py`` (the source zoo) and the study runner (:mod:`zoo_rl.
 
 Killing the process at any moment loses at most one checkpoint interval: a rerun loads
 ``checkpoint.zip`` and continues the step count and the learning-rate schedule (and the VecNormalize
-statistics, from ``vecnormalize.pkl``).
+statistics, from ``vecnormalize.pkl``, and the replay buffer, from ``replay_buffer.pkl``).
 """
 
 from __future__ import annotations
@@ -37,17 +40,18 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import yaml
 from gymnasium import spaces
-from stable_baselines3 import A2C, DQN, PPO
+from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, unwrap_vec_normalize
 from torch import nn
 
 from envs.atari import restart_games
 from envs.tasks import Task, env_backend, make_env
-from zoo_rl.files import (CHECKPOINT, CONFIG, EVALUATIONS, STATUS, VEC_NORMALIZE, atomic_write_bytes, command_line,
-                          save_model_atomic, write_json)
+from zoo_rl.files import (CHECKPOINT, CONFIG, EVALUATIONS, REPLAY_BUFFER, STATUS, VEC_NORMALIZE, atomic_write_bytes,
+                          command_line, save_model_atomic, write_json)
 from zoo_rl.machine import reuse_freed_memory
 from zoo_rl.policy_sources import ACTIVATIONS
 from zoo_rl.policies import algo_kwargs, policy_class
@@ -57,8 +61,9 @@ try:
 except ImportError:  # sb3-contrib is in requirements.txt, but keep the core importable without it
     QRDQN = None
 
-#: SB3 algorithms by the names used on the command line.
-ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN}
+#: SB3 algorithms by the names used on the command line (``sac``: continuous actions only, e.g. the
+#: classic-control zoo's Pendulum variants; its hyperparameters in ``agents/hyperparams/sac.yml``).
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC}
 if QRDQN is not None:
     ALGOS["qrdqn"] = QRDQN
 #: Algorithms whose rollouts are collected on-policy (on discrete actions, evaluated with sampled actions:
@@ -75,7 +80,7 @@ _SCHEDULE = re.compile(r"^lin_(?P<value>[-+0-9.eE]+)$")
 
 
 def algo_class(algo: str) -> type[BaseAlgorithm]:
-    """The SB3 class for ``algo`` (``ppo``, ``a2c``, ``dqn``, ``qrdqn``)."""
+    """The SB3 class for ``algo`` (``ppo``, ``a2c``, ``dqn``, ``qrdqn``, ``sac``)."""
     try:
         return ALGOS[algo.lower()]
     except KeyError:
@@ -120,13 +125,13 @@ def parse_value(value: Any) -> Any:
 def load_hyperparams(path: str | Path, game: str, family: str = "atari") -> dict[str, Any]:
     """Hyperparameters for ``game`` from a YAML file keyed like the RL Baselines3 Zoo's.
 
-    The family's entry (``atari``, ``lab2d``, ``mujoco``; ``lab2d`` falls back to ``atari``, whose
+    The family's entry (``atari``, ``lab2d``, ``mujoco``, ``classic``; ``lab2d`` falls back to ``atari``, whose
     images it shares) holds the defaults; an entry named by the game (``Pong``, ``lab2d:pushbox``,
     ``mujoco:halfcheetah+mass=2``) or its env id (``PongNoFrameskip-v4``) overrides them. Values are data
     only: ``lin_X`` becomes a linear schedule, nothing is evaluated.
 
-    :raises ValueError: a MuJoCo game (or another family without the Atari fallback) that the file has no
-        entry for.
+    :raises ValueError: a MuJoCo or classic-control game (a family without the Atari fallback) that the file
+        has no entry for.
     """
     path = Path(path)
     if not path.is_file():
@@ -135,7 +140,8 @@ def load_hyperparams(path: str | Path, game: str, family: str = "atari") -> dict
     keys = [k for k in (game, f"{game}NoFrameskip-v4") if k in table]
     if family not in table and family not in ("atari", "lab2d") and not keys:
         raise ValueError(f"{path} has no `{family}` entry (nor one for {game!r}): add one to train {family} tasks "
-                         f"with {path.stem} (agents/hyperparams/ppo.yml has one for PPO).")
+                         f"with {path.stem} (agents/hyperparams/ppo.yml has a `mujoco` entry for PPO, sac.yml a "
+                         "`classic` one for SAC).")
     params = dict(table.get(family, table.get("atari", {})) or {})
     for key in keys:
         params.update(table.get(key, {}) or {})
@@ -236,19 +242,22 @@ class _EveryN(BaseCallback):
 
 
 class CheckpointEvery(_EveryN):
-    """Save the whole model (optimizer included) to ``path`` every ``every`` steps, atomically, and its
-    VecNormalize statistics to ``stats_path`` where it has them (:func:`save_checkpoint`).
+    """Save the whole model (optimizer included) to ``path`` every ``every`` steps, atomically, its
+    VecNormalize statistics to ``stats_path`` where it has them, and its replay buffer to ``buffer_path``
+    where it keeps one (:func:`save_checkpoint`).
 
-    Saves happen when a rollout starts, i.e. after the update on the previous one, so a saved
-    step count never includes collected-but-untrained experience.
+    Saves happen when a rollout starts, i.e. after the update on the previous one (off-policy: after the
+    gradient steps on the last transition), so a saved step count never includes collected-but-untrained
+    experience.
     """
 
     def __init__(self, path: str | Path, every: int, on_save: Callable[[BaseAlgorithm], None] | None = None,
-                 stats_path: str | Path | None = None) -> None:
+                 stats_path: str | Path | None = None, buffer_path: str | Path | None = None) -> None:
         super().__init__(every)
         self.path = Path(path)
         self.on_save = on_save
         self.stats_path = None if stats_path is None else Path(stats_path)
+        self.buffer_path = None if buffer_path is None else Path(buffer_path)
 
     def _on_step(self) -> bool:
         return True
@@ -259,7 +268,7 @@ class CheckpointEvery(_EveryN):
             self._fire()
 
     def _fire(self) -> None:
-        save_checkpoint(self.model, self.path, self.stats_path)
+        save_checkpoint(self.model, self.path, self.stats_path, self.buffer_path)
         if self.on_save is not None:
             self.on_save(self.model)
 
@@ -276,15 +285,45 @@ def save_vec_normalize(model: BaseAlgorithm, path: str | Path) -> bool:
     return True
 
 
-def save_checkpoint(model: BaseAlgorithm, path: str | Path, stats_path: str | Path | None = None) -> None:
-    """The model to ``path`` and, when given, its VecNormalize statistics to ``stats_path``, each atomically.
+def keeps_replay_buffer(model: BaseAlgorithm) -> bool:
+    """Whether a run of ``model`` saves its replay buffer with each checkpoint and resumes with it: an off-policy
+    model on observations that are not images (a state vector).
 
-    The statistics go first, so that a checkpoint never exists without statistics to resume it with; a kill
-    between the two writes (a short window once per checkpoint interval) resumes the previous checkpoint with the
-    statistics of this one: running averages that are one interval further along.
+    SB3's ``save`` leaves the replay buffer out. An off-policy run resumed without it would go on training at once
+    (``learning_starts`` counts the run's total steps) from an empty buffer, its next gradient steps drawn from the
+    handful of transitions collected since the resume: a short run such as a 20k-step SAC source would train on
+    other data than an uninterrupted one. A state vector's buffer is small (a Pendulum transition is a few dozen
+    bytes); an image buffer (DQN on Atari: 100k stacked frames, gigabytes) is not kept, and such a run resumes with
+    an empty buffer, as it always has.
+    """
+    return getattr(model, "replay_buffer", None) is not None and not is_image_space(model.observation_space)
+
+
+def save_replay_buffer(model: BaseAlgorithm, path: str | Path) -> bool:
+    """Write the model's replay buffer to ``path`` (what SB3's ``save_replay_buffer`` writes), atomically.
+
+    :return: False, writing nothing, when the model keeps no replay buffer (:func:`keeps_replay_buffer`).
+    """
+    if not keeps_replay_buffer(model):
+        return False
+    atomic_write_bytes(path, pickle.dumps(model.replay_buffer))
+    return True
+
+
+def save_checkpoint(model: BaseAlgorithm, path: str | Path, stats_path: str | Path | None = None,
+                    buffer_path: str | Path | None = None) -> None:
+    """The model to ``path`` and, when given, its VecNormalize statistics to ``stats_path`` and its replay buffer to
+    ``buffer_path`` (:func:`save_replay_buffer`), each atomically.
+
+    The statistics and the buffer go first, so that a checkpoint never exists without what resumes it; a kill
+    between the writes (a short window once per checkpoint interval) resumes the previous checkpoint with the
+    statistics and the buffer of this one: running averages one interval further along, and the transitions of
+    that interval, which the resumed run then collects a second time (different ones: its environments restart).
     """
     if stats_path is not None:
         save_vec_normalize(model, stats_path)
+    if buffer_path is not None:
+        save_replay_buffer(model, buffer_path)
     save_model_atomic(model, path)
 
 
@@ -388,7 +427,7 @@ class RunSpec:
     """Everything a resumable run needs besides the environments.
 
     :param run_dir: the run's folder (created).
-    :param algo: ``ppo``, ``a2c``, ``dqn`` or ``qrdqn``.
+    :param algo: ``ppo``, ``a2c``, ``dqn``, ``qrdqn`` or ``sac``.
     :param total_steps: agent steps to train for (1 step = 4 frames, summed over envs).
     :param hyperparams: SB3 constructor arguments (``n_envs`` and ``policy`` excluded).
     :param policy: SB3 policy name or class.
@@ -438,10 +477,21 @@ def new_model(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorithm:
 
 
 def build_or_resume(spec: RunSpec, env: VecEnv, verbose: int = 0) -> BaseAlgorithm:
-    """A fresh model, or the one in ``run_dir/checkpoint.zip`` with its step count."""
+    """A fresh model, or the one in ``run_dir/checkpoint.zip`` with its step count (and its replay buffer, from
+    :data:`REPLAY_BUFFER`, where it keeps one: :func:`keeps_replay_buffer`).
+
+    :raises ValueError: the checkpoint's model keeps a replay buffer but the run folder has none (with how to go on).
+    """
     checkpoint = Path(spec.run_dir) / CHECKPOINT
     if checkpoint.is_file():
         model = (spec.algo_cls or algo_class(spec.algo)).load(checkpoint, env=env, device=spec.device)
+        if keeps_replay_buffer(model):
+            buffer = Path(spec.run_dir) / REPLAY_BUFFER
+            if not buffer.is_file():
+                raise ValueError(f"{spec.run_dir} has a checkpoint but not its replay buffer ({REPLAY_BUFFER}), without "
+                                 "which the resumed run would train on other data than an uninterrupted one: copy the "
+                                 "file from where the run was trained, or delete the run folder to start it again.")
+            model.load_replay_buffer(buffer)  # the run's own file, trusted as its checkpoint is
         if verbose:
             print(f"Resuming {checkpoint} at {model.num_timesteps} steps", flush=True)
         return model
@@ -589,7 +639,8 @@ def train_run(
     Sets glibc's allocator to reuse freed memory (:func:`zoo_rl.machine.reuse_freed_memory`; ``ZOO_RL_MALLOC=0``
     leaves it alone): the same values, a faster Zoo-Tuning update. Evaluations are deterministic or sampled by
     :func:`deterministic_eval`. A training environment under ``VecNormalize`` has its statistics saved with each
-    checkpoint (:data:`VEC_NORMALIZE`, :func:`save_checkpoint`).
+    checkpoint (:data:`VEC_NORMALIZE`, :func:`save_checkpoint`), an off-policy model on state vectors its replay
+    buffer (:data:`REPLAY_BUFFER`, :func:`keeps_replay_buffer`).
 
     :raises ValueError: the hyperparameters ask for ``normalize`` but ``env`` has no ``VecNormalize``
         (open the run with :func:`open_run`'s ``normalize``).
@@ -620,7 +671,8 @@ def train_run(
                                  "cpu_seconds": round(before.get("cpu_seconds", 0.0) + cpu, 1)})
 
     all_callbacks: list[BaseCallback] = [CheckpointEvery(run_dir / CHECKPOINT, spec.checkpoint_every,
-                                                         on_save=record_status, stats_path=run_dir / VEC_NORMALIZE)]
+                                                         on_save=record_status, stats_path=run_dir / VEC_NORMALIZE,
+                                                         buffer_path=run_dir / REPLAY_BUFFER)]
     evaluator = None
     if eval_env is not None:
         every = spec.eval_every if spec.eval_every > 0 else spec.total_steps + 1
@@ -638,7 +690,7 @@ def train_run(
     if remaining > 0:
         model.learn(remaining, callback=CallbackList(all_callbacks), reset_num_timesteps=False,
                     progress_bar=False, tb_log_name=spec.algo.upper())
-    save_checkpoint(model, run_dir / CHECKPOINT, run_dir / VEC_NORMALIZE)
+    save_checkpoint(model, run_dir / CHECKPOINT, run_dir / VEC_NORMALIZE, run_dir / REPLAY_BUFFER)
     record_status(model)
     if evaluator is not None and getattr(evaluator, "model", None) is None:  # set by learn(), which may not have run
         evaluator.init_callback(model)

@@ -5,10 +5,11 @@
 ``agents/zoo/<name>/`` (``weights.pt`` + ``meta.json``, see :mod:`zoo_rl.sources`).
 
 Two kinds of export. A NatureCNN agent (Atari, Lab2D) keeps its extractor under ``features.`` and its heads
-under ``head.``, read by :func:`zoo_rl.load_source`. An agent without one (an MLP on a state vector, e.g. a
-MuJoCo body) keeps its whole policy under ``head.``, float32, with the VecNormalize normalisation of its run
-folded in (:func:`zoo_rl.policy_sources.fold_vec_normalize`): :func:`zoo_rl.policy_sources.load_policy_source`
-gives a source that reads raw observations and predicts raw returns (:func:`export_policy`).
+under ``head.``, read by :func:`zoo_rl.load_source`. An agent without one (an MLP on a state vector: a PPO agent on
+a MuJoCo body, a SAC agent on a classic-control system) keeps its whole policy under ``head.`` (a SAC agent's actor
+and critics, not their targets), float32, with the VecNormalize normalisation of its run folded in
+(:func:`zoo_rl.policy_sources.fold_vec_normalize`): :func:`zoo_rl.policy_sources.load_policy_source` gives a
+source that reads raw observations and predicts raw returns (:func:`export_policy`).
 """
 
 from __future__ import annotations
@@ -27,17 +28,18 @@ import yaml
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.vec_env import VecEnv, unwrap_vec_normalize
+from stable_baselines3.sac.policies import SACPolicy
 
 from envs.atari import restart_games
 from envs.tasks import Task, make_env, resolve
 from zoo_rl.files import EVALUATIONS, STATUS, VEC_NORMALIZE, to_jsonable, write_csv_atomic, write_json
-from zoo_rl.policy_sources import (PolicySource, VecNormalizeStats, fold_vec_normalize, load_policy_source,
-                                   policy_family, read_vec_normalize)
+from zoo_rl.policy_sources import (TARGET_MODULES, PolicySource, VecNormalizeStats, fold_vec_normalize,
+                                   load_policy_source, policy_family, read_vec_normalize)
 from zoo_rl.sources import (LAYERS, META_FILE, SB3_EXTRACTOR_PREFIXES, WEIGHTS_FILE, read_compact, sha256_of,
                             write_compact, write_weights)
-from zoo_rl.training import (RunSpec, activation_name, deterministic_eval, env_versions,
+from zoo_rl.training import (ON_POLICY, RunSpec, activation_name, deterministic_eval, env_versions,
                              frozen_normalization, hyperparams_for, load_evaluations, new_model, open_run, reached,
                              sync_normalization, train_run, vec_normalize_kwargs)
 
@@ -78,6 +80,9 @@ class SourceSpec:
     #: steps between evaluations and games per evaluation (``None``: the command line's)
     eval_every: int | None = None
     eval_episodes: int | None = None
+    #: steps between checkpoints (``None``: the command line's); a short run, such as a 20k-step SAC source, needs
+    #: checkpoints more often than the default 50k to resume after a kill without starting again
+    checkpoint_every: int | None = None
 
     @property
     def task(self) -> Task:
@@ -301,13 +306,28 @@ def describe_stats(stats: VecNormalizeStats) -> dict[str, Any]:
             for key, value in asdict(stats).items()}
 
 
-def _deterministic_outputs(policy: BasePolicy, observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic actions (before any clipping to the action bounds) and values of an actor-critic policy."""
+def _deterministic_outputs(policy: BasePolicy, observations: np.ndarray,
+                           actions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic actions and values of a policy on ``observations``: an actor-critic policy's Gaussian mean
+    (before any clipping to the action bounds) and state values; a SAC policy's squashed mean (in ``[-1, 1]``,
+    before scaling to the action bounds) and every critic's Q-value of ``(observation, action)`` with the given
+    ``actions`` (squashed; default: its own), ``(n, n_critics)``.
+
+    :raises TypeError: another kind of policy.
+    """
     with torch.no_grad():
         obs = torch.as_tensor(observations, dtype=torch.float32, device=policy.device)
-        actions = policy.get_distribution(obs).get_actions(deterministic=True)
-        values = policy.predict_values(obs)
-    return actions.cpu().numpy().astype(np.float64), values.cpu().numpy().ravel().astype(np.float64)
+        if isinstance(policy, ActorCriticPolicy):
+            own = policy.get_distribution(obs).get_actions(deterministic=True)
+            values = policy.predict_values(obs).flatten()
+        elif isinstance(policy, SACPolicy):
+            own = policy.actor(obs, deterministic=True)
+            taken = own if actions is None else torch.as_tensor(actions, dtype=torch.float32, device=policy.device)
+            values = torch.cat(policy.critic(obs, taken), dim=1)
+        else:
+            raise TypeError(f"No export check for a {type(policy).__name__}: whole-policy exports are checked for "
+                            "actor-critic (PPO, A2C) and SAC policies.")
+    return own.cpu().numpy().astype(np.float64), values.cpu().numpy().astype(np.float64)
 
 
 def _unclipped(observations: np.ndarray, stats: VecNormalizeStats | None) -> np.ndarray:
@@ -324,22 +344,32 @@ def check_export(model: BaseAlgorithm, folder: Path, observations: np.ndarray,
     """Check that the whole-policy source in ``folder``, read back by :func:`load_policy_source` into a plain policy
     of the model's class and architecture, acts on raw ``observations`` as ``model`` acts on their normalised form.
 
-    The comparison leaves out observations that the normaliser clips (beyond ``clip_obs`` deviations), which
-    reach a folded layer unclipped: there the two may differ.
+    Actor-critic policies (PPO, A2C) are compared on their deterministic actions and state values, SAC policies on
+    their deterministic actions and their critics' Q-values of each observation with the model's action
+    (:func:`_deterministic_outputs`); a SAC source holds no target critics (SB3 copies the critics into them when it
+    builds a policy), the only tensors of the plain policy it may lack. The comparison leaves out observations that
+    the normaliser clips (beyond ``clip_obs`` deviations), which reach a folded layer unclipped: there the two may
+    differ.
 
-    :return: ``fold_max_action_diff`` (largest difference of a deterministic action, before clipping to the
-        action bounds), ``fold_max_value_diff`` (of a value, in raw-return units), ``fold_check_observations``
-        (observations compared) and ``fold_clipped_observations`` (left out).
-    :raises RuntimeError: a difference beyond :data:`FOLD_TOLERANCE`, or no observation to compare.
+    :return: ``fold_max_action_diff`` (largest difference of a deterministic action, before clipping or scaling to
+        the action bounds), ``fold_max_value_diff`` (of a state value or a Q-value, in raw-return units),
+        ``fold_check_observations`` (observations compared) and ``fold_clipped_observations`` (left out).
+    :raises RuntimeError: a difference beyond :data:`FOLD_TOLERANCE`, tensors that do not fill the plain policy, or
+        no observation to compare.
     """
     source = load_policy_source(folder)
     plain = type(model.policy)(model.observation_space, model.action_space, lambda _: 0.0, **model.policy_kwargs)
-    plain.load_state_dict(source.state)
+    missing, unexpected = plain.load_state_dict(source.state, strict=False)
+    missing = [k for k in missing if k.split(".", 1)[0] not in TARGET_MODULES]
+    if missing or unexpected:
+        raise RuntimeError(f"{folder}: the exported tensors do not fill a plain {type(plain).__name__} of the model's "
+                           f"architecture (missing {missing}, unexpected {unexpected}): the export is wrong, do not "
+                           "use it.")
     plain.to(model.device)
     trained = model.get_vec_normalize_env()
     seen = trained.normalize_obs(observations) if trained is not None else observations
     model_actions, model_values = _deterministic_outputs(model.policy, seen)
-    actions, values = _deterministic_outputs(plain, observations)
+    actions, values = _deterministic_outputs(plain, observations, model_actions)
     if stats is not None and stats.norm_reward:
         model_values = model_values * np.sqrt(stats.ret_var + stats.epsilon)
     inside = _unclipped(observations, stats)
@@ -361,8 +391,8 @@ def export_policy(model: BaseAlgorithm, task: Task, folder: Path, meta: dict[str
                   normalize: dict[str, Any] | None, stats_path: Path | None, seed: int) -> dict[str, Any]:
     """Export a model without a NatureCNN (an MLP policy) as a whole-policy compact folder; return its metadata.
 
-    The policy state (every tensor: :func:`split_policy_state` puts them all in the heads) is written float32
-    with the VecNormalize statistics of ``stats_path`` folded in (:func:`fold_vec_normalize`), and checked
+    The policy state (every tensor but the target networks': :func:`split_policy_state` puts them all in the heads)
+    is written float32 with the VecNormalize statistics of ``stats_path`` folded in (:func:`fold_vec_normalize`), and checked
     against the model (:func:`check_export`) on :data:`FOLD_CHECK_OBS` raw observations of ``task``, half from
     random play, half from the model's own (seeded ``seed``). ``meta.json`` is written last, with the action
     space, the architecture, the ``normalize`` settings, the statistics folded and the check's result: until
@@ -434,7 +464,9 @@ def train_source(
     normalisation where it has one) and every evaluation during training act as :func:`deterministic_eval`
     says; the random-policy baseline samples the action space uniformly (:func:`random_actions`). A NatureCNN
     agent is exported with :func:`zoo_rl.sources.write_compact` (float16 when that keeps every greedy action),
-    any other with :func:`export_policy`.
+    any other with :func:`export_policy`. An off-policy run's ``buffer_size`` is capped at ``spec.steps`` (the same
+    transitions, less memory), and its replay buffer is saved with each checkpoint
+    (:func:`zoo_rl.training.keeps_replay_buffer`).
 
     :raises ValueError: ``spec.init`` for a run under VecNormalize, or what :func:`open_run` refuses.
     """
@@ -444,7 +476,13 @@ def train_source(
     init = spec.init_folder()
     eval_every = spec.eval_every or eval_every
     eval_episodes = spec.eval_episodes or eval_episodes
+    checkpoint_every = spec.checkpoint_every or checkpoint_every
     params, n_envs, policy = hyperparams_for(Path(hyperparams_dir) / f"{spec.algo}.yml", task)
+    if spec.algo not in ON_POLICY and "buffer_size" in params:
+        # A replay buffer larger than the run never fills, so capping it at the run's steps changes no transition
+        # it holds, only its memory and the size of the copy saved with each checkpoint (a continuation to more
+        # steps keeps the capacity it started with).
+        params["buffer_size"] = min(int(params["buffer_size"]), spec.steps)
     normalize = vec_normalize_kwargs(params)
     if init is not None and normalize is not None:
         raise ValueError(f"{name}: init={spec.init!r} cannot start a run under VecNormalize (normalize in the "

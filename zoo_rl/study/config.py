@@ -19,13 +19,18 @@ from zoo_rl.ranking import RANK_STEPS
 from zoo_rl.sources import META_FILE, sha256_of
 from zoo_rl.study.methods import (DEFAULT_METHODS, EXTRACTOR_ONLY, POLICY_DEFAULT_METHODS, POLICY_ONLY,
                                   expand_methods, extractor_kwargs, kickstart_teachers)
-from zoo_rl.training import ALGOS
+from zoo_rl.training import ALGOS, ON_POLICY
 
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ZOO_DIR = ROOT / "agents" / "zoo"
 #: The committed zoo of each task family: a target's default zoo is its own family's.
-ZOO_DIRS = {"atari": DEFAULT_ZOO_DIR, "lab2d": ROOT / "agents" / "zoo-lab2d", "mujoco": ROOT / "agents" / "zoo-mujoco"}
+ZOO_DIRS = {"atari": DEFAULT_ZOO_DIR, "lab2d": ROOT / "agents" / "zoo-lab2d", "mujoco": ROOT / "agents" / "zoo-mujoco",
+            "classic": ROOT / "agents" / "zoo-pendulum"}
+#: Task families whose observations are state vectors: their studies transfer whole policies (:func:`whole_policy`).
+STATE_VECTOR_FAMILIES = ("mujoco", "classic")
+#: Algorithms of continuous actions only: their studies need a state-vector target (image targets act discretely).
+CONTINUOUS_ONLY = ("sac",)
 #: How a study of a whole-policy target trains under VecNormalize: rewards normalised (as the RL Baselines3 Zoo's
 #: MuJoCo settings do), observations raw, because the sources read raw observations (their own normalisation
 #: is folded into their first layers at export) and scratch, fine-tunes and zoo methods must see the same inputs.
@@ -64,15 +69,16 @@ class StudyConfig:
         "sources (source folders, SB3 zips, hub ids) or whole zoos (agents/zoo agents/zoo-lab2d: their members "
         "minus the target task's own source); default: the committed zoo of the target's family minus the "
         "target task's own source", None, nargs="+")
-    methods: list[str] = _option("comma-separated methods; see below (MuJoCo targets: multipolar in the place of "
-                                 "ensemble)", type=_comma_list,
+    methods: list[str] = _option("comma-separated methods; see below (state-vector targets: multipolar in the place "
+                                 "of ensemble, with --algo ppo or a2c only)", type=_comma_list,
                                  factory=lambda: list(DEFAULT_METHODS))
     seeds: int = _option("seeds per method (0 .. seeds-1)", 3)
-    algo: str = _option("SB3 algorithm: ppo, a2c, dqn or qrdqn", "ppo")
+    algo: str = _option("SB3 algorithm: ppo, a2c, dqn, qrdqn or sac (continuous actions: e.g. classic:pendulum "
+                        "targets with the zoo agents/zoo-pendulum)", "ppo")
     steps: int = _option("agent steps per run (100k: the Atari-100k budget)", 100_000)
     lr: float | None = _option("learning rate of the optimizer, constant (default: Adam at 1e-4, the paper's, for "
-                               "image targets; the hyperparameter file's tuned rate for MuJoCo targets)", None,
-                               type=float)
+                               "image targets; the hyperparameter file's tuned rate for state-vector targets: MuJoCo "
+                               "and classic control)", None, type=float)
     out: Path | None = _option("study folder (default: runs/transfer/<target>-<algo>)", None, type=Path)
     eval_every: int = _option("steps between evaluations (also the checkpoint interval)", 10_000)
     eval_episodes: int = _option("episodes per evaluation", 5)
@@ -171,9 +177,16 @@ def write_study_json(study: StudyConfig, runs: int, sources: list[dict[str, str]
 
 def whole_policy(task: Task) -> bool:
     """Whether a study of ``task`` transfers whole policies (:func:`zoo_rl.zoo_policy`: every layer of an MLP policy,
-    for state-vector targets such as MuJoCo bodies) rather than NatureCNN extractors (:class:`zoo_rl.ZooExtractor`,
-    for image targets: Atari, Lab2D)."""
-    return task.family == "mujoco"
+    for state-vector targets: MuJoCo bodies and classic-control systems, :data:`STATE_VECTOR_FAMILIES`) rather than
+    NatureCNN extractors (:class:`zoo_rl.ZooExtractor`, for image targets: Atari, Lab2D)."""
+    return task.family in STATE_VECTOR_FAMILIES
+
+
+def on_policy_only(method: str) -> bool:
+    """Whether ``method`` needs an on-policy actor-critic algorithm (PPO, A2C): MULTIPOLAR (its aggregation sits in
+    front of an actor-critic policy's Gaussian or categorical head, :func:`zoo_rl.multipolar_policy`) and every
+    kickstarted method (the distillation loss is part of PPO's and A2C's updates, :mod:`zoo_rl.kickstart`)."""
+    return method.partition(":")[0] == "multipolar" or kickstart_teachers(method) is not None
 
 
 _POLICY_ZOOS: dict[tuple[str, ...], list[Any]] = {}
@@ -388,19 +401,21 @@ def policy_hyperparams(algo: str, task: Task) -> tuple[dict[str, Any], int, Any]
     return params, n_envs, policy
 
 
-def policy_study_lr(algo: str) -> float:
-    """The default learning rate of a whole-policy study: the hyperparameter file's own (the RL Baselines3 Zoo's
-    tuned MuJoCo value), constant. The paper's 1e-4 is an Atari setting; a scratch baseline trained at a rate its
-    task was not tuned for would flatter every transfer method.
+def policy_study_lr(algo: str, task: Task) -> float:
+    """The default learning rate of a whole-policy study of ``task``: the hyperparameter file's own for the target
+    (its family's entry, or the target's own where the file has one: the RL Baselines3 Zoo's tuned value, e.g. the
+    HalfCheetah PPO's for MuJoCo, the Pendulum SAC's for classic control), constant. The paper's 1e-4 is an Atari
+    setting; a scratch baseline trained at a rate its task was not tuned for would flatter every transfer method.
 
-    :raises ValueError: the file's rate is a schedule or missing (give ``--lr``).
+    :raises ValueError: the file has no entry for the target's family, or its rate is a schedule or missing (give
+        ``--lr``).
     """
     from zoo_rl.training import load_hyperparams
 
-    rate = load_hyperparams(HYPERPARAMS_DIR / f"{algo}.yml", "", family="mujoco").get("learning_rate")
+    rate = load_hyperparams(HYPERPARAMS_DIR / f"{algo}.yml", task.game, family=task.family).get("learning_rate")
     if not isinstance(rate, (int, float)) or isinstance(rate, bool):
-        raise ValueError(f"agents/hyperparams/{algo}.yml gives its mujoco entry no constant learning_rate ({rate!r}): "
-                         "pass --lr.")
+        raise ValueError(f"agents/hyperparams/{algo}.yml gives its {task.family} entry no constant learning_rate "
+                         f"({rate!r}): pass --lr.")
     return float(rate)
 
 
@@ -433,10 +448,15 @@ def plan(study: StudyConfig) -> list[RunJob]:
         raise ValueError(f"launcher must be 'local' or 'ray', got {study.launcher!r}.")
     task = resolve(study.target, study.mode, study.difficulty)
     policies = whole_policy(task)
+    if study.algo.lower() in CONTINUOUS_ONLY and not policies:
+        raise ValueError(f"--algo {study.algo} acts in continuous action spaces, and {task.game}'s actions are discrete "
+                         "(an image target's): choose ppo, a2c, dqn or qrdqn, or a state-vector target such as "
+                         "classic:pendulum+g=12.")
     if policies and study.methods == DEFAULT_METHODS:
-        study.methods = list(POLICY_DEFAULT_METHODS)
+        # MULTIPOLAR is the multi-source baseline of on-policy studies; an off-policy study (SAC) has none
+        study.methods = [m for m in POLICY_DEFAULT_METHODS if study.algo in ON_POLICY or not on_policy_only(m)]
     if study.lr is None:
-        study.lr = policy_study_lr(study.algo) if policies else PAPER_LR
+        study.lr = policy_study_lr(study.algo, task) if policies else PAPER_LR
     wrong_kind = [m for m in study.methods if m.partition(":")[0] in (EXTRACTOR_ONLY if policies else POLICY_ONLY)]
     if wrong_kind:
         raise ValueError(f"{', '.join(wrong_kind)}: " + (
@@ -444,6 +464,13 @@ def plan(study: StudyConfig) -> list[RunJob]:
             "multi-source baseline there)" if policies else
             "MULTIPOLAR aggregates sources acting in the target's own action space (whole-policy zoos such as "
             "agents/zoo-mujoco); an image target's zoo plays other games") + ".")
+    refused = [m for m in study.methods if on_policy_only(m)] if study.algo not in ON_POLICY else []
+    if refused:
+        raise ValueError(f"{', '.join(refused)}: MULTIPOLAR and Kickstarting are built for PPO and A2C students "
+                         f"(zoo_rl.multipolar aggregates the sources in front of an actor-critic policy's action head; "
+                         f"zoo_rl.kickstart adds its distillation loss to PPO's and A2C's updates), and --algo "
+                         f"{study.algo} has neither: leave them out of --methods (an --algo {study.algo} study's default "
+                         f"methods do), or study them with --algo ppo.")
     zoo = expand_zoo(study.zoo, task) if study.zoo is not None else default_zoo(task)
     needs_zoo = any(m.partition(":")[0] != "scratch" for m in study.methods)
     sources: list[Any] = []
@@ -465,10 +492,6 @@ def plan(study: StudyConfig) -> list[RunJob]:
         finally:
             env.close()
     methods = expand_methods(study.methods, sources)
-    kickstarted = [m for m in methods if kickstart_teachers(m) is not None]
-    if kickstarted and study.algo not in ("ppo", "a2c"):
-        raise ValueError(f"{', '.join(kickstarted)}: Kickstarting distils policies into PPO and A2C students "
-                         f"(zoo_rl.kickstart); --algo {study.algo} has no policy distribution to distil into.")
     if study.out is None:
         study.out = ROOT / "runs" / "transfer" / f"{task.slug}-{study.algo}"
     if needs_zoo:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from envs.atari import restart_games
 from envs.tasks import Task, make_env
@@ -20,7 +21,7 @@ from zoo_rl.baselines import EnsembleExtractor, load_extractor_weights
 from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor, cached_zoo
-from zoo_rl.files import (CHECKPOINT, EVALUATIONS, FINAL, FINAL_EVALUATION, GATES, LOCK, PROGRESS, RANKING,
+from zoo_rl.files import (CHECKPOINT, EVALUATIONS, FINAL, FINAL_EVALUATION, GATES, LOCK, PROGRESS, RANKING, REPLAY_BUFFER,
                           RANKING_PARTIAL, RESULT, STATUS, TENSORBOARD, command_line, file_lock, save_model_atomic,
                           write_csv_atomic, write_json)
 from zoo_rl.layers import ranked_gates
@@ -29,8 +30,9 @@ from zoo_rl.metrics import area_under_curve, human_normalised
 from zoo_rl.optim import zoo_optimizer
 from zoo_rl.policies import FastCnnPolicy
 from zoo_rl.kickstart import KickstartA2C, KickstartPPO, load_any_teacher, ranking_weights
-from zoo_rl.ranking import SCORE_COLUMNS, rank_sources, ranking_order
+from zoo_rl.ranking import SCORE_COLUMNS, rank_sources, ranked_family, ranking_order
 from zoo_rl.multipolar import multipolar_policy
+from zoo_rl.policy_sources import TARGET_MODULES
 from zoo_rl.study.config import (HYPERPARAMS_DIR, RunJob, StudyConfig, cached_policy_zoo, policy_hyperparams,
                                  source_names, whole_policy)
 from zoo_rl.study.cores import run_threads, study_processes
@@ -38,8 +40,9 @@ from zoo_rl.study.signals import FAULT_ENV, fault_point
 from zoo_rl.study.methods import RANKED_WEIGHT, ZOO_GATES, extractor_kwargs, kickstart_teachers, ranked_top
 from zoo_rl.zoo_policies import ZOO_OPTIONS as ZOO_POLICY_OPTIONS
 from zoo_rl.zoo_policies import ZooPolicyMixin, export_zoo_policy, zoo_policy
-from zoo_rl.training import (EVAL_SEED_OFFSET, ON_POLICY, RunSpec, algo_class, deterministic_eval, hyperparams_for,
-                             load_evaluations, new_model, open_run, sb3_policy_kwargs, train_run, vec_normalize_kwargs)
+from zoo_rl.training import (EVAL_SEED_OFFSET, ON_POLICY, RunSpec, algo_class, deterministic_eval,
+                             hyperparams_for, load_evaluations, new_model, open_run, sb3_policy_kwargs, train_run,
+                             vec_normalize_kwargs)
 
 
 def _hyperparams(job: RunJob) -> tuple[dict[str, Any], int]:
@@ -84,7 +87,7 @@ def study_ranking(study: StudyConfig, task: Task, zoo: list[str],
         if say is not None:
             say(f"{path} {problem}: ranking the sources again")
     return resumable_ranking(Path(study.out), task, zoo, study.rank_steps, on_play=on_play, say=say,
-                             on_scored=on_scored)
+                             on_scored=on_scored, algo=study.algo)
 
 
 def read_ranking(path: Path, names: list[str]) -> tuple[pd.DataFrame | None, str | None]:
@@ -112,8 +115,9 @@ def read_ranking(path: Path, names: list[str]) -> tuple[pd.DataFrame | None, str
 def resumable_ranking(out: Path, task: Task, zoo: list[str], steps: int,
                       on_play: Callable[[str, int, int], None] | None = None,
                       say: Callable[[str], None] | None = None,
-                      on_scored: Callable[[dict[str, Any]], None] | None = None) -> pd.DataFrame:
-    """:func:`zoo_rl.ranking.rank_sources` for ``task``, written to ``<out>/ranking.csv``, that resumes per source:
+                      on_scored: Callable[[dict[str, Any]], None] | None = None, algo: str = "ppo") -> pd.DataFrame:
+    """:func:`zoo_rl.ranking.rank_sources` for ``task`` (whole-policy sources of ``algo``'s family:
+    :func:`zoo_rl.ranking.ranked_family`), written to ``<out>/ranking.csv``, that resumes per source:
     each source's row goes to ``<out>/ranking.partial.csv`` as soon as it is scored (then to ``on_scored``), and
     a later call keeps the rows there of the same target and ``steps`` (``say`` names them) and plays only the
     other sources. The partial file is removed once ranking.csv is written."""
@@ -134,7 +138,8 @@ def resumable_ranking(out: Path, task: Task, zoo: list[str], steps: int,
             on_scored(row)
         fault_point("ranking")
 
-    table = rank_sources(task, zoo, steps=steps, scored=scored, on_scored=keep, on_play=on_play)
+    table = rank_sources(task, zoo, steps=steps, scored=scored, on_scored=keep, on_play=on_play,
+                         family=ranked_family(algo))
     write_csv_atomic(table, out / RANKING)
     partial.unlink(missing_ok=True)
     return table
@@ -254,10 +259,19 @@ def build_model(job: RunJob, env, spec: RunSpec | None = None) -> Any:
 
 def load_whole_policy(model: Any, source: Any) -> None:
     """Set every tensor of ``model``'s policy from a whole-policy source (:class:`zoo_rl.policy_sources.PolicySource`).
+    A source holds no target networks (SAC's ``critic_target``): they start as copies of the source's online ones,
+    as SB3 starts them as copies of the online networks it builds.
 
     :raises ValueError: the source misses a tensor of the policy, has one it lacks, or one of another shape.
     """
     target = model.policy.state_dict()
+    state = dict(source.state)
+    for key in target:
+        head, _, rest = key.partition(".")
+        online = f"{head.removesuffix('_target')}.{rest}"
+        if key not in state and head in TARGET_MODULES and online in state:
+            state[key] = state[online]
+    source = replace(source, state=state)
     missing = sorted(set(target) - set(source.state))
     extra = sorted(set(source.state) - set(target))
     shapes = sorted(f"{k}: {tuple(source.state[k].shape)} in {source.origin}, {tuple(v.shape)} in the policy"
@@ -310,7 +324,13 @@ class ProgressFile(BaseCallback):
             return False
 
     def _on_rollout_end(self) -> None:
-        self._report()
+        # an off-policy rollout is train_freq steps (SAC: one): those report every ``every`` steps instead
+        if not isinstance(self.model, OffPolicyAlgorithm):
+            self._report()
+
+    def _on_training_end(self) -> None:
+        if self.num_timesteps != self._last:
+            self._report()
 
     def _on_step(self) -> bool:
         if self.num_timesteps - self._last >= self.every:
@@ -486,8 +506,9 @@ def _record_result(job: RunJob, model: Any, wall: float) -> dict[str, Any]:
         "extractor_precision": extractor_precision(model), "cpu_capability": machine_info()["cpu_capability"],
     }
     write_json(run_dir / RESULT, row)
-    # A finished run keeps its final model, not also the checkpoint it no longer resumes from.
+    # A finished run keeps its final model, not also the checkpoint (and replay buffer) it no longer resumes from.
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    (run_dir / REPLAY_BUFFER).unlink(missing_ok=True)
     return row
 
 
