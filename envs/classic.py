@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+
+from envs.named import NamedTask
 
 PREFIX = "classic:"
 #: Systems: task name -> gymnasium id.
@@ -46,37 +48,20 @@ RANGES: dict[str, tuple[float, float]] = {"g": (5.0, 15.0), "m": (0.5, 2.0), "l"
 
 
 @dataclass(frozen=True)
-class ClassicTask:
+class ClassicTask(NamedTask):
     """A classic-control system and its changes (``settings``: sorted ``(name, value)`` string pairs, without
-    gymnasium's values); the same protocol as :class:`envs.mujoco.MujocoTask`."""
+    gymnasium's values)."""
 
+    FAMILY: ClassVar[str] = "classic"
+    BASE_FIELD: ClassVar[str] = "system"
     system: str
     settings: tuple[tuple[str, str], ...] = field(default=())
     mode: None = None
     difficulty: None = None
 
     @property
-    def _suffix(self) -> str:
-        return "".join(f"+{k}={v}" for k, v in self.settings)
-
-    @property
-    def game(self) -> str:
-        return PREFIX + self.system + self._suffix
-
-    @property
-    def family(self) -> str:
-        return "classic"
-
-    @property
     def env_id(self) -> str:
         return SYSTEMS[self.system]
-
-    @property
-    def slug(self) -> str:
-        return "classic-" + self.system + self._suffix
-
-    def same_task(self, other: object) -> bool:
-        return isinstance(other, ClassicTask) and (other.system, other.settings) == (self.system, self.settings)
 
     @property
     def parameters(self) -> dict[str, float]:

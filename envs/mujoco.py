@@ -26,10 +26,12 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
+
+from envs.named import NamedTask
 
 PREFIX = "mujoco:"
 #: Bodies: task name -> gymnasium id (v5: the versions that take reward weights as arguments).
@@ -42,36 +44,19 @@ DIRECTIONS = ("forward", "backward")
 
 
 @dataclass(frozen=True)
-class MujocoTask:
+class MujocoTask(NamedTask):
     """A body and its changes (``settings``: sorted ``(name, value)`` string pairs, without defaults)."""
 
+    FAMILY: ClassVar[str] = "mujoco"
+    BASE_FIELD: ClassVar[str] = "body"
     body: str
     settings: tuple[tuple[str, str], ...] = field(default=())
     mode: None = None
     difficulty: None = None
 
     @property
-    def _suffix(self) -> str:
-        return "".join(f"+{k}={v}" for k, v in self.settings)
-
-    @property
-    def game(self) -> str:
-        return PREFIX + self.body + self._suffix
-
-    @property
-    def family(self) -> str:
-        return "mujoco"
-
-    @property
     def env_id(self) -> str:
         return BODIES[self.body]
-
-    @property
-    def slug(self) -> str:
-        return "mujoco-" + self.body + self._suffix
-
-    def same_task(self, other: object) -> bool:
-        return isinstance(other, MujocoTask) and (other.body, other.settings) == (self.body, self.settings)
 
     @property
     def factors(self) -> dict[str, float]:

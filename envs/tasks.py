@@ -13,6 +13,7 @@ systems.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -22,12 +23,13 @@ from envs.classic import ClassicTask, make_classic, resolve_classic
 from envs.lab2d import check_level, make_lab2d, parse_settings
 from envs.mujoco import PREFIX as MUJOCO_PREFIX
 from envs.mujoco import MujocoTask, make_mujoco, resolve_mujoco
+from envs.named import NamedTask
 
 LAB2D_PREFIX = "lab2d:"
 
 
 @dataclass(frozen=True)
-class Lab2DTask:
+class Lab2DTask(NamedTask):
     """A DeepMind Lab2D level (player 1 controlled), optionally with level settings.
 
     ``settings`` are ``(key, value)`` string pairs passed to the Lua level (dmlab2d's
@@ -35,34 +37,16 @@ class Lab2DTask:
     ``+key=value`` after the level in a task name and in its slug.
     """
 
+    FAMILY: ClassVar[str] = "lab2d"
+    BASE_FIELD: ClassVar[str] = "level"
     level: str
     settings: tuple[tuple[str, str], ...] = field(default=())
     mode: None = None
     difficulty: None = None
 
     @property
-    def _suffix(self) -> str:
-        return "".join(f"+{k}={v}" for k, v in self.settings)
-
-    @property
-    def game(self) -> str:
-        return LAB2D_PREFIX + self.level + self._suffix
-
-    @property
-    def family(self) -> str:
-        return "lab2d"
-
-    @property
     def env_id(self) -> str:
         return self.game
-
-    @property
-    def slug(self) -> str:
-        # level names use underscores, never hyphens; settings keep their own spelling
-        return "lab2d-" + self.level.replace(":", "-") + self._suffix
-
-    def same_task(self, other: object) -> bool:
-        return isinstance(other, Lab2DTask) and (other.level, other.settings) == (self.level, self.settings)
 
 
 Task = AtariTask | Lab2DTask | MujocoTask | ClassicTask
