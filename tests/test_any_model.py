@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sb3_contrib import QRDQN, TQC, CrossQ, MaskablePPO, RecurrentPPO
@@ -215,6 +216,18 @@ def test_ranked_start_multipliers_and_log_std(sources, tmp_path):
         [(g[LR_MULTIPLIER], len(g["params"])) for g in model.policy.optimizer.param_groups]
     assert loaded.policy.optimizer.state_dict()["state"].keys() == model.policy.optimizer.state_dict()["state"].keys()
     assert export_lite(loaded).policy_kwargs["optimizer_class"] is torch.optim.Adam  # loads without zoo_rl
+
+
+def test_an_off_policy_model_reads_its_gates_every_so_many_steps_not_every_step(sources, tmp_path, monkeypatch):
+    """SAC's rollout is one step: GateLogger reads the gates at most every ``every`` steps, and the CSV still gets
+    its rows."""
+    monkeypatch.setattr(GateLogger, "OFF_POLICY_LOG_EVERY", 50)
+    reads = []
+    logger = GateLogger(csv_path=tmp_path / "gates.csv", every=100)
+    rows = logger.rows
+    monkeypatch.setattr(logger, "rows", lambda: reads.append(logger.num_timesteps) or rows())
+    build("sac", sources("sac")).learn(200, callback=logger)
+    assert reads == [1, 51, 101, 151] and len(pd.read_csv(tmp_path / "gates.csv")["timesteps"].unique()) == 2
 
 
 def test_lite_ppo_first_ratio_is_one_and_gates_are_logged(sources, tmp_path):

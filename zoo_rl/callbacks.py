@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from zoo_rl.extractor import ZooExtractor
 from zoo_rl.zoo_policies import ZooPolicyMixin
@@ -16,11 +17,12 @@ class GateLogger(BaseCallback):
     policy built with :func:`zoo_rl.zoo_policy` (as extractor ``policy``, layer = the layer's path).
 
     Values go to the SB3 logger (TensorBoard, CSV, stdout) as ``gates/<extractor>/<layer>/<source>``
-    after each rollout, and, when ``csv_path`` is given, are appended every ``every`` steps to a
+    after each rollout (off-policy: at most every :data:`OFF_POLICY_LOG_EVERY` steps), and, when
+    ``csv_path`` is given, are appended every ``every`` steps to a
     long-format CSV (``timesteps,extractor,layer,source,gate``) for plots.
 
     :param csv_path: optional CSV file; appended to, so a resumed run keeps its history.
-    :param every: steps between CSV rows (the SB3 logger gets every rollout).
+    :param every: steps between CSV rows.
     """
 
     def __init__(self, csv_path: str | Path | None = None, every: int = 10_000, verbose: int = 0) -> None:
@@ -36,8 +38,15 @@ class GateLogger(BaseCallback):
                 found[name or "features_extractor"] = module
         return found
 
+    #: Steps between reads of the gates for an off-policy model, whose "rollout" is one environment step: reading
+    #: every zoo layer's gates after each step would cost a traversal of the policy per step.
+    OFF_POLICY_LOG_EVERY = 1000
+
     def _on_training_start(self) -> None:
         self._next_row = self.num_timesteps
+        self._next_log = self.num_timesteps
+        on_policy = isinstance(self.model, OnPolicyAlgorithm)  # one rollout is n_steps x n_envs steps
+        self._log_every = 0 if on_policy else min(self.every, self.OFF_POLICY_LOG_EVERY)
 
     def rows(self) -> list[tuple[int, str, str, str, float]]:
         out = []
@@ -53,6 +62,9 @@ class GateLogger(BaseCallback):
         return out
 
     def _on_rollout_end(self) -> None:
+        if self.num_timesteps < self._next_log:
+            return
+        self._next_log = self.num_timesteps + self._log_every
         rows = self.rows()
         for _, ext_name, layer, source, value in rows:
             self.logger.record(f"gates/{ext_name}/{layer}/{source}", value)
