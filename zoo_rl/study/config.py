@@ -15,7 +15,7 @@ from zoo_rl.extractor import ZooExtractor, cached_zoo
 from zoo_rl.files import (CONFIG, EVALUATIONS, FINAL_EVALUATION, RESULT, STATUS, STUDY, command_line,
                           write_json)
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
-from zoo_rl.ranking import RANK_STEPS
+from zoo_rl.ranking import RANK_STEPS, image_task
 from zoo_rl.sources import META_FILE, sha256_of
 from zoo_rl.study.methods import (DEFAULT_METHODS, EXTRACTOR_ONLY, POLICY_DEFAULT_METHODS, POLICY_ONLY,
                                   expand_methods, extractor_kwargs, kickstart_teachers)
@@ -27,8 +27,6 @@ DEFAULT_ZOO_DIR = ROOT / "agents" / "zoo"
 #: The committed zoo of each task family: a target's default zoo is its own family's.
 ZOO_DIRS = {"atari": DEFAULT_ZOO_DIR, "lab2d": ROOT / "agents" / "zoo-lab2d", "mujoco": ROOT / "agents" / "zoo-mujoco",
             "classic": ROOT / "agents" / "zoo-pendulum"}
-#: Task families whose observations are state vectors: their studies transfer whole policies (:func:`whole_policy`).
-STATE_VECTOR_FAMILIES = ("mujoco", "classic")
 #: Algorithms of continuous actions only: their studies need a state-vector target (image targets act discretely).
 CONTINUOUS_ONLY = ("sac",)
 #: How a study of a whole-policy target trains under VecNormalize: rewards normalised (as the RL Baselines3 Zoo's
@@ -177,9 +175,10 @@ def write_study_json(study: StudyConfig, runs: int, sources: list[dict[str, str]
 
 def whole_policy(task: Task) -> bool:
     """Whether a study of ``task`` transfers whole policies (:func:`zoo_rl.zoo_policy`: every layer of an MLP policy,
-    for state-vector targets: MuJoCo bodies and classic-control systems, :data:`STATE_VECTOR_FAMILIES`) rather than
-    NatureCNN extractors (:class:`zoo_rl.ZooExtractor`, for image targets: Atari, Lab2D)."""
-    return task.family in STATE_VECTOR_FAMILIES
+    for state-vector targets: MuJoCo bodies and classic-control systems) rather than NatureCNN extractors
+    (:class:`zoo_rl.ZooExtractor`, for image targets: Atari, Lab2D; :func:`zoo_rl.ranking.image_task`, which ranks
+    the same two kinds of zoo)."""
+    return not image_task(task)
 
 
 def on_policy_only(method: str) -> bool:
