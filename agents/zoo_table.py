@@ -26,7 +26,7 @@ from zoo_rl.zoo_training import CURVE_FILE, evaluation_curve, read_manifest
 
 ZOO = Path(__file__).resolve().parent / "zoo"
 #: RL Baselines3 Zoo, benchmark.md: PPO after 10M steps on the default flavour (for orientation only).
-RL_ZOO_PPO_10M = {
+RL_ZOO_PPO_10M: dict[str, str] = {
     "Pong": "20.99 ± 0.11",
     "Breakout": "398.0 ± 33.3",
     "SpaceInvaders": "960.3 ± 425.4",
@@ -37,6 +37,21 @@ RL_ZOO_PPO_10M = {
     "Enduro": "996.4 ± 176.1",
     "RoadRunner": "40680.6 ± 6675.1",
 }
+#: The RL Baselines3 Zoo's published agents of the shipped bodies (their Hugging Face model cards, ``sb3/<algo>-<env>``:
+#: mean ± std of the card's evaluation, deterministic actions), for the continuous-control zoos' variants of them.
+RL_ZOO_AGENTS: dict[str, str] = {
+    "halfcheetah": "PPO 1M (HalfCheetah-v3): 5836.3 ± 171.7",
+    "pendulum": "SAC 20k (Pendulum-v1): -176.3 ± 101.6",
+}
+
+
+def rl_zoo_reference(game: str) -> str:
+    """The RL Baselines3 Zoo's score for a source's game on its default flavour or shipped body, or ``n/a``."""
+    if game in RL_ZOO_PPO_10M:
+        return f"PPO 10M: {RL_ZOO_PPO_10M[game]}"
+    task = resolve(game)
+    body = getattr(task, "body", None) or getattr(task, "system", None)
+    return RL_ZOO_AGENTS.get(body, "n/a")
 
 
 def flavour_of(meta: dict) -> str:
@@ -80,7 +95,7 @@ def table(rows: list[dict]) -> str:
     if costs:
         header += " target | CPU-hours |"
         rule += " --- | --- |"
-    lines = [header + " RL Zoo PPO 10M (default flavour) |", rule + " --- |"]
+    lines = [header + " RL Zoo (default flavour or body) |", rule + " --- |"]
     for r in rows:
         if r["status"] == "done":
             returns = (f"{r['eval_return_mean']:.1f} ± {r['eval_return_std']:.1f} | "
@@ -95,7 +110,7 @@ def table(rows: list[dict]) -> str:
             target = r.get("target_return")
             reached = " (reached)" if r.get("stopped_at_target") else ""
             line += f" {'' if target is None else f'{target:g}'}{reached} | {r.get('cpu_hours', float('nan')):.1f} |"
-        lines.append(line + f" {RL_ZOO_PPO_10M.get(r['game'], 'n/a')} |")
+        lines.append(line + f" {rl_zoo_reference(r['game'])} |")
     return "\n".join(lines)
 
 
