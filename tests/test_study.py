@@ -848,6 +848,31 @@ def test_kickstarted_methods_get_their_teachers_from_the_ranking(tmp_path):
     assert "kickstart" not in study_module.DEFAULT_METHODS  # its defaults are not yet chosen by experiment
 
 
+def test_kickstart_schedule_options_reach_the_algorithm(tmp_path):
+    zoo = [str(ROOT / "agents" / "zoo" / "pong-m1"), str(ROOT / "agents" / "zoo" / "breakout")]
+    out = tmp_path / "study"
+    methods = ["kickstart", "kickstart:all+kcoef3+kdecay1", "kickstart:kdecay0.25", "zoo-lite:ranked+kickstart+kcoef0.3"]
+    jobs = plan(StudyConfig(target="Pong", zoo=zoo, methods=methods, out=out, **TINY))
+    steps = jobs[0].study.steps
+    expected = {"kickstart": (1.0, steps // 2), "kickstart:all+kcoef3+kdecay1": (3.0, steps),
+                "kickstart:kdecay0.25": (1.0, round(steps / 4)), "zoo-lite:ranked+kickstart+kcoef0.3": (0.3, steps // 2)}
+    env = make_env(jobs[0].task, 1, seed=0)
+    try:
+        for job in jobs:
+            spec = runs_module.run_spec(job)
+            model = study_module.build_model(job, env, spec)
+            assert (model.kickstart_coef, model.kickstart_steps) == expected[job.method], job.method
+    finally:
+        env.close()
+    assert study_module.kickstart_teachers("kickstart:all+kcoef3") == "all"
+    assert study_module.kickstart_schedule("zoo-lite:ranked") is None
+    for bad, message in [("kickstart:kcoef0", "kcoef must be > 0"), ("kickstart:kdecay1.5", "0 < kdecay <= 1"),
+                         ("kickstart:all+all", "kickstart:all"), ("kickstart:coef3", "kcoef<X>"),
+                         ("zoo-lite:ranked+kcoef3", "add kickstart")]:
+        with pytest.raises(ValueError, match=message):
+            plan(StudyConfig(target="Pong", zoo=zoo, methods=[bad], out=tmp_path / "bad", **TINY))
+
+
 @pytest.mark.slow
 def test_a_kickstarted_run_trains_and_resumes_with_its_teachers(tmp_path):
     zoo = [str(ROOT / "agents" / "zoo" / "pong-m1"), str(ROOT / "agents" / "zoo" / "breakout")]

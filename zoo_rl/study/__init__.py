@@ -38,8 +38,9 @@ from zoo_rl.study.config import (DEFAULT_ZOO_DIR, FINAL_EPISODES, HYPERPARAMS_DI
                                  check_zoo, trained_normalisation, write_study_json, zoo_record)
 from zoo_rl.study.cores import default_workers, run_threads
 from zoo_rl.study.launch import WorkersLost, run_study
-from zoo_rl.study.methods import (DEFAULT_METHODS, METHODS, POLICY_DEFAULT_METHODS, RANKED_WEIGHT, ZOO_GATES, ZOO_OPTIONS, canonical_method, expand_methods,
-                                  extractor_kwargs, ranked_top, zoo_options)
+from zoo_rl.study.methods import (DEFAULT_METHODS, KICKSTART_DEFAULTS, METHODS, POLICY_DEFAULT_METHODS, RANKED_WEIGHT,
+                                  ZOO_GATES, ZOO_OPTIONS, canonical_method, expand_methods, extractor_kwargs,
+                                  kickstart_schedule, kickstart_teachers, ranked_top, zoo_options)
 from zoo_rl.study.progress import (RELATIVE_COST, RankingProgress, StudyProgress, describe_plan, format_duration,
                                    stop_message)
 from zoo_rl.study.runs import (build_model, evaluate_final, read_ranking, resumable_ranking, run_job, run_lock,
@@ -48,12 +49,13 @@ from zoo_rl.study.tables import (RESULT_COLUMNS, best_finetune, collect_results,
                                  gate_history, learning_curves, summarise, write_tables)
 
 __all__ = [
-    "DEFAULT_METHODS", "POLICY_DEFAULT_METHODS", "DEFAULT_ZOO_DIR", "FINAL_EPISODES", "HYPERPARAMS_DIR", "METHODS", "RANKED_WEIGHT", "RELATIVE_COST",
+    "DEFAULT_METHODS", "POLICY_DEFAULT_METHODS", "DEFAULT_ZOO_DIR", "FINAL_EPISODES", "HYPERPARAMS_DIR", "KICKSTART_DEFAULTS",
+    "METHODS", "RANKED_WEIGHT", "RELATIVE_COST",
     "RESULT_COLUMNS", "ZOO_DIRS", "ZOO_GATES", "ZOO_OPTIONS", "RankingProgress", "RunJob", "StudyConfig",
     "StudyProgress", "WorkersLost", "best_finetune", "build_model", "canonical_method", "check_run_files",
     "collect_results", "committed_zoo", "compact_summary", "cross_target", "default_workers", "default_zoo",
     "describe_plan", "evaluate_final", "expand_methods", "expand_zoo", "extractor_kwargs", "format_duration",
-    "gate_history", "learning_curves", "plan", "ranked_top", "read_ranking", "resumable_ranking", "run_job",
+    "gate_history", "kickstart_schedule", "kickstart_teachers", "learning_curves", "plan", "ranked_top", "read_ranking", "resumable_ranking", "run_job",
     "run_lock", "run_path", "run_spec", "run_study", "run_threads", "stop_message", "study_ranking", "summarise",
     "trained_normalisation", "write_study_json", "check_zoo", "zoo_record", "write_tables", "zoo_options",
 ]

@@ -68,6 +68,14 @@ _TOP_OPTION = re.compile(r"ranked|top(\d+)")
 KICKSTART_OPTIONS = {"kickstart": "top", "kickstart-all": "all"}
 
 
+#: Kickstarting's schedule, options of every kickstarted method (``kickstart:all+kcoef3+kdecay1``,
+#: ``zoo-lite:ranked+kickstart+kcoef0.3``): ``kcoef<X>``, the distillation weight at the start (``lambda(0)``,
+#: X > 0), and ``kdecay<F>``, the share of the study's steps over which it decays linearly to 0 (0 < F <= 1).
+#: Unnamed, they take these defaults.
+KICKSTART_DEFAULTS: dict[str, float] = {"kcoef": 1.0, "kdecay": 0.5}
+_KICKSTART_SCHEDULE = re.compile(r"(kcoef|kdecay)(\d+(?:\.\d+)?(?:e-?\d+)?)")
+
+
 #: Share of the start gates on the top-ranked source(s) of the ``ranked`` / ``top<k>`` options.
 RANKED_WEIGHT = 0.99
 
@@ -89,6 +97,9 @@ def zoo_options(method: str) -> dict[str, Any]:
         top = _TOP_OPTION.fullmatch(option)
         if (top and (top[1] is None or int(top[1]) >= 1)) or option in KICKSTART_OPTIONS:
             continue
+        if _KICKSTART_SCHEDULE.fullmatch(option):
+            kickstart_schedule(method)  # raises unless the method kickstarts and the value is in range
+            continue
         if option not in ZOO_OPTIONS:
             hint = " (gate-x<N> became gate-lr<N>: a real learning rate per parameter group)" if option.startswith(
                 "gate-x") else ""
@@ -96,7 +107,7 @@ def zoo_options(method: str) -> dict[str, Any]:
                              f"uniform (joined with '+'): {', '.join(ZOO_OPTIONS)}, gate-lr<N>, align-lr<N>, "
                              "bank-lr<N> (that group's learning rate x N), ranked or top<k> (start from the "
                              "best-ranked source(s)), kickstart or kickstart-all (also distil the top-ranked "
-                             "source's policy, or every source's).")
+                             "source's policy, or every source's) with kcoef<X>, kdecay<F> (its schedule).")
         kwargs.update(ZOO_OPTIONS[option])
     return kwargs
 
@@ -116,11 +127,33 @@ def kickstart_teachers(method: str) -> str | None:
     ``zoo-lite:ranked+kickstart`` -> top, ``zoo-lite:kickstart-all`` -> all."""
     base, _, arg = method.partition(":")
     if base == "kickstart":
-        return "all" if arg == "all" else "top"
+        return "all" if "all" in arg.split("+") else "top"
     for option in arg.split("+"):
         if option in KICKSTART_OPTIONS:
             return KICKSTART_OPTIONS[option]
     return None
+
+
+def kickstart_schedule(method: str) -> dict[str, float] | None:
+    """The distillation schedule of a kickstarted method, ``{"kcoef": lambda(0), "kdecay": share of the steps}``
+    (:data:`KICKSTART_DEFAULTS` where the method names none); None for a method that does not kickstart.
+
+    :raises ValueError: a schedule option on a method that does not kickstart, or a value out of range.
+    """
+    options = method.partition(":")[2].split("+")
+    named = {m[1]: float(m[2]) for m in map(_KICKSTART_SCHEDULE.fullmatch, options) if m}
+    if kickstart_teachers(method) is None:
+        if named:
+            raise ValueError(f"{method}: kcoef<X> and kdecay<F> set Kickstarting's schedule; add kickstart (or "
+                             "kickstart-all) to the method's options, or use the kickstart method.")
+        return None
+    if named.get("kcoef", 1.0) <= 0:
+        raise ValueError(f"{method}: kcoef must be > 0 (the distillation weight at the start); without "
+                         "distillation the method is scratch or the zoo method alone.")
+    if not 0 < named.get("kdecay", 0.5) <= 1:
+        raise ValueError(f"{method}: kdecay is the share of the study's steps over which the distillation weight "
+                         "decays to 0: 0 < kdecay <= 1.")
+    return {**KICKSTART_DEFAULTS, **named}
 
 
 def extractor_kwargs(method: str, normalisation: str | None = None) -> dict[str, Any]:
@@ -177,9 +210,13 @@ def expand_methods(methods: list[str], sources: list[Source]) -> list[str]:
         elif base == "multipolar" and arg:
             raise ValueError(f"{method}: MULTIPOLAR takes no options; write multipolar.")
         elif base == "kickstart":
-            if arg not in ("", "all"):
+            options = [o for o in arg.split("+") if o]
+            if any(o != "all" and not _KICKSTART_SCHEDULE.fullmatch(o) for o in options) or options.count("all") > 1:
                 raise ValueError(f"{method}: write kickstart (the top-ranked source teaches) or kickstart:all (every "
-                                 "source, weighted by the ranking).")
+                                 "source, weighted by the ranking), with options kcoef<X> (the distillation weight "
+                                 "at the start) and kdecay<F> (the share of the steps it decays over), e.g. "
+                                 "kickstart:all+kcoef3+kdecay1.")
+            kickstart_schedule(method)
             out.append(method)
         else:
             out.append(method)

@@ -37,7 +37,8 @@ from zoo_rl.study.config import (HYPERPARAMS_DIR, RunJob, StudyConfig, cached_po
                                  source_names, whole_policy)
 from zoo_rl.study.cores import run_threads, study_processes
 from zoo_rl.study.signals import FAULT_ENV, fault_point
-from zoo_rl.study.methods import RANKED_WEIGHT, ZOO_GATES, extractor_kwargs, kickstart_teachers, ranked_top
+from zoo_rl.study.methods import (RANKED_WEIGHT, ZOO_GATES, extractor_kwargs, kickstart_schedule, kickstart_teachers,
+                                  ranked_top)
 from zoo_rl.zoo_policies import ZOO_OPTIONS as ZOO_POLICY_OPTIONS
 from zoo_rl.zoo_policies import ZooPolicyMixin, export_zoo_policy, zoo_policy
 from zoo_rl.training import (EVAL_SEED_OFFSET, ON_POLICY, RunSpec, algo_class, deterministic_eval,
@@ -184,9 +185,7 @@ def run_spec(job: RunJob) -> RunSpec:
         policy_kwargs["optimizer_class"] = zoo_optimizer(policy_kwargs.get("optimizer_class", torch.optim.Adam))
     elif base == "ensemble":
         policy_kwargs.update(features_extractor_class=EnsembleExtractor, features_extractor_kwargs=dict(zoo=job.zoo))
-    kickstart: dict[str, Any] = {}
-    if kickstart_teachers(job.method) is not None:
-        kickstart = dict(algo_cls=KICKSTART_ALGOS[study.algo], prepare=lambda model: give_teachers(job, model))
+    params, kickstart = kickstart_settings(job, params)
     return RunSpec(run_dir=job.run_dir, algo=study.algo, total_steps=study.steps, hyperparams=params, policy=policy,
                    policy_kwargs=policy_kwargs, seed=job.seed, checkpoint_every=study.eval_every,
                    eval_every=study.eval_every, eval_episodes=study.eval_episodes,
@@ -209,9 +208,7 @@ def policy_run_spec(job: RunJob, params: dict[str, Any]) -> RunSpec:
                                            **architecture)
     elif base == "multipolar":
         policy, policy_kwargs = multipolar_policy(study.algo, zoo=job.zoo, policy=policy, **architecture)
-    kickstart: dict[str, Any] = {}
-    if kickstart_teachers(job.method) is not None:
-        kickstart = dict(algo_cls=KICKSTART_ALGOS[study.algo], prepare=lambda model: give_teachers(job, model))
+    params, kickstart = kickstart_settings(job, params)
     return RunSpec(run_dir=job.run_dir, algo=study.algo, total_steps=study.steps,
                    hyperparams={k: v for k, v in params.items() if k != "policy"}, policy=policy,
                    policy_kwargs=policy_kwargs or None, seed=job.seed, checkpoint_every=study.eval_every,
@@ -221,6 +218,18 @@ def policy_run_spec(job: RunJob, params: dict[str, Any]) -> RunSpec:
 
 #: The kickstarted class of each on-policy algorithm (:mod:`zoo_rl.kickstart`).
 KICKSTART_ALGOS = {"ppo": KickstartPPO, "a2c": KickstartA2C}
+
+
+def kickstart_settings(job: RunJob, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(hyperparameters, RunSpec arguments)`` of a run: for a kickstarted method, its schedule
+    (:func:`zoo_rl.study.methods.kickstart_schedule`) as the algorithm's ``kickstart_coef`` and ``kickstart_steps``
+    (the share ``kdecay`` of the study's steps), its class and the call that gives it its teachers; else unchanged."""
+    schedule = kickstart_schedule(job.method)
+    if schedule is None:
+        return params, {}
+    params = dict(params, kickstart_coef=schedule["kcoef"],
+                  kickstart_steps=max(1, round(schedule["kdecay"] * job.study.steps)))
+    return params, dict(algo_cls=KICKSTART_ALGOS[job.study.algo], prepare=lambda model: give_teachers(job, model))
 
 
 def give_teachers(job: RunJob, model: Any) -> None:
