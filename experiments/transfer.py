@@ -7,7 +7,9 @@
     python experiments/transfer.py --aggregate runs/transfer/Pong-ppo runs/transfer/Breakout-ppo
 
 Rerunning the same command skips finished runs and resumes interrupted ones; Ctrl-C stops it at any moment
-with a line that says where it stopped.
+with a line that says where it stopped. A study longer than one machine's life: the same command with --park
+packs its finished runs into results/_inprogress/ (commit that file), and the command without --park takes them
+up on another machine.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from zoo_rl.study import (METHODS, ZOO_OPTIONS, StudyConfig, WorkersLost, compac
                           describe_plan, extractor_kwargs, plan, run_study)
 from zoo_rl.study.config import ROOT, add_study_arguments, study_from_args  # noqa: E402
 from zoo_rl.study.launch import DISK_FULL  # noqa: E402
+from zoo_rl.study.park import park_study  # noqa: E402
 from zoo_rl.study.signals import second_signal_exits  # noqa: E402
 
 if __name__ == "__main__":  # run_study handles both in every phase
@@ -52,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_study_arguments(p, required=False)
     p.add_argument("--dry-run", action="store_true",
                    help="check the study and list its runs (zoo, method, seed, done or not), train nothing")
+    p.add_argument("--park", action="store_true",
+                   help="instead of training: pack the study's finished runs into results/_inprogress/<study folder "
+                        "name>.tar.gz, to commit; the same command without --park takes them up on any machine")
     p.add_argument("--aggregate", nargs="+", type=Path, default=None, metavar="STUDY_DIR",
                    help="instead of training: one table across finished studies, written to --out")
     args = p.parse_args(argv)
@@ -74,6 +80,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.dry_run:
             print_plan(study)
             return
+        if args.park:
+            park(study)
+            return
         results, summary = run_study(study)
     except (ValueError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
@@ -93,6 +102,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ntables: {out / RESULTS}, {out / SUMMARY} (every column), {out / RANKING}")
     print(f"plots:  python experiments/plot.py {out}")
     print(f"live:   tensorboard --logdir {out}")
+
+
+def park(study: StudyConfig) -> None:
+    """Pack the finished runs of ``study`` for the repository (:mod:`zoo_rl.study.park`) and say what is left."""
+    plan(study)  # resolves the study folder
+    archive, runs, unfinished = park_study(study.out)
+    print(f"Parked {runs} finished run(s) of {study.out} in {archive} ({archive.stat().st_size / 1e6:.1f} MB): "
+          "commit it; the same command without --park takes them up.")
+    if unfinished:
+        print(f"Not parked ({len(unfinished)}, they train again from their start): "
+              + ", ".join(str(p.relative_to(study.out)) for p in unfinished))
 
 
 def print_plan(study: StudyConfig) -> None:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from zoo_rl.metrics import (area_under_curve, difference_interval, human_normali
                             steps_to_threshold)
 from zoo_rl.sources import write_compact
 from zoo_rl.study import RESULT_COLUMNS, StudyConfig, collect_results, cross_target, plan, run_study, summarise
+from zoo_rl.study.diagnostics import diagnose_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -883,3 +885,41 @@ def test_a_kickstarted_run_trains_and_resumes_with_its_teachers(tmp_path):
     model = KickstartPPO.load(run / "final.zip", device="cpu")
     assert model.num_timesteps >= 512 and model.teachers == [] and model.kickstart_steps == 256
     assert json.loads((run / "result.json").read_text())["method"] == "kickstart"
+
+
+def test_a_parked_study_is_taken_up_on_another_machine_without_training_again(zoo_paths, tmp_path, monkeypatch):
+    import zoo_rl.study.park as park
+
+    monkeypatch.setattr(park, "PARKED_DIR", tmp_path / "parked")
+    here, there = tmp_path / "here" / "study", tmp_path / "there" / "study"
+    config = dict(target="Pong", zoo=zoo_paths[:2], methods=["scratch", "zoo-lite"], **dict(TINY, steps=256, eval_every=256))
+    results, _ = run_study(StudyConfig(out=here, **config), progress=False)
+    diagnostics = diagnose_study(here)
+    assert not diagnostics.empty
+    # scratch stops short of finishing: it is in training when the study is parked
+    (here / "scratch" / "seed0" / "result.json").unlink()
+    archive, runs, unfinished = park.park_study(here)
+    assert archive == tmp_path / "parked" / "study.tar.gz" and runs == 1
+    assert unfinished == [here / "scratch" / "seed0"]
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "study.json" in names and "zoo-lite/seed0/diagnostics.csv" in names
+    assert not any(n.endswith(("final.zip", "checkpoint.zip")) or "tensorboard" in n or n.startswith("scratch") for n in names)
+
+    again, _ = run_study(StudyConfig(out=there, **config), progress=False)  # another machine, the same command
+    zoo_lite = there / "zoo-lite" / "seed0"
+    assert not (zoo_lite / "final.zip").is_file()  # taken up, not trained again
+    assert (there / "scratch" / "seed0" / "final.zip").is_file()  # the unfinished run trained there
+    row = lambda table: table[table["method"] == "zoo-lite"].iloc[0]  # noqa: E731
+    assert row(again)["final_return"] == row(results)["final_return"]
+    pd.testing.assert_frame_equal(diagnose_study(there), diagnostics, check_dtype=False)
+    assert park.unpark_study(there, "Pong") == 0  # every parked run is there, finished: nothing is replaced
+    with pytest.raises(ValueError, match="parks a study of target 'Pong', not 'Breakout'"):
+        park.unpark_study(tmp_path / "elsewhere" / "study", "Breakout")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "study.json").write_text("{}")
+    with pytest.raises(ValueError, match="no finished run to park"):
+        park.park_study(empty)
+    with pytest.raises(ValueError, match="holds no study"):
+        park.park_study(tmp_path / "nothing")

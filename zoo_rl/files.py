@@ -34,6 +34,7 @@ FINAL = "final.zip"  #: the finished model
 PROGRESS = "progress.json"  #: steps done, after every rollout (the study's progress line reads it)
 FINAL_EVALUATION = "final_evaluation.json"  #: the final model's games on new episodes
 RESULT = "result.json"  #: the finished run's row of results.csv (written last)
+RUN_DIAGNOSTICS = "diagnostics.csv"  #: a parked run's diagnostics, computed before its final model was left out
 LOCK = ".lock"  #: held by the process that trains the run
 
 # A study's files.

@@ -36,7 +36,7 @@ import torch
 
 from zoo_rl.diagnostics import effective_sources, merged_weight, relative_change, start_gate
 from zoo_rl.extractor import cached_zoo
-from zoo_rl.files import CONFIG, FINAL, GATES
+from zoo_rl.files import CONFIG, FINAL, GATES, RESULT, RUN_DIAGNOSTICS
 from zoo_rl.sources import LAYERS, SourceUnavailable, read_policy_pth
 from zoo_rl.study.config import ROOT, trained_normalisation
 
@@ -87,6 +87,9 @@ def diagnose_run(run_dir: str | Path) -> pd.DataFrame:
     """
     run_dir = Path(run_dir)
     config_path, model_path = run_dir / CONFIG, run_dir / FINAL
+    stored = run_dir / RUN_DIAGNOSTICS  # a parked run's, computed before its final model was left out
+    if not model_path.is_file() and stored.is_file() and (run_dir / RESULT).is_file():
+        return pd.read_csv(stored).reindex(columns=DIAGNOSTIC_COLUMNS)
     if not (config_path.is_file() and model_path.is_file()):
         return pd.DataFrame(columns=DIAGNOSTIC_COLUMNS)
     config = json.loads(config_path.read_text())

@@ -19,6 +19,7 @@ import torch
 from zoo_rl.files import RANKING, RANKING_PARTIAL, RESULT, file_lock
 from zoo_rl.study.config import RunJob, StudyConfig, plan, source_names, write_study_json, zoo_record
 from zoo_rl.study.cores import Registration, machine_cores, study_processes
+from zoo_rl.study.park import parked_path, unpark_study
 from zoo_rl.study.progress import RankingProgress, StudyProgress, describe_plan, stop_message
 from zoo_rl.study.runs import kept_scores, read_ranking, run_job, study_ranking
 from zoo_rl.study.signals import fault_point, in_worker_job, stop_on_signals, worker_init
@@ -65,6 +66,9 @@ def run_study(study: StudyConfig, progress: bool = True,
             chosen = study.workers is not None
             jobs = plan(study)
             out = Path(study.out)
+            unparked = unpark_study(out, study.target)  # finished runs parked on another machine (--park)
+            if unparked and progress:
+                print(f"Took up {unparked} finished run(s) parked in {parked_path(out)}.", flush=True)
             from_zoo = [j for j in jobs if j.method != "scratch"]
             write_study_json(study, len(jobs), zoo_record(from_zoo[0].zoo) if from_zoo else None)
             pending = [j for j in jobs if not (j.run_dir / RESULT).is_file()]
