@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The studies with the strong Atari zoo (agents/zoo-strong: sources trained until they play well), the protocol
+# of experiments/studies.sh (Adam 1e-4, 3 seeds, final returns from 20 new games), in the order they are run:
+#
+#   bash experiments/studies_strong.sh pong          # one stage: pong | breakout-m4 | loo | pong-long | ranking
+#   PARK=1 bash experiments/studies_strong.sh pong   # pack the stage's finished runs into results/_inprogress/
+#
+# Every command resumes (finished runs are skipped) and takes up runs parked on another machine; each study is
+# published into results/<name>/ when it finishes (its parked archive can then be deleted). Scratch does not
+# depend on the zoo: the Breakout mode 4 and leave-one-out studies reuse the published scratch runs of
+# experiments/studies.sh (same protocol), side by side through experiments/compare.py; the Pong study is the
+# main job exactly as the README runs it (every default method, scratch included, ale-py's vector env).
+#
+# Cost (one torch thread a run, two runs at a time on 2 cores, AVX-512 with native bf16): a 100k-step run takes
+# 4-10 minutes of one core (a fine-tune the least, zoo and zoo-lite the most): a 100k study of the default
+# methods, 33 runs, about 4 CPU-hours.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage="${1:-all}"
+ZOO=agents/zoo-strong
+
+run() {  # run <results name> <transfer.py arguments...>
+    local name="$1"; shift
+    if [[ -n "${PARK:-}" ]]; then
+        python experiments/transfer.py --out "runs/transfer/$name" --zoo "$ZOO" "$@" --park
+        return
+    fi
+    python experiments/transfer.py --out "runs/transfer/$name" --workers "${WORKERS:-2}" --zoo "$ZOO" "$@"
+    python experiments/publish.py "runs/transfer/$name" --out "results/$name" > /dev/null
+}
+
+compare() {  # compare <out name> <compare.py --run arguments...>
+    local name="$1"; shift
+    [[ -n "${PARK:-}" ]] || python experiments/compare.py "$@" --out "results/$name" --plot > /dev/null
+}
+
+# The default methods without scratch (reused from the published study of the target).
+ZOO_METHODS=finetune,uniform,zoo,zoo-lite,ensemble,zoo-lite:ranked+gate-lr100
+
+if [[ $stage == all || $stage == pong ]]; then
+    # 1. Pong from the strong zoo: the main job, every default method.
+    run pong-100k-strong --target Pong
+fi
+if [[ $stage == all || $stage == breakout-m4 ]]; then
+    # 2. Breakout mode 4 (its related source: breakout, trained on mode 0).
+    run breakout-m4-100k-strong --target Breakout --mode 4 --methods "$ZOO_METHODS"
+    compare breakout-m4-strong-compare --run results/breakout-m4-100k-strong zoo-lite:ranked+gate-lr100 \
+        --run results/breakout-m4-100k-strong finetune:breakout --run results/breakout-m4-100k-strong zoo-lite \
+        --run results/breakout-m4-100k scratch
+fi
+if [[ $stage == all || $stage == loo ]]; then
+    # 3. Leave-one-out: the target's own source left out of the zoo, no related source left in it.
+    for target in Breakout RoadRunner; do
+        name="$(echo "$target" | tr '[:upper:]' '[:lower:]')"
+        run "$name-loo-100k-strong" --target "$target" --methods "$ZOO_METHODS"
+        compare "$name-loo-strong-compare" --run "results/$name-loo-100k-strong" zoo-lite:ranked+gate-lr100 \
+            --run "results/$name-loo-100k-strong" zoo-lite --run "results/$name-loo-100k-strong" uniform \
+            --run "results/$name-loo-100k" scratch
+    done
+fi
+if [[ $stage == all || $stage == pong-long ]]; then
+    # 4. Pong at 500k steps: the best fine-tune, the paper's zoo-lite and the ranked start; scratch from
+    #    results/pong-500k (same protocol).
+    run pong-500k-strong --target Pong --steps 500000 --eval-every 25000 \
+        --methods finetune:pong-m1,zoo-lite,zoo-lite:ranked+gate-lr100
+    compare pong-500k-strong-compare --run results/pong-500k-strong zoo-lite:ranked+gate-lr100 \
+        --run results/pong-500k-strong zoo-lite --run results/pong-500k-strong finetune:pong-m1 \
+        --run results/pong-500k scratch
+fi
+if [[ $stage == all || $stage == ranking ]]; then
+    # 5. The ranking against every strong study's fine-tunes.
+    [[ -n "${PARK:-}" ]] || python experiments/validate_ranking.py results/pong-100k-strong \
+        results/breakout-m4-100k-strong results/breakout-loo-100k-strong results/roadrunner-loo-100k-strong \
+        results/pong-500k-strong --out results/ranking-strong
+fi
