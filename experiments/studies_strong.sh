@@ -2,7 +2,8 @@
 # The studies with the strong Atari zoo (agents/zoo-strong: sources trained until they play well), the protocol
 # of experiments/studies.sh (Adam 1e-4, 3 seeds, final returns from 20 new games), in the order they are run:
 #
-#   bash experiments/studies_strong.sh pong          # one stage: pong | breakout-m4 | loo | pong-long | ranking
+#   bash experiments/studies_strong.sh pong          # one stage: kickstart-grid | pong | breakout-m4 | loo |
+#                                                    pong-long | ranking
 #   PARK=1 bash experiments/studies_strong.sh pong   # pack the stage's finished runs into results/_inprogress/
 #
 # Every command resumes (finished runs are skipped) and takes up runs parked on another machine; each study is
@@ -37,6 +38,16 @@ compare() {  # compare <out name> <compare.py --run arguments...>
 # The default methods without scratch (reused from the published study of the target).
 ZOO_METHODS=finetune,uniform,zoo,zoo-lite,ensemble,zoo-lite:ranked+gate-lr100
 
+if [[ $stage == all || $stage == kickstart-grid ]]; then
+    # 0. Kickstarting's schedule, chosen before its studies: the top-ranked source distilled with the weight
+    #    starting at 0.3, 1 or 3 and decaying to 0 over half or all of the 100k steps, one seed, on the two
+    #    targets with a related source. Rule, fixed before the runs: per target, rank the schedules by the
+    #    area under their evaluation curve (results.csv `auc`); the schedule with the best mean rank over both
+    #    targets becomes the default (ties: the smaller weight). One seed per schedule: a coarse choice.
+    grid=kickstart:kcoef0.3,kickstart,kickstart:kcoef3,kickstart:kcoef0.3+kdecay1,kickstart:kdecay1,kickstart:kcoef3+kdecay1
+    run kickstart-grid-pong --target Pong --seeds 1 --methods "$grid"
+    run kickstart-grid-breakout-m4 --target Breakout --mode 4 --seeds 1 --methods "$grid"
+fi
 if [[ $stage == all || $stage == pong ]]; then
     # 1. Pong from the strong zoo: the main job, every default method.
     run pong-100k-strong --target Pong
