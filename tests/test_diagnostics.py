@@ -184,3 +184,51 @@ def test_feature_scale_cli_rejects_unknown_normalisations(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         cli.main()
     assert "unknown normalisations ['bogus']" in capsys.readouterr().err
+
+
+def test_whole_policy_layers_by_hand(tmp_path):
+    """A whole-policy study's zoo layers (every Linear of the policy), K = 3, read back without training: uniform gates
+    start at 1/3 whatever normalisation the zoo policy records, lite gates at sigmoid(0) = 0.5; one bank scaled by
+    1.1 drifts 0.1 and moves the merged layer by 0.05 of that source's weight; scratch and multipolar give no rows."""
+    from dataclasses import asdict
+
+    from envs.tasks import make_env, resolve
+    from zoo_rl.sources import write_compact
+    from zoo_rl.zoo_policies import zoo_layers, zoo_policy
+
+    task = resolve("classic:pendulum+g=12")
+    env = make_env(task, 1)
+    zoo = []
+    for k in range(3):
+        source = PPO("MlpPolicy", env, seed=k, device="cpu", policy_kwargs=dict(net_arch=[8]))
+        write_compact(tmp_path / "zoo" / f"src{k}", {}, source.policy.state_dict(), {"name": f"src{k}"})
+        zoo.append(str(tmp_path / "zoo" / f"src{k}"))
+    original = {k: torch.load(tmp_path / "zoo" / f"src{k}" / "weights.pt", weights_only=True) for k in range(3)}
+    record = dict(task=asdict(task))
+    for method, gate in (("uniform", "uniform"), ("zoo-lite", "lite")):
+        policy, kwargs = zoo_policy(PPO, zoo=zoo, gate=gate, normalisation="sigmoid", net_arch=[8])
+        model = PPO(policy, env, seed=0, device="cpu", policy_kwargs=kwargs)
+        if method == "zoo-lite":
+            with torch.no_grad():
+                model.policy.action_net.weight[2] *= 1.1
+        save_run(model, tmp_path / "study" / method / "seed0", method, zoo, **record,
+                 extractor_kwargs={"gate": gate, "normalisation": "sigmoid", "init_gates": None})
+        layers = list(zoo_layers(model.policy))
+    scratch = PPO("MlpPolicy", env, seed=0, device="cpu", policy_kwargs=dict(net_arch=[8]))
+    save_run(scratch, tmp_path / "study" / "scratch" / "seed0", "scratch", zoo, **record)
+    env.close()
+
+    table = diagnose_study(tmp_path / "study").set_index(["method", "layer", "source"])
+    assert set(table.index.get_level_values("method")) == {"uniform", "zoo-lite"}
+    assert sorted(layers) == ["action_net", "mlp_extractor.policy_net.0", "mlp_extractor.value_net.0", "value_net"]
+    for method in ("uniform", "zoo-lite"):
+        rows = table.loc[method]
+        assert sorted(rows.index) == sorted((p, f"src{k}") for p in layers for k in range(3))
+        assert np.allclose(rows["gate"], 1 / 3 if method == "uniform" else 0.5)
+        assert (rows["align_dev"].abs() < 1e-7).all()
+    untouched = table.drop(index=[("zoo-lite", "action_net", s) for s in ("src0", "src1", "src2")])
+    assert (untouched["drift"].abs() < 1e-7).all() and (untouched["moved"].abs() < 1e-5).all()
+    assert table.loc[("zoo-lite", "action_net", "src2"), "drift"] == pytest.approx(0.1, rel=1e-4)
+    assert table.loc[("zoo-lite", "action_net", "src1"), "drift"] == pytest.approx(0.0, abs=1e-7)
+    moved = float((0.5 * 0.1 * original[2]["head.action_net.weight"]).norm())
+    assert table.loc[("zoo-lite", "action_net", "src0"), "moved"] == pytest.approx(moved, rel=1e-4)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from stable_baselines3 import PPO
@@ -85,3 +86,131 @@ def test_every_method_trains_on_a_mujoco_target(policy_zoo, tmp_path):
     assert moved  # it trained from the source's tensors (same keys, same shapes)
     summary = json.loads((tmp_path / "study.json").read_text())
     assert [s["path"].split("/")[-1] for s in summary["sources"]] == ["src0", "src1"]
+
+
+#: Small stand-ins of agents/hyperparams' whole-policy entries for the diagnostics test: short rollouts, one epoch,
+#: narrow networks, a learning rate at which a few updates move every layer.
+TINY_HYPERPARAMS = {
+    "ppo.yml": """\
+mujoco:
+  policy: MlpPolicy
+  n_envs: 1
+  n_steps: 64
+  batch_size: 64
+  n_epochs: 2
+  learning_rate: 1.0e-3
+  policy_kwargs: {activation_fn: relu, net_arch: {pi: [16], vf: [16]}}
+""",
+    "sac.yml": """\
+classic:
+  policy: MlpPolicy
+  n_envs: 1
+  learning_rate: 1.0e-3
+  learning_starts: 20
+  batch_size: 32
+  policy_kwargs: {activation_fn: relu, net_arch: [16]}
+""",
+}
+
+
+def tiny_policy_zoo(root: Path, algo: str, target: str) -> list[str]:
+    """Two compact whole-policy sources of ``algo`` in the (patched) hyperparameter file's architecture."""
+    from stable_baselines3 import SAC
+
+    task = resolve(target)
+    params, _, policy = policy_hyperparams(algo, task)
+    env = make_env(task, 1)
+    paths = []
+    for k in range(2):
+        extra = dict(buffer_size=1) if algo == "sac" else {}
+        model = (SAC if algo == "sac" else PPO)(policy, env, seed=k, device="cpu", **extra,
+                                                  policy_kwargs=sb3_policy_kwargs(params["policy_kwargs"]))
+        state = {key: v for key, v in model.policy.state_dict().items() if "_target" not in key}
+        write_compact(root / f"src{k}", {}, state, {"name": f"src{k}", "architecture": {"activation": "relu"}})
+        paths.append(str(root / f"src{k}"))
+    env.close()
+    return paths
+
+
+def merged_by_hand(state: dict, path: str, gates) -> torch.Tensor:
+    """``sum_k g_k A_k W_k`` of one zoo layer of a saved policy state."""
+    bank, align = state[f"{path}.weight"], state.get(f"{path}.align")
+    return sum(g * (align[k] @ bank[k] if align is not None else bank[k]) for k, g in enumerate(gates))
+
+
+@pytest.mark.parametrize("algo, target, methods", [
+    ("ppo", TARGET, ["finetune:src0", "zoo-lite", "uniform"]),
+    ("sac", "classic:pendulum+g=12", ["finetune:src1", "zoo-lite:ranked+gate-lr100", "zoo"]),
+])
+def test_diagnostics_of_whole_policy_runs(algo, target, methods, tmp_path, monkeypatch):
+    """Every zoo layer of the policy, under its GateLogger name, with every source: the gates the network uses (the
+    lite average, 1/K for uniform, the last logged batch mean), drift and moved by hand; a fine-tune per layer."""
+    from stable_baselines3 import SAC
+    from torch import nn
+
+    import zoo_rl.study.config as config_module
+    from zoo_rl.study.diagnostics import diagnose_study, diagnostics_summary
+    from zoo_rl.zoo_policies import zoo_layers
+
+    hyper = tmp_path / "hyper"
+    hyper.mkdir()
+    for name, text in TINY_HYPERPARAMS.items():
+        (hyper / name).write_text(text)
+    monkeypatch.setattr(config_module, "HYPERPARAMS_DIR", hyper)
+    zoo = tiny_policy_zoo(tmp_path / "zoo", algo, target)
+    out = tmp_path / "study"
+    tiny = dict(TINY, steps=128, eval_every=128, final_episodes=0, algo=algo)
+    for job in plan(StudyConfig(target=target, zoo=zoo, methods=methods, out=out, **tiny)):
+        study_module.run_job(job, threads=1)  # the runs only: the study's tables (bootstrap intervals) take longer
+    table = diagnose_study(out)
+    run = lambda method: out / method.replace(":", "-") / "seed0"  # noqa: E731
+    load = lambda method: (SAC if algo == "sac" else PPO).load(run(method) / "final.zip", device="cpu")  # noqa: E731
+    sources = [torch.load(Path(z) / "weights.pt", weights_only=True) for z in zoo]
+    original = lambda k, path: sources[k][f"head.{path}.weight"]  # noqa: E731
+
+    assert set(table["method"]) == set(methods)
+    for method in methods[1:]:  # the zoo methods
+        rows = table[table["method"] == method].set_index(["layer", "source"])
+        model = load(method)
+        layers = [p for p in zoo_layers(model.policy) if "_target" not in p]
+        assert len(layers) >= 4 and sorted(rows.index) == sorted((p, s) for p in layers for s in ("src0", "src1"))
+        logged = pd.read_csv(run(method) / "gates.csv")
+        assert set(logged["layer"]) == set(layers)  # named as GateLogger names them
+        state = model.policy.state_dict()
+        for path in layers:
+            for k, source in enumerate(("src0", "src1")):
+                now, before = state[f"{path}.weight"][k], original(k, path)
+                assert rows.loc[(path, source), "drift"] == pytest.approx(
+                    float((now - before).norm() / before.norm()), rel=1e-5, abs=1e-7)
+        if method == "zoo":  # input-dependent gates: the last batch mean logged
+            last = logged[logged["timesteps"] == logged["timesteps"].max()].set_index(["layer", "source"])["gate"]
+            assert np.allclose(rows["gate"], last.reindex(rows.index)) and rows["moved"].isna().all()
+            continue
+        gates = {path: state[f"{path}.running_gates"] for path in layers}  # the lite average (1/K for uniform)
+        for path in layers:
+            assert np.allclose(rows.loc[path, "gate"].loc[["src0", "src1"]], gates[path].numpy(), atol=1e-7)
+        if method == "uniform":
+            assert (rows["gate"] == 0.5).all()
+        else:
+            assert not np.allclose(rows["gate"], 0.5)  # the lite gates left their start
+        config = json.loads((run(method) / "config.json").read_text())
+        start = config["extractor_kwargs"]["init_gates"] or [0.5, 0.5]  # K = 2: sigmoid 0.5, or 1/K
+        for path in (layers[0], layers[-1]):
+            before = sum(g * original(k, path) for k, g in enumerate(start))
+            by_hand = float((merged_by_hand(state, path, gates[path]) - before).norm())
+            assert by_hand > 0 and rows.loc[(path, "src0"), "moved"] == pytest.approx(by_hand, rel=1e-4)
+
+    fine_method = methods[0]
+    fine = table[table["method"] == fine_method].set_index("layer")
+    model, k = load(fine_method), int(fine_method[-1])
+    linear = [p for p, m in model.policy.named_modules() if isinstance(m, nn.Linear) and "_target" not in p]
+    assert sorted(fine.index) == sorted(linear) and (fine["source"] == f"src{k}").all() and (fine["gate"] == 1).all()
+    state = model.policy.state_dict()
+    for path in linear:
+        delta = state[f"{path}.weight"] - original(k, path)
+        assert fine.loc[path, "moved"] == pytest.approx(float(delta.norm()), rel=1e-5, abs=1e-7)
+        assert fine.loc[path, "drift"] == pytest.approx(float(delta.norm() / original(k, path).norm()), rel=1e-5,
+                                                        abs=1e-7)
+    assert fine["moved"].gt(0).any()
+    summary = diagnostics_summary(table)
+    assert list(summary[summary["method"] == fine_method]["layer"]) == linear  # the policy's order
