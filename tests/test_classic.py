@@ -109,7 +109,7 @@ def test_the_classic_entry_is_the_rl_zoo_pendulum_sac():
     params = load_hyperparams(path, TARGET, family="classic")
     assert params["policy"] == "MlpPolicy" and params["n_envs"] == 1 and params["learning_rate"] == pytest.approx(1e-3)
     assert "normalize" not in params and params["ent_coef"] == "auto"
-    assert sb3_policy_kwargs(params["policy_kwargs"]) == {"activation_fn": torch.nn.ReLU, "net_arch": [256, 256]}
+    assert sb3_policy_kwargs(params["policy_kwargs"]) == {"activation_fn": torch.nn.ReLU, "net_arch": [64, 64]}
     assert policy_study_lr("sac", resolve(TARGET)) == pytest.approx(1e-3)  # the target's family entry
     with pytest.raises(ValueError, match="no `classic` entry"):
         load_hyperparams(ROOT / "agents" / "hyperparams" / "ppo.yml", TARGET, family="classic")

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The continuous-control studies: PPO targets on HalfCheetah bodies from the MuJoCo zoo (agents/zoo-mujoco), and
+# one SAC target on a Pendulum variant from the Pendulum zoo (agents/zoo-pendulum). Whole policies transfer
+# (zoo_rl.zoo_policy: every Linear of actor and critic from the sources); the methods are the default set of
+# a whole-policy study: scratch, a fine-tune of each source, uniform, zoo, zoo-lite, the ranked start and, for
+# PPO, MULTIPOLAR. 3 seeds, 100k agent steps (a tenth of the sources' own training), the hyperparameter file's
+# learning rate; final returns from 20 new episodes with deterministic actions.
+#
+#   bash experiments/studies_continuous.sh mujoco-in       # one stage: mujoco-in | mujoco-out | pendulum
+#   PARK=1 bash experiments/studies_continuous.sh mujoco-in  # pack the stage's finished runs into results/_inprogress/
+#
+# Targets are named before any run, by where their dynamics lie against the zoo's (masses x0.5-x2, friction
+# x0.4-x1, legs x1-x1.2; one source runs backwards): two inside the range, one outside it; for SAC, gravity 12
+# (inside the sources' 8-14).
+#
+# Cost (one torch thread a run, two runs at a time on 2 cores; python benchmarks/bench_zoo_policy.py): a plain
+# 256x256 PPO run trains at about 370-450 steps/s, a zoo method with six aligned sources at about 60-70 (the
+# alignments' O x O products dominate): a 100k MuJoCo study of 36 runs (12 of them zoo methods) takes about 7
+# CPU-hours. SAC on Pendulum (64x64): plain about 100 steps/s, zoo-lite about 26: the 10k study about 1.5.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage="${1:-all}"
+
+run() {  # run <results name> <transfer.py arguments...>
+    local name="$1"; shift
+    if [[ -n "${PARK:-}" ]]; then
+        python experiments/transfer.py --out "runs/transfer/$name" "$@" --park
+        return
+    fi
+    python experiments/transfer.py --out "runs/transfer/$name" --workers "${WORKERS:-2}" "$@"
+    python experiments/publish.py "runs/transfer/$name" --out "results/$name" > /dev/null
+}
+
+if [[ $stage == all || $stage == mujoco-in ]]; then
+    run halfcheetah-friction0.8-mass1.25-100k --target mujoco:halfcheetah+friction=0.8+mass=1.25 --zoo agents/zoo-mujoco
+    run halfcheetah-legs1.1-mass0.75-100k --target mujoco:halfcheetah+legs=1.1+mass=0.75 --zoo agents/zoo-mujoco
+fi
+if [[ $stage == all || $stage == mujoco-out ]]; then
+    run halfcheetah-mass3.5-100k --target mujoco:halfcheetah+mass=3.5 --zoo agents/zoo-mujoco
+fi
+if [[ $stage == all || $stage == pendulum ]]; then
+    run pendulum-g12-sac-10k --target classic:pendulum+g=12 --algo sac --steps 10000 --eval-every 1000 \
+        --zoo agents/zoo-pendulum
+fi
