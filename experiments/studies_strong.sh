@@ -39,14 +39,15 @@ compare() {  # compare <out name> <compare.py --run arguments...>
 ZOO_METHODS=finetune,uniform,zoo,zoo-lite,ensemble,zoo-lite:ranked+gate-lr100
 
 if [[ $stage == all || $stage == kickstart-grid ]]; then
-    # 0. Kickstarting's schedule, chosen before its studies: the top-ranked source distilled with the weight
+    # 0. Kickstarting's schedule, chosen before its studies: the related source distilled (the only source of
+    #    the grid's zoo, and the one the ranking put first on both targets with the 1M zoo) with the weight
     #    starting at 0.3, 1 or 3 and decaying to 0 over half or all of the 100k steps, one seed, on the two
     #    targets with a related source. Rule, fixed before the runs: per target, rank the schedules by the
     #    area under their evaluation curve (results.csv `auc`); the schedule with the best mean rank over both
     #    targets becomes the default (ties: the smaller weight). One seed per schedule: a coarse choice.
     grid=kickstart:kcoef0.3,kickstart,kickstart:kcoef3,kickstart:kcoef0.3+kdecay1,kickstart:kdecay1,kickstart:kcoef3+kdecay1
-    run kickstart-grid-pong --target Pong --seeds 1 --methods "$grid"
-    run kickstart-grid-breakout-m4 --target Breakout --mode 4 --seeds 1 --methods "$grid"
+    ZOO=$ZOO/pong-m1 run kickstart-grid-pong --target Pong --seeds 1 --methods "$grid"
+    ZOO=$ZOO/breakout run kickstart-grid-breakout-m4 --target Breakout --mode 4 --seeds 1 --methods "$grid"
 fi
 if [[ $stage == all || $stage == pong ]]; then
     # 1. Pong from the strong zoo: the main job, every default method.
