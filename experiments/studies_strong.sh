@@ -48,6 +48,8 @@ if [[ $stage == all || $stage == kickstart-grid ]]; then
     grid=kickstart:kcoef0.3,kickstart,kickstart:kcoef3,kickstart:kcoef0.3+kdecay1,kickstart:kdecay1,kickstart:kcoef3+kdecay1
     ZOO=$ZOO/pong-m1 run kickstart-grid-pong --target Pong --seeds 1 --methods "$grid"
     ZOO=$ZOO/breakout run kickstart-grid-breakout-m4 --target Breakout --mode 4 --seeds 1 --methods "$grid"
+    [[ -n "${PARK:-}" ]] || python experiments/kickstart_grid.py results/kickstart-grid-pong \
+        results/kickstart-grid-breakout-m4 --out results/kickstart-grid
 fi
 if [[ $stage == all || $stage == pong ]]; then
     # 1. Pong from the strong zoo: the main job, every default method.

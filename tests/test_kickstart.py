@@ -355,3 +355,24 @@ def test_any_teacher_follows_the_zoo_and_the_target(policy_sources):
     finally:
         pong.close()
     assert isinstance(teacher, SourceTeacher) and teacher.mapping.tolist() == [0, 1, 2, 3]
+
+
+def test_kickstart_grid_chooses_by_mean_rank_of_auc(tmp_path):
+    import kickstart_grid
+
+    aucs = {"Pong": {"kickstart:kcoef0.3": -19.0, "kickstart": -17.0, "kickstart:kcoef3": -18.0},
+            "Breakout-m4": {"kickstart:kcoef0.3": 5.0, "kickstart": 4.0, "kickstart:kcoef3": 6.0}}
+    studies = []
+    for target, by_method in aucs.items():
+        folder = tmp_path / target
+        folder.mkdir()
+        pd.DataFrame([{"target": target, "method": m, "seed": 0, "auc": a, "final_return": a + 1}
+                      for m, a in by_method.items()] + [{"target": target, "method": "scratch", "seed": 0, "auc": 99.0,
+                                                         "final_return": 0.0}]).to_csv(folder / "results.csv", index=False)
+        studies.append(folder)
+    table = kickstart_grid.grid_table(studies)
+    assert "scratch" not in set(table["method"])
+    ranking = kickstart_grid.choose(table)
+    # kcoef 1: ranks 1 and 3; kcoef 3: 2 and 1 -> 1.5 wins; kcoef 0.3: 3 and 2
+    assert list(zip(ranking["kcoef"], ranking["mean_rank"])) == [(3.0, 1.5), (1.0, 2.0), (0.3, 2.5)]
+    assert set(ranking["kdecay"]) == {0.5}
