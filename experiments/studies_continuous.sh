@@ -24,7 +24,7 @@ stage="${1:-all}"
 run() {  # run <results name> <transfer.py arguments...>
     local name="$1"; shift
     if [[ -n "${PARK:-}" ]]; then
-        python experiments/transfer.py --out "runs/transfer/$name" "$@" --park
+        python experiments/transfer.py --out "runs/transfer/$name" "$@" --park || true  # nothing to park yet
         return
     fi
     python experiments/transfer.py --out "runs/transfer/$name" --workers "${WORKERS:-2}" "$@"

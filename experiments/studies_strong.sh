@@ -23,7 +23,7 @@ ZOO=agents/zoo-strong
 run() {  # run <results name> <transfer.py arguments...>
     local name="$1"; shift
     if [[ -n "${PARK:-}" ]]; then
-        python experiments/transfer.py --out "runs/transfer/$name" --zoo "$ZOO" "$@" --park
+        python experiments/transfer.py --out "runs/transfer/$name" --zoo "$ZOO" "$@" --park || true  # nothing yet
         return
     fi
     python experiments/transfer.py --out "runs/transfer/$name" --workers "${WORKERS:-2}" --zoo "$ZOO" "$@"
