@@ -45,7 +45,9 @@ if [[ $stage == all || $stage == kickstart-grid ]]; then
     #    targets with a related source. Rule, fixed before the runs: per target, rank the schedules by the
     #    area under their evaluation curve (results.csv `auc`); the schedule with the best mean rank over both
     #    targets becomes the default (ties: the smaller weight). One seed per schedule: a coarse choice.
-    grid=kickstart:kcoef0.3,kickstart,kickstart:kcoef3,kickstart:kcoef0.3+kdecay1,kickstart:kdecay1,kickstart:kcoef3+kdecay1
+    #    Every schedule is named in full, so that the names keep their meaning whatever the defaults.
+    grid=kickstart:kcoef0.3+kdecay0.5,kickstart:kcoef1+kdecay0.5,kickstart:kcoef3+kdecay0.5
+    grid=$grid,kickstart:kcoef0.3+kdecay1,kickstart:kcoef1+kdecay1,kickstart:kcoef3+kdecay1
     ZOO=$ZOO/pong-m1 run kickstart-grid-pong --target Pong --seeds 1 --methods "$grid"
     ZOO=$ZOO/breakout run kickstart-grid-breakout-m4 --target Breakout --mode 4 --seeds 1 --methods "$grid"
     [[ -n "${PARK:-}" ]] || python experiments/kickstart_grid.py results/kickstart-grid-pong \

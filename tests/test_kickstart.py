@@ -158,10 +158,10 @@ def test_weight_decays_linearly_from_the_first_training_step():
     model = sgd_model(KickstartPPO, teachers=[LinearTeacher()], kickstart_coef=2.0)
     assert model.kickstart_weight() == 2.0
     model.learn(128)
-    assert model.kickstart_steps == 64  # half of the first learn() call
+    assert model.kickstart_steps == 128  # all of the first learn() call
     assert model.kickstart_weight() == 0.0
     model.kickstart_start, model.num_timesteps = 0, 16
-    assert model.kickstart_weight() == pytest.approx(2.0 * (1 - 16 / 64))
+    assert model.kickstart_weight() == pytest.approx(2.0 * (1 - 16 / 128))
 
 
 def test_teachers_are_frozen_and_never_saved(tmp_path):
@@ -360,8 +360,8 @@ def test_any_teacher_follows_the_zoo_and_the_target(policy_sources):
 def test_kickstart_grid_chooses_by_mean_rank_of_auc(tmp_path):
     import kickstart_grid
 
-    aucs = {"Pong": {"kickstart:kcoef0.3": -19.0, "kickstart": -17.0, "kickstart:kcoef3": -18.0},
-            "Breakout-m4": {"kickstart:kcoef0.3": 5.0, "kickstart": 4.0, "kickstart:kcoef3": 6.0}}
+    aucs = {"Pong": {"kickstart:kcoef0.3": -19.0, "kickstart:kcoef1": -17.0, "kickstart:kcoef3": -18.0},
+            "Breakout-m4": {"kickstart:kcoef0.3": 5.0, "kickstart:kcoef1": 4.0, "kickstart:kcoef3": 6.0}}
     studies = []
     for target, by_method in aucs.items():
         folder = tmp_path / target
@@ -375,4 +375,4 @@ def test_kickstart_grid_chooses_by_mean_rank_of_auc(tmp_path):
     ranking = kickstart_grid.choose(table)
     # kcoef 1: ranks 1 and 3; kcoef 3: 2 and 1 -> 1.5 wins; kcoef 0.3: 3 and 2
     assert list(zip(ranking["kcoef"], ranking["mean_rank"])) == [(3.0, 1.5), (1.0, 2.0), (0.3, 2.5)]
-    assert set(ranking["kdecay"]) == {0.5}
+    assert set(ranking["kdecay"]) == {1.0}  # the default decay

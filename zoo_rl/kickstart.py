@@ -9,8 +9,9 @@ For discrete actions KL(p || pi) differs from the cross-entropy -sum_a p(a) log 
 teacher's entropy, a constant: the two have the same gradient. For continuous actions (SB3's diagonal
 Gaussian policies) it is the closed-form KL between the teacher's and the student's Gaussians, summed
 over action dimensions. ``lambda(t)`` decays linearly
-from ``kickstart_coef`` to 0 over ``kickstart_steps`` agent steps (default: half of the
-``learn()`` call's steps), so the student ends on its own reward. The teacher weights ``w_k`` sum
+from ``kickstart_coef`` (default 3) to 0 over ``kickstart_steps`` agent steps (default: all of the
+first ``learn()`` call's steps), so the student ends on its own reward. The defaults are the schedule
+chosen by experiment (``experiments/kickstart_grid.py``: the best of six on two Atari targets). The teacher weights ``w_k`` sum
 to 1: one teacher (``kickstart``), or the whole zoo weighted by the ranking's zero-shot evidence
 (:func:`ranking_weights`: the Kickstarting paper's population variant with weights from the
 ranking instead of population-based training).
@@ -361,17 +362,17 @@ class KickstartMixin:
     :param teacher_weights: one weight per teacher (normalised to sum 1); default: equal.
     :param kickstart_coef: the distillation weight at the start, ``lambda(0)``.
     :param kickstart_steps: agent steps over which the weight decays linearly to 0, counted from the
-        model's step count when it first trains (default: half of the first ``learn()`` call's steps).
+        model's step count when it first trains (default: all of the first ``learn()`` call's steps).
     """
 
     def __init__(self, *args: Any, teachers: Sequence[Teacher] = (), teacher_weights: Sequence[float] | None = None,
-                 kickstart_coef: float = 1.0, kickstart_steps: int | None = None, **kwargs: Any) -> None:
+                 kickstart_coef: float = 3.0, kickstart_steps: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.set_teachers(teachers, teacher_weights)
         if kickstart_coef < 0 or not math.isfinite(kickstart_coef):
             raise ValueError(f"kickstart_coef must be a finite number >= 0, got {kickstart_coef}.")
         if kickstart_steps is not None and kickstart_steps <= 0:
-            raise ValueError(f"kickstart_steps must be positive (or None: half of learn()'s steps), got {kickstart_steps}.")
+            raise ValueError(f"kickstart_steps must be positive (or None: all of learn()'s steps), got {kickstart_steps}.")
         self.kickstart_coef = float(kickstart_coef)
         self.kickstart_steps = kickstart_steps
         self.kickstart_start: int | None = None
@@ -403,7 +404,7 @@ class KickstartMixin:
         if self.kickstart_start is None:
             self.kickstart_start = int(self.num_timesteps)
             if self.kickstart_steps is None:
-                self.kickstart_steps = max(1, int(self._total_timesteps - self.num_timesteps) // 2)
+                self.kickstart_steps = max(1, int(self._total_timesteps - self.num_timesteps))
         normalizer = self.get_vec_normalize_env()
         if self.teachers and normalizer is not None and normalizer.norm_obs:
             raise ValueError("The student trains on VecNormalize's normalised observations, which its teachers were "

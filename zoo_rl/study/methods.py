@@ -71,8 +71,9 @@ KICKSTART_OPTIONS = {"kickstart": "top", "kickstart-all": "all"}
 #: Kickstarting's schedule, options of every kickstarted method (``kickstart:all+kcoef3+kdecay1``,
 #: ``zoo-lite:ranked+kickstart+kcoef0.3``): ``kcoef<X>``, the distillation weight at the start (``lambda(0)``,
 #: X > 0), and ``kdecay<F>``, the share of the study's steps over which it decays linearly to 0 (0 < F <= 1).
-#: Unnamed, they take these defaults.
-KICKSTART_DEFAULTS: dict[str, float] = {"kcoef": 1.0, "kdecay": 0.5}
+#: Unnamed, they take these defaults: the schedule chosen by experiment (``experiments/kickstart_grid.py`` over
+#: weights 0.3, 1, 3 and decays over half or all of the steps, on Pong and Breakout mode 4: best on both).
+KICKSTART_DEFAULTS: dict[str, float] = {"kcoef": 3.0, "kdecay": 1.0}
 _KICKSTART_SCHEDULE = re.compile(r"(kcoef|kdecay)(\d+(?:\.\d+)?(?:e-?\d+)?)")
 
 
@@ -147,10 +148,10 @@ def kickstart_schedule(method: str) -> dict[str, float] | None:
             raise ValueError(f"{method}: kcoef<X> and kdecay<F> set Kickstarting's schedule; add kickstart (or "
                              "kickstart-all) to the method's options, or use the kickstart method.")
         return None
-    if named.get("kcoef", 1.0) <= 0:
+    if named.get("kcoef", KICKSTART_DEFAULTS["kcoef"]) <= 0:
         raise ValueError(f"{method}: kcoef must be > 0 (the distillation weight at the start); without "
                          "distillation the method is scratch or the zoo method alone.")
-    if not 0 < named.get("kdecay", 0.5) <= 1:
+    if not 0 < named.get("kdecay", KICKSTART_DEFAULTS["kdecay"]) <= 1:
         raise ValueError(f"{method}: kdecay is the share of the study's steps over which the distillation weight "
                          "decays to 0: 0 < kdecay <= 1.")
     return {**KICKSTART_DEFAULTS, **named}
