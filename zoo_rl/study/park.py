@@ -1,6 +1,6 @@
 """A study's finished runs, parked compactly in the repository, and taken up again by the same command.
 
-A study of tens of runs outlives a machine: a session ends, the next one starts on a new machine with an empty
+A study of tens of runs can outlive the machine it started on: the next machine starts with an empty
 ``runs/``. ``python experiments/transfer.py <the study's arguments> --park`` packs every finished run of the
 study folder into ``results/_inprogress/<study folder name>.tar.gz``, a file small enough to commit; the same
 ``transfer.py`` command without ``--park``, on any machine, unpacks it into the study folder before it plans, so
