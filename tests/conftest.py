@@ -50,6 +50,32 @@ def random_nature_state(seed: int) -> dict[str, torch.Tensor]:
     return NatureCNN(OBS_SPACE_CHW).state_dict()
 
 
+def untrained_policy_zoo(root: Path, algo: str, target: str, games: tuple[str, ...]) -> list[str]:
+    """One compact whole-policy source of ``algo`` ("ppo" or "sac") per game, untrained (seeds 0, 1, ...), in the
+    architecture the hyperparameter file gives ``target`` (patch ``HYPERPARAMS_DIR`` for a smaller one); no target
+    networks, as the zoo's exports hold none."""
+    from stable_baselines3 import PPO, SAC
+
+    from envs.tasks import make_env, resolve
+    from zoo_rl.study.config import policy_hyperparams
+    from zoo_rl.training import sb3_policy_kwargs
+
+    task = resolve(target)
+    params, _, policy = policy_hyperparams(algo, task)
+    env = make_env(task, 1)
+    extra = dict(buffer_size=1) if algo == "sac" else {}
+    paths = []
+    for k, game in enumerate(games):
+        model = {"ppo": PPO, "sac": SAC}[algo](policy, env, seed=k, device="cpu", **extra,
+                                                 policy_kwargs=sb3_policy_kwargs(params["policy_kwargs"]))
+        state = {key: v for key, v in model.policy.state_dict().items() if "_target" not in key}
+        write_compact(root / f"src{k}", {}, state, {"name": f"src{k}", "game": game, "algo": algo,
+                                                    "architecture": {"activation": "relu"}})
+        paths.append(str(root / f"src{k}"))
+    env.close()
+    return paths
+
+
 @pytest.fixture(scope="session")
 def zoo_paths(tmp_path_factory) -> list[str]:
     """Three compact zoo folders holding different random NatureCNNs."""

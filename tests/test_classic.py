@@ -20,14 +20,13 @@ from envs.tasks import env_backend, make_env, resolve, task_from_record
 from zoo_rl.files import CHECKPOINT, STATUS
 from zoo_rl.policy_sources import load_policy_source
 from zoo_rl.ranking import policy_networks, rank_sources
-from zoo_rl.sources import write_compact
 from zoo_rl.study import StudyConfig, plan, run_study
-from zoo_rl.study.config import policy_hyperparams, policy_study_lr, whole_policy
+from zoo_rl.study.config import policy_study_lr, whole_policy
 from zoo_rl.training import (REPLAY_BUFFER, RunSpec, build_or_resume, hyperparams_for, load_hyperparams, open_run,
                              sb3_policy_kwargs, train_run)
 from zoo_rl.zoo_policies import ZooPolicyMixin
 from zoo_rl.zoo_training import SourceSpec, collect_observations, read_manifest, train_source
-from conftest import StopAt
+from conftest import StopAt, untrained_policy_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "classic:pendulum+g=12"
@@ -210,20 +209,8 @@ def test_park_carries_the_replay_buffer(tmp_path):
 @pytest.fixture(scope="module")
 def sac_zoo(tmp_path_factory) -> list[str]:
     """Two compact SAC sources of the target's architecture (the hyperparameter file's), different weights."""
-    root = tmp_path_factory.mktemp("sac-zoo")
-    task = resolve(TARGET)
-    params, _, policy = policy_hyperparams("sac", task)
-    env = make_env(task, 1)
-    paths = []
-    for k, game in enumerate(("classic:pendulum", "classic:pendulum+m=1.5")):
-        model = SAC(policy, env, seed=k, device="cpu", buffer_size=1,
-                    policy_kwargs=sb3_policy_kwargs(params["policy_kwargs"]))
-        state = {key: v for key, v in model.policy.state_dict().items() if "_target" not in key}
-        write_compact(root / f"src{k}", {}, state, {"name": f"src{k}", "game": game, "algo": "sac",
-                                                       "architecture": {"activation": "relu"}})
-        paths.append(str(root / f"src{k}"))
-    env.close()
-    return paths
+    return untrained_policy_zoo(tmp_path_factory.mktemp("sac-zoo"), "sac", TARGET,
+                                ("classic:pendulum", "classic:pendulum+m=1.5"))
 
 
 def test_a_sac_study_plans_without_the_on_policy_methods(sac_zoo, tmp_path):

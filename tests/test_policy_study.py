@@ -15,9 +15,9 @@ import zoo_rl.study as study_module
 from envs.tasks import make_env, resolve
 from zoo_rl.sources import write_compact
 from zoo_rl.study import StudyConfig, plan, run_study
-from zoo_rl.study.config import POLICY_STUDY_NORMALIZE, policy_hyperparams, whole_policy
-from zoo_rl.training import sb3_policy_kwargs
+from zoo_rl.study.config import POLICY_STUDY_NORMALIZE, whole_policy
 from zoo_rl.zoo_policies import ZooPolicyMixin
+from conftest import untrained_policy_zoo
 
 TARGET = "mujoco:halfcheetah+mass=1.25"
 TINY = dict(steps=256, eval_every=256, eval_episodes=1, n_envs=1, seeds=1, rank_steps=16, final_episodes=1, workers=1)
@@ -26,18 +26,8 @@ TINY = dict(steps=256, eval_every=256, eval_episodes=1, n_envs=1, seeds=1, rank_
 @pytest.fixture(scope="module")
 def policy_zoo(tmp_path_factory) -> list[str]:
     """Two compact whole-policy sources of the target's architecture (the hyperparameter file's), different weights."""
-    root = tmp_path_factory.mktemp("policy-zoo")
-    task = resolve(TARGET)
-    params, _, policy = policy_hyperparams("ppo", task)
-    env = make_env(task, 1)
-    paths = []
-    for k, body in enumerate(("mujoco:halfcheetah", "mujoco:halfcheetah+mass=2")):
-        model = PPO(policy, env, seed=k, device="cpu", policy_kwargs=sb3_policy_kwargs(params["policy_kwargs"]))
-        meta = {"name": f"src{k}", "game": body, "architecture": {"activation": "relu"}}
-        write_compact(root / f"src{k}", {}, model.policy.state_dict(), meta)
-        paths.append(str(root / f"src{k}"))
-    env.close()
-    return paths
+    return untrained_policy_zoo(tmp_path_factory.mktemp("policy-zoo"), "ppo", TARGET,
+                                ("mujoco:halfcheetah", "mujoco:halfcheetah+mass=2"))
 
 
 def test_a_mujoco_target_is_a_whole_policy_study_with_its_own_defaults(policy_zoo, tmp_path):
@@ -113,25 +103,6 @@ classic:
 }
 
 
-def tiny_policy_zoo(root: Path, algo: str, target: str) -> list[str]:
-    """Two compact whole-policy sources of ``algo`` in the (patched) hyperparameter file's architecture."""
-    from stable_baselines3 import SAC
-
-    task = resolve(target)
-    params, _, policy = policy_hyperparams(algo, task)
-    env = make_env(task, 1)
-    paths = []
-    for k in range(2):
-        extra = dict(buffer_size=1) if algo == "sac" else {}
-        model = (SAC if algo == "sac" else PPO)(policy, env, seed=k, device="cpu", **extra,
-                                                  policy_kwargs=sb3_policy_kwargs(params["policy_kwargs"]))
-        state = {key: v for key, v in model.policy.state_dict().items() if "_target" not in key}
-        write_compact(root / f"src{k}", {}, state, {"name": f"src{k}", "architecture": {"activation": "relu"}})
-        paths.append(str(root / f"src{k}"))
-    env.close()
-    return paths
-
-
 def merged_by_hand(state: dict, path: str, gates) -> torch.Tensor:
     """``sum_k g_k A_k W_k`` of one zoo layer of a saved policy state."""
     bank, align = state[f"{path}.weight"], state.get(f"{path}.align")
@@ -157,7 +128,7 @@ def test_diagnostics_of_whole_policy_runs(algo, target, methods, tmp_path, monke
     for name, text in TINY_HYPERPARAMS.items():
         (hyper / name).write_text(text)
     monkeypatch.setattr(config_module, "HYPERPARAMS_DIR", hyper)
-    zoo = tiny_policy_zoo(tmp_path / "zoo", algo, target)
+    zoo = untrained_policy_zoo(tmp_path / "zoo", algo, target, (target, target))
     out = tmp_path / "study"
     tiny = dict(TINY, steps=128, eval_every=128, final_episodes=0, algo=algo)
     for job in plan(StudyConfig(target=target, zoo=zoo, methods=methods, out=out, **tiny)):
