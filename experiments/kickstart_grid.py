@@ -1,7 +1,10 @@
 """Choose Kickstarting's schedule from the grid studies (``bash experiments/studies_strong.sh kickstart-grid``).
 
     python experiments/kickstart_grid.py results/kickstart-grid-pong results/kickstart-grid-breakout-m4 \
-        --out results/kickstart-grid
+        results/kickstart-grid-pong-wide results/kickstart-grid-breakout-m4-wide --out results/kickstart-grid
+
+Studies of the same target are ranked together (a grid extended later by studies of its own); a schedule given
+twice for one target is refused.
 
 The rule, fixed before the runs: per target, the schedules (``kickstart:kcoef<X>+kdecay<F>``, missing options at
 their defaults) are ranked by the area under their evaluation curve (``results.csv`` ``auc``: the mean return over
@@ -33,22 +36,30 @@ def grid_table(studies: list[Path]) -> pd.DataFrame:
         table = table[table["method"].map(lambda m: kickstart_schedule(m) is not None)]
         if table.empty:
             raise SystemExit(f"{path} has no kickstarted run.")
-        rows = table.groupby("method").agg(auc=("auc", "mean"), final_return=("final_return", "mean"),
-                                           seeds=("seed", "count")).reset_index()
-        rows["target"] = str(table["target"].iloc[0])
-        rows["rank"] = rows["auc"].rank(ascending=False, method="min")
+        rows = table.groupby(["target", "method"]).agg(auc=("auc", "mean"), final_return=("final_return", "mean"),
+                                                       seeds=("seed", "count")).reset_index()
+        rows["study"] = str(study)
         frames.append(rows)
     table = pd.concat(frames, ignore_index=True)
     schedule = table["method"].map(kickstart_schedule)
     table["kcoef"] = schedule.map(lambda s: s["kcoef"])
     table["kdecay"] = schedule.map(lambda s: s["kdecay"])
-    return table
+    twice = table[table.duplicated(["target", "kcoef", "kdecay"], keep=False)]
+    if not twice.empty:
+        cells = ", ".join(sorted({f"{r.target} {r.method} ({r.study})" for r in twice.itertuples()}))
+        raise SystemExit(f"A schedule appears in more than one study of the same target: {cells}. Pass each "
+                         "(target, schedule) once.")
+    # Ranked within each target over every study given: a grid extended later by a study of its own ranks as one.
+    table["rank"] = table.groupby("target")["auc"].rank(ascending=False, method="min")
+    return table.drop(columns="study")
 
 
 def choose(table: pd.DataFrame) -> pd.DataFrame:
-    """Schedules by mean rank over the targets (best first; ties: smaller kcoef, then shorter kdecay)."""
+    """Schedules by mean rank over the targets (best first; ties: smaller kcoef, then shorter kdecay). A schedule
+    run on fewer targets than the others comes after them all: its mean rank is not comparable."""
     by = table.groupby(["kcoef", "kdecay"]).agg(mean_rank=("rank", "mean"), targets=("target", "nunique")).reset_index()
-    return by.sort_values(["mean_rank", "kcoef", "kdecay"]).reset_index(drop=True)
+    by["missing"] = by["targets"].max() - by["targets"]
+    return by.sort_values(["missing", "mean_rank", "kcoef", "kdecay"]).drop(columns="missing").reset_index(drop=True)
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 # The studies with the strong Atari zoo (agents/zoo-strong: sources trained until they play well), the protocol
 # of experiments/studies.sh (Adam 1e-4, 3 seeds, final returns from 20 new games), in the order they are run:
 #
-#   bash experiments/studies_strong.sh pong          # one stage: kickstart-grid | pong | breakout-m4 | loo |
-#                                                    pong-long | ranking
+#   bash experiments/studies_strong.sh pong          # one stage: kickstart-grid | kickstart-grid-wide | pong |
+#                                                    breakout-m4 | loo | pong-long | ranking
 #   PARK=1 bash experiments/studies_strong.sh pong   # pack the stage's finished runs into results/_inprogress/
 #
 # Every command resumes (finished runs are skipped) and takes up runs parked on another machine; each study is
@@ -52,6 +52,16 @@ if [[ $stage == all || $stage == kickstart-grid ]]; then
     ZOO=$ZOO/breakout run kickstart-grid-breakout-m4 --target Breakout --mode 4 --seeds 1 --methods "$grid"
     [[ -n "${PARK:-}" ]] || python experiments/kickstart_grid.py results/kickstart-grid-pong \
         results/kickstart-grid-breakout-m4 --out results/kickstart-grid
+fi
+if [[ $stage == all || $stage == kickstart-grid-wide ]]; then
+    # 0b. The grid's choice was its corner (the largest weight over the longest decay): one schedule beyond it,
+    #     weight 10 over the whole run, in studies of its own, ranked with the grid by the same rule.
+    wide=kickstart:kcoef10+kdecay1
+    ZOO=$ZOO/pong-m1 run kickstart-grid-pong-wide --target Pong --seeds 1 --methods "$wide"
+    ZOO=$ZOO/breakout run kickstart-grid-breakout-m4-wide --target Breakout --mode 4 --seeds 1 --methods "$wide"
+    [[ -n "${PARK:-}" ]] || python experiments/kickstart_grid.py results/kickstart-grid-pong \
+        results/kickstart-grid-breakout-m4 results/kickstart-grid-pong-wide results/kickstart-grid-breakout-m4-wide \
+        --out results/kickstart-grid
 fi
 if [[ $stage == all || $stage == pong ]]; then
     # 1. Pong from the strong zoo: the main job, every default method.

@@ -376,3 +376,17 @@ def test_kickstart_grid_chooses_by_mean_rank_of_auc(tmp_path):
     # kcoef 1: ranks 1 and 3; kcoef 3: 2 and 1 -> 1.5 wins; kcoef 0.3: 3 and 2
     assert list(zip(ranking["kcoef"], ranking["mean_rank"])) == [(3.0, 1.5), (1.0, 2.0), (0.3, 2.5)]
     assert set(ranking["kdecay"]) == {1.0}  # the default decay
+
+    # A grid extended by a study of its own: ranked with the first study of the same target.
+    wider = tmp_path / "Pong-wide"
+    wider.mkdir()
+    pd.DataFrame([{"target": "Pong", "method": "kickstart:kcoef10", "seed": 0, "auc": -16.0,
+                   "final_return": -15.0}]).to_csv(wider / "results.csv", index=False)
+    table = kickstart_grid.grid_table([*studies, wider])
+    pong = table[table["target"] == "Pong"].set_index("kcoef")["rank"]
+    assert pong.to_dict() == {0.3: 4.0, 1.0: 2.0, 3.0: 3.0, 10.0: 1.0}
+    ranking = kickstart_grid.choose(table)
+    # Best on Pong, but run on one target of two: it comes after every schedule run on both.
+    assert list(ranking["kcoef"]) == [3.0, 1.0, 0.3, 10.0] and ranking.iloc[-1]["targets"] == 1
+    with pytest.raises(SystemExit, match="more than one study"):
+        kickstart_grid.grid_table([*studies, studies[0]])
