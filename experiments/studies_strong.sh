@@ -14,7 +14,7 @@
 #
 # Cost (one torch thread a run, two runs at a time on 2 cores, AVX-512 with native bf16): a 100k-step run takes
 # 4-10 minutes of one core (a fine-tune the least, zoo and zoo-lite the most): a 100k study of the default
-# methods, 33 runs, about 4 CPU-hours.
+# methods, 42 runs (Kickstarting's three methods included), about 5 CPU-hours (the 1M zoo's 33 took 3.8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
@@ -37,6 +37,7 @@ compare() {  # compare <out name> <compare.py --run arguments...>
 
 # The default methods without scratch (reused from the published study of the target).
 ZOO_METHODS=finetune,uniform,zoo,zoo-lite,ensemble,zoo-lite:ranked+gate-lr100
+ZOO_METHODS=$ZOO_METHODS,kickstart,kickstart:all,zoo-lite:ranked+gate-lr100+kickstart
 
 if [[ $stage == all || $stage == kickstart-grid ]]; then
     # 0. Kickstarting's schedule, chosen before its studies: the related source distilled (the only source of

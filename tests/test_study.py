@@ -847,7 +847,11 @@ def test_kickstarted_methods_get_their_teachers_from_the_ranking(tmp_path):
         plan(StudyConfig(target="Pong", zoo=zoo, methods=["kickstart"], algo="dqn", out=tmp_path / "dqn", **TINY))
     with pytest.raises(ValueError, match="kickstart:all"):
         plan(StudyConfig(target="Pong", zoo=zoo, methods=["kickstart:some"], out=out, **TINY))
-    assert "kickstart" not in study_module.DEFAULT_METHODS  # added to the tables by the studies that name it
+    # Kickstarting is in every table a study makes by default; a DQN study's defaults leave it out
+    assert {"kickstart", "kickstart:all", "zoo-lite:ranked+gate-lr100+kickstart"} <= set(study_module.DEFAULT_METHODS)
+    dqn = plan(StudyConfig(target="Pong", zoo=zoo, algo="dqn", out=tmp_path / "dqn-defaults", **TINY))
+    names = {job.method for job in dqn}
+    assert "zoo-lite:ranked+gate-lr100" in names and not any("kickstart" in name for name in names)
 
 
 def test_kickstart_schedule_options_reach_the_algorithm(tmp_path):

@@ -451,9 +451,10 @@ def plan(study: StudyConfig) -> list[RunJob]:
         raise ValueError(f"--algo {study.algo} acts in continuous action spaces, and {task.game}'s actions are discrete "
                          "(an image target's): choose ppo, a2c, dqn or qrdqn, or a state-vector target such as "
                          "classic:pendulum+g=12.")
-    if policies and study.methods == DEFAULT_METHODS:
-        # MULTIPOLAR is the multi-source baseline of on-policy studies; an off-policy study (SAC) has none
-        study.methods = [m for m in POLICY_DEFAULT_METHODS if study.algo in ON_POLICY or not on_policy_only(m)]
+    if study.methods == DEFAULT_METHODS:
+        # MULTIPOLAR and Kickstarting need an on-policy actor-critic: an off-policy study (DQN, SAC) runs without them
+        defaults = POLICY_DEFAULT_METHODS if policies else DEFAULT_METHODS
+        study.methods = [m for m in defaults if study.algo in ON_POLICY or not on_policy_only(m)]
     if study.lr is None:
         study.lr = policy_study_lr(study.algo, task) if policies else PAPER_LR
     wrong_kind = [m for m in study.methods if m.partition(":")[0] in (EXTRACTOR_ONLY if policies else POLICY_ONLY)]

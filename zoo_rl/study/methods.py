@@ -29,10 +29,15 @@ METHODS: dict[str, str] = {
 }
 
 
-#: The methods a study runs when it names none: every method above, and Zoo-Tuning started from the
-#: top-ranked source with its gates at 100x the learning rate (docs/choosing.md: above the best single-source
-#: fine-tune on the targets with a related source, not below scratch without one).
-DEFAULT_METHODS: list[str] = [m for m in METHODS if m not in ("kickstart", "multipolar")] + ["zoo-lite:ranked+gate-lr100"]
+#: Kickstarting as a study runs it by default: the method a practitioner would use instead of aggregating weights,
+#: from the top-ranked source and from every source, and on top of the ranked start (the two are not exclusive).
+KICKSTART_METHODS: list[str] = ["kickstart", "kickstart:all", "zoo-lite:ranked+gate-lr100+kickstart"]
+#: The methods a study runs when it names none: every method above, Zoo-Tuning started from the top-ranked
+#: source with its gates at 100x the learning rate (docs/choosing.md: above the best single-source fine-tune on
+#: the targets with a related source, not below scratch without one), and Kickstarting, so that every table holds
+#: the alternative a user would weigh. A study whose algorithm cannot kickstart (DQN, SAC) leaves it out.
+DEFAULT_METHODS: list[str] = ([m for m in METHODS if m not in ("kickstart", "multipolar")] + ["zoo-lite:ranked+gate-lr100"]
+                              + KICKSTART_METHODS)
 #: The methods of a study that transfers whole policies (a MuJoCo target, :func:`zoo_rl.zoo_policy`) when it names
 #: none: the same set, with MULTIPOLAR, the multi-source baseline of continuous control, in the place of the
 #: ensemble of NatureCNN extractors (which has no counterpart without a features extractor).
