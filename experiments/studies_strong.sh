@@ -55,9 +55,9 @@ if [[ $stage == all || $stage == kickstart-grid ]]; then
         results/kickstart-grid-breakout-m4 --out results/kickstart-grid
 fi
 if [[ $stage == all || $stage == kickstart-grid-wide ]]; then
-    # 0b. The grid's choice was its corner (the largest weight over the longest decay): one schedule beyond it,
-    #     weight 10 over the whole run, in studies of its own, ranked with the grid by the same rule.
-    wide=kickstart:kcoef10+kdecay1
+    # 0b. The grid's choice was its corner (the largest weight over the longest decay): weights 10 and 30 over the
+    #     whole run, in studies of their own, ranked with the grid by the same rule (30 added once 10 won).
+    wide=kickstart:kcoef10+kdecay1,kickstart:kcoef30+kdecay1
     ZOO=$ZOO/pong-m1 run kickstart-grid-pong-wide --target Pong --seeds 1 --methods "$wide"
     ZOO=$ZOO/breakout run kickstart-grid-breakout-m4-wide --target Breakout --mode 4 --seeds 1 --methods "$wide"
     [[ -n "${PARK:-}" ]] || python experiments/kickstart_grid.py results/kickstart-grid-pong \
