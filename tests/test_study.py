@@ -860,8 +860,8 @@ def test_kickstart_schedule_options_reach_the_algorithm(tmp_path):
     methods = ["kickstart", "kickstart:all+kcoef3+kdecay1", "kickstart:kdecay0.25", "zoo-lite:ranked+kickstart+kcoef0.3"]
     jobs = plan(StudyConfig(target="Pong", zoo=zoo, methods=methods, out=out, **TINY))
     steps = jobs[0].study.steps
-    expected = {"kickstart": (3.0, steps), "kickstart:all+kcoef3+kdecay1": (3.0, steps),
-                "kickstart:kdecay0.25": (3.0, round(steps / 4)), "zoo-lite:ranked+kickstart+kcoef0.3": (0.3, steps)}
+    expected = {"kickstart": (30.0, steps), "kickstart:all+kcoef3+kdecay1": (3.0, steps),
+                "kickstart:kdecay0.25": (30.0, round(steps / 4)), "zoo-lite:ranked+kickstart+kcoef0.3": (0.3, steps)}
     env = make_env(jobs[0].task, 1, seed=0)
     try:
         for job in jobs:

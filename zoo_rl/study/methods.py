@@ -77,8 +77,9 @@ KICKSTART_OPTIONS = {"kickstart": "top", "kickstart-all": "all"}
 #: ``zoo-lite:ranked+kickstart+kcoef0.3``): ``kcoef<X>``, the distillation weight at the start (``lambda(0)``,
 #: X > 0), and ``kdecay<F>``, the share of the study's steps over which it decays linearly to 0 (0 < F <= 1).
 #: Unnamed, they take these defaults: the schedule chosen by experiment (``experiments/kickstart_grid.py`` over
-#: weights 0.3, 1, 3 and decays over half or all of the steps, on Pong and Breakout mode 4: best on both).
-KICKSTART_DEFAULTS: dict[str, float] = {"kcoef": 3.0, "kdecay": 1.0}
+#: weights 0.3, 1, 3 with decays over half or all of the steps, then 10 and 30 over all of them, on Pong and
+#: Breakout mode 4 with their related source as the teacher: best on both).
+KICKSTART_DEFAULTS: dict[str, float] = {"kcoef": 30.0, "kdecay": 1.0}
 _KICKSTART_SCHEDULE = re.compile(r"(kcoef|kdecay)(\d+(?:\.\d+)?(?:e-?\d+)?)")
 
 
