@@ -3,7 +3,7 @@
 # one SAC target on a Pendulum variant from the Pendulum zoo (agents/zoo-pendulum). Whole policies transfer
 # (zoo_rl.zoo_policy: every Linear of actor and critic from the sources); the methods are the default set of
 # a whole-policy study: scratch, a fine-tune of each source, uniform, zoo, zoo-lite, the ranked start and, for
-# PPO, MULTIPOLAR. 3 seeds, 100k agent steps (a tenth of the sources' own training), the hyperparameter file's
+# PPO, Kickstarting (kickstart, kickstart:all, the ranked start kickstarted) and MULTIPOLAR. 3 seeds, 100k agent steps (a tenth of the sources' own training), the hyperparameter file's
 # learning rate; final returns from 20 new episodes with deterministic actions.
 #
 #   bash experiments/studies_continuous.sh mujoco-in       # one stage: mujoco-in | mujoco-out | pendulum
@@ -15,8 +15,8 @@
 #
 # Cost (one torch thread a run, two runs at a time on 2 cores; python benchmarks/bench_zoo_policy.py): a plain
 # 256x256 PPO run trains at about 370-450 steps/s, a zoo method with six aligned sources at about 60-70 (the
-# alignments' O x O products dominate): a 100k MuJoCo study of 36 runs (12 of them zoo methods) takes about 7
-# CPU-hours. SAC on Pendulum (64x64): plain about 100 steps/s, zoo-lite about 26: the 10k study about 1.5.
+# alignments' O x O products dominate): a 100k MuJoCo study of 45 runs (15 of them zoo methods) takes about
+# 8.5 CPU-hours. SAC on Pendulum (64x64): plain about 100 steps/s, zoo-lite about 26: the 10k study about 1.5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
