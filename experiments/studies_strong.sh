@@ -3,7 +3,7 @@
 # of experiments/studies.sh (Adam 1e-4, 3 seeds, final returns from 20 new games), in the order they are run:
 #
 #   bash experiments/studies_strong.sh pong          # one stage: kickstart-grid | kickstart-grid-wide | pong |
-#                                                    breakout-m4 | loo | pong-long | ranking
+#                                                    breakout-m4 | loo | pong-long | ranking | criteria
 #   PARK=1 bash experiments/studies_strong.sh pong   # pack the stage's finished runs into results/_inprogress/
 #
 # Every command resumes (finished runs are skipped) and takes up runs parked on another machine; each study is
@@ -99,4 +99,13 @@ if [[ $stage == all || $stage == ranking ]]; then
     [[ -n "${PARK:-}" ]] || python experiments/validate_ranking.py results/pong-100k-strong \
         results/breakout-m4-100k-strong results/breakout-loo-100k-strong results/roadrunner-loo-100k-strong \
         results/pong-500k-strong --out results/ranking-strong
+fi
+if [[ $stage == all || $stage == criteria ]]; then
+    # 6. The success criteria, met or not (after experiments/efficiency.py has run on the 100k studies): scratch
+    #    of Breakout mode 4 and the leave-one-out targets from the published studies of the same protocol.
+    [[ -n "${PARK:-}" ]] || python experiments/criteria.py --related results/pong-100k-strong \
+        --related results/breakout-m4-100k-strong results/breakout-m4-100k \
+        --loo results/breakout-loo-100k-strong results/breakout-loo-100k \
+        --loo results/roadrunner-loo-100k-strong results/roadrunner-loo-100k \
+        --ranking results/ranking-strong --out results/criteria-strong
 fi

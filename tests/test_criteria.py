@@ -1,0 +1,76 @@
+"""experiments/criteria.py: the success criteria read from published tables, met or not, with bad input refused."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import criteria
+
+
+def study(folder, target, finals: dict[str, list[float]], steps=100_352):
+    folder.mkdir(parents=True)
+    rows = [{"target": target, "method": m, "seed": s, "steps": steps, "final_return": r}
+            for m, returns in finals.items() for s, r in enumerate(returns)]
+    pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+    return folder
+
+
+def test_related_target_best_zoo_method_against_best_finetune_and_scratch(tmp_path):
+    folder = study(tmp_path / "pong", "Pong", {"scratch": [-20, -21, -20], "finetune:a": [-10, -11, -12],
+                                               "finetune:b": [-19, -19, -20], "zoo-lite": [-15, -16, -15],
+                                               "zoo-lite:ranked+gate-lr100": [-9, -10, -11], "kickstart": [0, 1, 2]})
+    rows, met = criteria.related_rows(criteria.target_runs([folder]))
+    # the best zoo method (ranked start) against the best fine-tune (a) and scratch; kickstart is no zoo method
+    assert [(r["method"], r["against"]) for r in rows] == [("zoo-lite:ranked+gate-lr100", "finetune:a"),
+                                                           ("zoo-lite:ranked+gate-lr100", "scratch")]
+    assert rows[0]["difference"] == pytest.approx(1.0) and not rows[0]["shown_below"]
+    assert rows[1]["shown_above"] and met
+
+
+def test_a_zoo_method_shown_below_scratch_fails_leave_one_out(tmp_path):
+    scratch = study(tmp_path / "old", "Breakout", {"scratch": [2, 2.5, 3], "finetune:x": [9, 9, 9]})
+    new = study(tmp_path / "new", "Breakout", {"finetune:y": [1, 1, 1], "uniform": [0, 0.2, 0.1],
+                                              "zoo-lite": [2, 3, 2.5], "kickstart": [0, 0, 0]})
+    runs = criteria.target_runs([new, scratch])
+    assert set(runs["method"]) == {"finetune:y", "uniform", "zoo-lite", "kickstart", "scratch"}  # no finetune:x
+    rows, met = criteria.loo_rows(runs)
+    by = {r["method"]: r for r in rows}
+    assert by["uniform"]["shown_below"] and by["uniform"]["criterion"] == "loo" and not met
+    assert by["kickstart"]["criterion"].startswith("loo (not counted")  # reported, not counted
+
+
+def test_efficiency_and_ranking_verdicts(tmp_path):
+    folder = study(tmp_path / "pong", "Pong", {"scratch": [-20], "zoo-lite": [-10]})
+    pd.DataFrame([{"method": "zoo-lite", "level_name": "half-source", "ratio": 0.15, "ratio_low": 0.1,
+                   "ratio_high": 0.3, "steps_median": 30_000, "scratch_steps": 200_000, "runs": 3},
+                  {"method": "kickstart", "level_name": "half-source", "ratio": 0.05, "ratio_low": 0.01,
+                   "ratio_high": 0.1, "steps_median": 10_000, "scratch_steps": 200_000, "runs": 3},
+                  {"method": "zoo", "level_name": "scratch-final", "ratio": 0.01, "ratio_low": 0.01,
+                   "ratio_high": 0.01, "steps_median": 2_000, "scratch_steps": 200_000, "runs": 3}]
+                 ).to_csv(folder / "efficiency.csv", index=False)
+    rows, point, shown = criteria.efficiency_rows(folder, "Pong")
+    assert [r["method"] for r in rows] == ["zoo-lite"] and point and not shown  # 0.15 met, interval up to 0.3
+    ranking = tmp_path / "ranking"
+    ranking.mkdir()
+    pd.DataFrame({"not_shown_worse": [True, True, False, True, True]}).to_csv(ranking / "validation.csv", index=False)
+    assert criteria.ranking_verdict(ranking, 4) == (4, 5, True)
+    assert criteria.ranking_verdict(ranking, 5)[2] is False
+
+
+def test_the_command_writes_its_tables_and_refuses_bad_input(tmp_path, capsys):
+    a = study(tmp_path / "a", "Pong", {"scratch": [-20, -20], "finetune:s": [-15, -14], "zoo-lite": [-14, -13]})
+    b = study(tmp_path / "b", "Breakout", {"scratch": [1, 2]}, steps=500_000)
+    c = study(tmp_path / "c", "Breakout", {"finetune:s": [3, 4], "zoo": [1, 1]})
+    criteria.main(["--related", str(a), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "criteria.md").read_text().startswith("| criterion | target | verdict |")
+    assert "related: Pong" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="differ in steps"):
+        criteria.main(["--loo", str(c), str(b)])
+    with pytest.raises(SystemExit, match="No scratch runs"):
+        criteria.main(["--loo", str(c)])
+    d = study(tmp_path / "d", "Breakout", {"scratch": [1, 1], "zoo": [2, 2]}, steps=500_000)
+    with pytest.raises(SystemExit, match="its own scratch"):
+        criteria.main(["--loo", str(d), str(b)])
+    with pytest.raises(SystemExit, match="results.csv is missing"):
+        criteria.main(["--loo", str(tmp_path / "nowhere")])
