@@ -349,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise SystemExit(f"--targets: {unknown} not in {args.rules}; its targets: {', '.join(rules)}.")
             rules = {t: rules[t] for t in wanted}
-        table = derive_levels(rules, args.zoo)
+        try:
+            table = derive_levels(rules, args.zoo)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"{exc}\nNothing written: fix the levels of the targets whose studies exist with "
+                             "--targets (the others join when theirs are published).") from None
         if args.targets and args.out.is_file():
             kept = pd.read_csv(args.out, dtype={"scratch_steps": str})
             table = pd.concat([kept[~kept["target"].isin(table["target"])], table], ignore_index=True)

@@ -140,8 +140,9 @@ def test_levels_follow_their_rules(tmp_path):
 def test_published_levels_are_the_rules_applied_to_the_committed_files(tmp_path):
     """results/levels-zoo-1m.csv is what `efficiency.py levels --zoo agents/zoo` writes today."""
     script = load_script()
-    fresh = script.derive_levels(script.read_rules(), ROOT / "agents" / "zoo")
     committed = pd.read_csv(ROOT / "results" / "levels-zoo-1m.csv", dtype={"scratch_steps": str})
+    rules = script.read_rules()  # its targets: the 1M studies' (later ones join when their scratch is published)
+    fresh = script.derive_levels({t: rules[t] for t in committed["target"].unique()}, ROOT / "agents" / "zoo")
     pd.testing.assert_frame_equal(fresh.reset_index(drop=True), committed, check_dtype=False)
 
 
@@ -168,6 +169,11 @@ def test_levels_of_some_targets_join_those_fixed_before(tmp_path):
     assert len(both) == len(first) + 1  # Pong's rows replaced, not repeated; Breakout has no related source
     with pytest.raises(SystemExit, match="not in"):
         script.main(["levels", "--zoo", zoo, "--targets", "Tetris", "--out", str(out)])
+    rules = tmp_path / "rules.yml"
+    rules.write_text("Pong: {scratch: results/pong-500k}\nSeaquest: {scratch: results/no-such-study}\n")
+    with pytest.raises(SystemExit, match="(?s)no-such-study.*Nothing written"):
+        script.main(["levels", "--zoo", zoo, "--rules", str(rules), "--out", str(out)])
+    assert pd.read_csv(out).equals(both)  # the levels fixed before are untouched
 
 
 def write_monitor(folder, rank, episodes, t_start=1000.0):
