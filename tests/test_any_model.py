@@ -187,6 +187,14 @@ def test_lite_averages_reach_the_target_networks(sources, name, online, target):
     for path, layer in target_layers.items():
         # The targets never train: only SB3's copy of the online "running_" buffers moves their average.
         assert layer.running_updates.item() > 1, path
+        # SB3's polyak_update writes through .data (no version counter moves): the target's output is the
+        # aggregate of its current tensors, never a merge cached before the updates.
+        x = torch.randn(4, layer.weight.shape[2])
+        with torch.no_grad():
+            served = layer(x)
+        with torch.enable_grad():
+            fresh = layer(x).detach()
+        torch.testing.assert_close(served, fresh, rtol=1e-5, atol=1e-5)
 
 
 def test_ranked_start_multipliers_and_log_std(sources, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from stable_baselines3.common.torch_layers import NatureCNN
 
 from conftest import OBS_SPACE_CHW, obs_batch, random_nature_state
@@ -206,12 +207,36 @@ def test_inference_uses_a_merged_layer_that_follows_updates(zoo_paths, mode):
         torch.testing.assert_close(ext(x), reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["lite", "uniform"])
+def test_a_target_network_updated_through_data_is_never_served_stale(mode):
+    """SB3 updates target networks with polyak_update, in place through ``.data``, which bumps no version counter:
+    a layer without gradients (no optimizer trains it) must aggregate at every call, not serve a cached merge."""
+    torch.manual_seed(0)
+    online = ZooLayer(torch.randn(3, 8, 5), torch.randn(3, 8), mode=mode)
+    target = ZooLayer(torch.randn(3, 8, 5), torch.randn(3, 8), mode=mode)
+    x = torch.randn(4, 5)
+    online(x).square().mean().backward()  # the online layer's first batch (and its gradients)
+    target.load_state_dict(online.state_dict())
+    target.eval()
+    with torch.no_grad():
+        before = target(x)
+        for p, q in zip(online.parameters(), target.parameters()):  # SB3's polyak_update, tau = 0.5
+            q.data.mul_(0.5)
+            torch.add(q.data, p.data * 2.0, alpha=0.5, out=q.data)
+        after = target(x)
+        weight, bias = target.merged()
+    torch.testing.assert_close(after, F.linear(x, weight, bias))
+    assert not torch.allclose(after, before) and target._merged_cache is None
+
+
 def test_merged_cache_built_under_bf16_autocast_serves_float32_calls(zoo_paths):
     """FastCnnPolicy's rollouts merge under bf16 autocast; a later float32 call (e.g. an
     evaluation without FastCnnPolicy) must get the float32 merge, not a bf16 cache (found by
     benchmarks/gpu_check.py's CPU dry run: "Input type (float) and bias type (BFloat16)")."""
-    ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths, gate="uniform").eval()
+    ext = ZooExtractor(OBS_SPACE_CHW, zoo=zoo_paths, gate="uniform")
     x = obs_batch(4)
+    ext(x).sum().backward()  # a network an optimizer trains (gradients on its banks): the cached kind
+    ext.eval()
     with torch.no_grad():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = ext(x)

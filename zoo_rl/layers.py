@@ -25,8 +25,9 @@ Gate modes (``mode``):
   forward the average moves towards the batch mean: ``α̂ <- (1-m) α̂ + m ᾱ``. It starts from
   the first batch's mean (no zero start, no bias correction needed). Because the gates are
   constants at inference, :meth:`ZooLayer.merged` folds the layer into one plain layer; in
-  eval mode without gradients the layer does so itself, once per parameter update, so
-  rollouts cost one plain layer.
+  eval mode without gradients, once an optimizer has trained it, the layer does so itself, once
+  per parameter update, so rollouts cost one plain layer (a target network, which SB3 updates
+  where no version counter sees it, aggregates at every call).
 - ``uniform``: fixed gates ``1/K`` (weight averaging, a baseline; no gate network).
 
 Gate normalisation (``normalisation``):
@@ -285,7 +286,13 @@ class ZooLayer(nn.Module):
     def _can_use_merged(self) -> bool:
         if self.training or torch.is_grad_enabled():
             return False
-        return self.mode == "uniform" or (self.mode == "lite" and self.running_updates.item() > 0)
+        if not (self.mode == "uniform" or (self.mode == "lite" and self.running_updates.item() > 0)):
+            return False
+        # Cached only in a network an optimizer trains (its bank carries a gradient): the cache is keyed by the
+        # tensors' version counters, which an optimizer step bumps. SB3 updates target networks through ``.data``
+        # (polyak_update), which bumps no version counter, so a cached target network would never see its
+        # updates; it has no gradients, and aggregates at every call instead.
+        return self.weight.grad is not None
 
     def _cached_merged(self) -> tuple[torch.Tensor, torch.Tensor]:
         # Any in-place change (optimizer step, load_state_dict, EMA update) bumps _version.
