@@ -14,6 +14,7 @@ from stable_baselines3 import A2C, DQN, PPO
 import zoo_rl.extractor as extractor_module
 from conftest import obs_batch, tmp_copy
 from zoo_rl import GateLogger, ZooExtractor, export_lite
+from zoo_rl.layers import ZooLayer
 from zoo_rl.policies import FastCnnPolicy
 from zoo_rl.sources import LAYERS, SourceUnavailable, load_source
 
@@ -151,6 +152,27 @@ def test_lite_average_reaches_dqn_target_network(image_env, zoo_paths):
     for name, layer in model.q_net_target.features_extractor.layers.items():
         assert layer.running_updates.item() > 1, name  # only a copy from the online network gets it there
         assert not torch.equal(layer.running_gates, torch.full((3,), 1 / 3)), name
+
+
+def test_rollouts_merge_once_per_update_and_dqn_targets_never_serve_a_stale_merge(image_env, zoo_paths, monkeypatch):
+    """The hot path: after an update, a PPO rollout merges each zoo layer once (the cached plain layer serves every
+    step); a DQN target network inside SB3's own CnnPolicy, updated by polyak_update through ``.data``, is never
+    served a merge made before its updates."""
+    merges = []
+    merged = ZooLayer.merged
+    monkeypatch.setattr(ZooLayer, "merged", lambda self, *a, **k: merges.append(self) or merged(self, *a, **k))
+    model = build("ppo", image_env, zoo_paths)  # 2 envs x 32 steps a rollout, one update between rollouts
+    n_layers = len(extractors(model)[0].layers)
+    model.learn(3 * 64)  # three rollouts: the first before any update (no gradients yet: aggregated), then two
+    assert len(merges) == 2 * n_layers
+    dqn = build("dqn", image_env, zoo_paths)
+    dqn.learn(400)  # target syncs every 50 steps
+    x = obs_batch(4)
+    with torch.no_grad():
+        served = dqn.q_net_target(x)
+    with torch.enable_grad():
+        fresh = dqn.q_net_target(x).detach()  # the aggregate of the target's current tensors
+    torch.testing.assert_close(served, fresh, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("share", [True, False])
