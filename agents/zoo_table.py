@@ -80,7 +80,11 @@ def zoo_rows(zoo: Path) -> list[dict]:
         status = json.loads((parked / STATUS).read_text())
         curve = evaluation_curve(load_evaluations(parked / EVALUATIONS))
         task = spec.task
+        init = spec.init_folder()
+        init_meta = init / "meta.json" if init is not None else None
+        init_steps = json.loads(init_meta.read_text()).get("steps", 0) if init_meta and init_meta.is_file() else 0
         rows.append({"name": spec.source_name, "game": task.game, "mode": task.mode, "difficulty": task.difficulty,
+                     "init": {"steps": init_steps},
                      "flavour": flavour_of({"game": task.game, "mode": task.mode, "difficulty": task.difficulty}),
                      "steps": int(status["num_timesteps"]), "status": "training",
                      "target_return": spec.target_return, "cpu_hours": status.get("cpu_seconds", 0.0) / 3600,
@@ -111,7 +115,18 @@ def table(rows: list[dict]) -> str:
             reached = " (reached)" if r.get("stopped_at_target") else ""
             line += f" {'' if target is None else f'{target:g}'}{reached} | {r.get('cpu_hours', float('nan')):.1f} |"
         lines.append(line + f" {rl_zoo_reference(r['game'])} |")
+    if costs:
+        lines.append("")
+        lines.append(totals(rows))
     return "\n".join(lines)
+
+
+def totals(rows: list[dict]) -> str:
+    """The zoo's cost in one line: CPU-hours of every row, and the agent steps they trained (a source continued
+    from another counts from its ``init`` steps)."""
+    hours = sum(r.get("cpu_hours", 0.0) for r in rows)
+    trained = sum(r["steps"] - int((r.get("init") or {}).get("steps") or 0) for r in rows)
+    return f"{len(rows)} sources: {hours:.2f} CPU-hours, {trained:,} agent steps trained in all."
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:

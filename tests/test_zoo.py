@@ -316,5 +316,6 @@ def test_zoo_table_shows_parked_sources_and_draws_their_curves(tmp_path):
     text = table.table(rows)
     assert "| pong-m1 | Pong | mode 1 | 1,500,000 | in training: last evaluation 5.0 ± 1.0 (2 games) |" in text
     assert "| 15 | 2.0 |" in text
+    assert text.endswith("1 sources: 2.00 CPU-hours, 1,500,000 agent steps trained in all.")  # no init: from 0
     table.plot_curves(rows, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
