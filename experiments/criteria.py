@@ -64,7 +64,7 @@ def target_runs(folders: list[Path]) -> pd.DataFrame:
         path = Path(folder) / RESULTS
         if not path.is_file():
             raise SystemExit(f"{path} is missing: publish the study first (experiments/publish.py).")
-        tables.append(pd.read_csv(path).assign(study=str(folder)))
+        tables.append(pd.read_csv(path))
     runs = tables[0]
     if len(tables) == 2:
         first, other = tables
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict] = []
     verdicts: list[tuple[str, str, bool]] = []
     efficiency_met = efficiency_shown = False
+    unjudged = []  # related studies without efficiency.csv: the efficiency criterion is not judged over them
     for folders in args.related:
         target_rows, met = related_rows(target_runs(folders))
         rows += target_rows
@@ -194,13 +195,18 @@ def main(argv: list[str] | None = None) -> None:
             more, point, shown = efficiency_rows(folders[0], target_rows[0]["target"])
             rows += more
             efficiency_met, efficiency_shown = efficiency_met or point, efficiency_shown or shown
+        else:
+            unjudged.append(str(folders[0]))
     for folders in args.loo:
         target_rows, met = loo_rows(target_runs(folders))
         rows += target_rows
         verdicts.append(("loo", target_rows[0]["target"], met))
-    if args.related:
+    if args.related and not unjudged:
         verdicts.append(("efficiency (a fifth of scratch's steps, point)", "any related target", efficiency_met))
         verdicts.append(("efficiency (a fifth of scratch's steps, interval)", "any related target", efficiency_shown))
+    elif unjudged:  # a verdict over part of the targets could say "not met" where the others would meet it
+        print(f"efficiency not judged: no efficiency.csv in {', '.join(unjudged)} (run python "
+              f"experiments/efficiency.py {' '.join(unjudged)})")
     if args.ranking is not None:
         good, total, met = ranking_verdict(args.ranking, args.ranking_studies)
         verdicts.append((f"ranking ({good} of {total} studies not shown worse, {args.ranking_studies} needed)",

@@ -64,7 +64,9 @@ def test_the_command_writes_its_tables_and_refuses_bad_input(tmp_path, capsys):
     c = study(tmp_path / "c", "Breakout", {"finetune:s": [3, 4], "zoo": [1, 1]})
     criteria.main(["--related", str(a), "--out", str(tmp_path / "out")])
     assert (tmp_path / "out" / "criteria.md").read_text().startswith("| criterion | target | verdict |")
-    assert "related: Pong" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "related: Pong" in printed and "efficiency not judged: no efficiency.csv in" in printed
+    assert "efficiency (" not in (tmp_path / "out" / "criteria.md").read_text()  # no verdict without its tables
     with pytest.raises(SystemExit, match="differ in steps"):
         criteria.main(["--loo", str(c), str(b)])
     with pytest.raises(SystemExit, match="No scratch runs"):
