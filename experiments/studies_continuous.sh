@@ -3,8 +3,9 @@
 # one SAC target on a Pendulum variant from the Pendulum zoo (agents/zoo-pendulum). Whole policies transfer
 # (zoo_rl.zoo_policy: every Linear of actor and critic from the sources); the methods are the default set of
 # a whole-policy study: scratch, a fine-tune of each source, uniform, zoo, zoo-lite, the ranked start and, for
-# PPO, Kickstarting (kickstart, kickstart:all, the ranked start kickstarted) and MULTIPOLAR. 3 seeds, 100k agent steps (a tenth of the sources' own training), the hyperparameter file's
-# learning rate; final returns from 20 new episodes with deterministic actions.
+# PPO, Kickstarting (kickstart, kickstart:all, the ranked start kickstarted) and MULTIPOLAR. 3 seeds, 100k agent
+# steps (a tenth of the sources' own training), the hyperparameter file's learning rate; final returns from 20
+# new episodes with deterministic actions.
 #
 #   bash experiments/studies_continuous.sh mujoco-in       # one stage: mujoco-in | mujoco-out | pendulum
 #   PARK=1 bash experiments/studies_continuous.sh mujoco-in  # pack the stage's finished runs into results/_inprogress/
