@@ -13,8 +13,9 @@
 # main job exactly as the README runs it (every default method, scratch included, ale-py's vector env).
 #
 # Cost (one torch thread a run, two runs at a time on 2 cores, AVX-512 with native bf16): a 100k-step run takes
-# 4-10 minutes of one core (a fine-tune the least, zoo and zoo-lite the most): a 100k study of the default
-# methods, 42 runs (Kickstarting's three methods included), about 5 CPU-hours (the 1M zoo's 33 took 3.8).
+# 5-18 minutes of one core (a fine-tune the least, zoo the most): a 100k study of the default
+# methods, 42 runs (Kickstarting's three methods included), about 6 CPU-hours (seed 0 of pong-100k-strong:
+# 1.7 CPU-hours for 12 of its 14 methods, the runs' wall_seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
