@@ -418,6 +418,42 @@ def test_zoo_method_options_reach_the_extractor(zoo_paths, tmp_path):
         study_module.zoo_options("zoo-lite:gate-x30")
 
 
+@pytest.mark.parametrize("algo, env_id, params, steps", [
+    ("ppo", "CartPole-v1", dict(n_steps=64, batch_size=48, n_epochs=3), 300),  # a last, smaller minibatch
+    ("a2c", "CartPole-v1", dict(n_steps=7), 100),
+    ("sac", "Pendulum-v1", dict(learning_starts=30, train_freq=4, gradient_steps=3, batch_size=16), 150),
+    ("dqn", "CartPole-v1", dict(learning_starts=50, train_freq=(2, "step"), batch_size=16), 151),
+])
+def test_optimizer_updates_count_the_optimizer_steps_sb3_takes(algo, env_id, params, steps):
+    from stable_baselines3.common.env_util import make_vec_env
+
+    n_envs = 2 if algo in ("ppo", "a2c") else 1
+    model = runs_module.algo_class(algo)("MlpPolicy", make_vec_env(env_id, n_envs=n_envs, seed=0), seed=0,
+                                         policy_kwargs=dict(net_arch=[8]), **params)
+    optimizer = model.critic.optimizer if algo == "sac" else model.policy.optimizer
+    taken = []
+    optimizer.register_step_post_hook(lambda *_: taken.append(1))
+    model.learn(steps)
+    assert runs_module.optimizer_updates(algo, params, n_envs, steps) == len(taken) > 0
+    with pytest.raises(ValueError, match="counts episodes.*gate-lr<N>"):
+        runs_module.optimizer_updates("sac", dict(train_freq=(1, "episode")), 1, steps)
+
+
+def test_a_gate_span_sets_the_gates_rate_from_the_runs_budget(zoo_paths, tmp_path):
+    jobs = plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["zoo-lite:gate-span16", "zoo-lite:gate-lr100"],
+                            seeds=1, out=tmp_path, steps=100_000))
+    span = runs_module.run_extractor_kwargs(jobs[0])["gate_lr"]
+    # The zoo's Atari PPO (8 x 128 steps a rollout, 4 epochs of 4 minibatches) takes 98 x 16 updates in 100k steps:
+    # a span of 16 at Adam 1e-4 is about the multiplier 100 of the default ranked start.
+    assert span == pytest.approx(16 / (1e-4 * 98 * 16)) and runs_module.run_extractor_kwargs(jobs[1])["gate_lr"] == 100
+    assert study_module.zoo_options("zoo-lite:ranked+gate-span16") == {}
+    assert study_module.gate_span("zoo-lite:ranked+gate-span1.5") == 1.5 and study_module.gate_span("zoo") is None
+    for bad, match in (("zoo-lite:gate-span0", "S > 0"), ("zoo-lite:gate-span2+gate-span3", "one gate-span"),
+                       ("zoo-lite:gate-span2+gate-lr10", "keep one")):
+        with pytest.raises(ValueError, match=match):
+            study_module.zoo_options(bad)
+
+
 def test_a_gated_run_continues_only_with_its_normalisation(zoo_paths, tmp_path):
     other = next(n for n in NORMALISATIONS if n != DEFAULT_NORMALISATION)
     study = dict(target="Pong", zoo=zoo_paths, seeds=1, out=tmp_path)

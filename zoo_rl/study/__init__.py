@@ -40,7 +40,7 @@ from zoo_rl.study.cores import default_workers, run_threads
 from zoo_rl.study.launch import WorkersLost, run_study
 from zoo_rl.study.methods import (DEFAULT_METHODS, KICKSTART_DEFAULTS, METHODS, POLICY_DEFAULT_METHODS, RANKED_WEIGHT,
                                   ZOO_GATES, ZOO_OPTIONS, canonical_method, expand_methods, extractor_kwargs,
-                                  kickstart_schedule, kickstart_teachers, ranked_top, zoo_options)
+                                  gate_span, kickstart_schedule, kickstart_teachers, ranked_top, zoo_options)
 from zoo_rl.study.progress import (RELATIVE_COST, RankingProgress, StudyProgress, describe_plan, format_duration,
                                    stop_message)
 from zoo_rl.study.runs import (build_model, evaluate_final, read_ranking, resumable_ranking, run_job, run_lock,
@@ -55,7 +55,7 @@ __all__ = [
     "StudyProgress", "WorkersLost", "best_finetune", "build_model", "canonical_method", "check_run_files",
     "collect_results", "committed_zoo", "compact_summary", "cross_target", "default_workers", "default_zoo",
     "describe_plan", "evaluate_final", "expand_methods", "expand_zoo", "extractor_kwargs", "format_duration",
-    "gate_history", "kickstart_schedule", "kickstart_teachers", "learning_curves", "plan", "ranked_top", "read_ranking", "resumable_ranking", "run_job",
+    "gate_history", "gate_span", "kickstart_schedule", "kickstart_teachers", "learning_curves", "plan", "ranked_top", "read_ranking", "resumable_ranking", "run_job",
     "run_lock", "run_path", "run_spec", "run_study", "run_threads", "stop_message", "study_ranking", "summarise",
     "trained_normalisation", "write_study_json", "check_zoo", "zoo_record", "write_tables", "zoo_options",
 ]

@@ -52,7 +52,9 @@ ZOO_GATES = {"uniform": "uniform", "zoo": "sample", "zoo-lite": "lite"}
 #: gate normalisation) or ``zoo-lite:noalign`` (no channel alignment). Also, with a number N:
 #: ``gate-lr<N>``, ``align-lr<N>``, ``bank-lr<N>``: that group's learning rate is N times the study's
 #: (:mod:`zoo_rl.optim`); and ``ranked`` / ``top<k>``: the gates start with 0.99 of the weight on the
-#: best-ranked source (shared by the top k), from the study's ``ranking.csv`` (:mod:`zoo_rl.ranking`).
+#: best-ranked source (shared by the top k), from the study's ``ranking.csv`` (:mod:`zoo_rl.ranking`);
+#: ``gate-span<S>``: the gates' learning rate set from the run's budget so that ``rate x optimizer updates = S``
+#: (:func:`gate_span`).
 ZOO_OPTIONS: dict[str, dict[str, Any]] = {
     "softmax": dict(normalisation="softmax"),
     "sigmoid": dict(normalisation="sigmoid"),
@@ -66,6 +68,9 @@ _LR_OPTION = re.compile(r"(gate|align|bank)-lr(\d+(?:\.\d+)?(?:e-?\d+)?)")
 
 
 _TOP_OPTION = re.compile(r"ranked|top(\d+)")
+
+
+_SPAN_OPTION = re.compile(r"gate-span(\d+(?:\.\d+)?(?:e-?\d+)?)")
 
 
 #: Options of the zoo methods that also kickstart them (:mod:`zoo_rl.kickstart`): from the top-ranked source,
@@ -104,6 +109,9 @@ def zoo_options(method: str) -> dict[str, Any]:
         top = _TOP_OPTION.fullmatch(option)
         if (top and (top[1] is None or int(top[1]) >= 1)) or option in KICKSTART_OPTIONS:
             continue
+        if _SPAN_OPTION.fullmatch(option):
+            gate_span(method)  # raises on a zero span, or one beside gate-lr<N>
+            continue
         if _KICKSTART_SCHEDULE.fullmatch(option):
             kickstart_schedule(method)  # raises unless the method kickstarts and the value is in range
             continue
@@ -112,11 +120,32 @@ def zoo_options(method: str) -> dict[str, Any]:
                 "gate-x") else ""
             raise ValueError(f"Unknown option {option!r} in method {method!r}{hint}; options of zoo, zoo-lite and "
                              f"uniform (joined with '+'): {', '.join(ZOO_OPTIONS)}, gate-lr<N>, align-lr<N>, "
-                             "bank-lr<N> (that group's learning rate x N), ranked or top<k> (start from the "
+                             "bank-lr<N> (that group's learning rate x N), gate-span<S> (the gates' rate x the run's optimizer "
+                             "updates = S), ranked or top<k> (start from the "
                              "best-ranked source(s)), kickstart or kickstart-all (also distil the top-ranked "
                              "source's policy, or every source's) with kcoef<X>, kdecay<F> (its schedule).")
         kwargs.update(ZOO_OPTIONS[option])
     return kwargs
+
+
+def gate_span(method: str) -> float | None:
+    """The ``gate-span<S>`` of a zoo method, else None. Under Adam a parameter moves by about its learning rate
+    per update whatever its gradient, so ``rate x updates`` bounds how far a gate score can travel over a run:
+    a span states that distance for every algorithm and budget, where a multiplier's meaning changes with
+    them (``gate-lr100`` is a span of about 16 for PPO on Atari at 100k steps, 1,000 for SAC at 10k).
+    The study turns it into the gates' multiplier (:func:`zoo_rl.study.runs.optimizer_updates`).
+
+    :raises ValueError: a span of 0, two spans, or a span beside ``gate-lr<N>`` (they set the same rate).
+    """
+    options = method.partition(":")[2].split("+")
+    spans = [float(m[1]) for m in map(_SPAN_OPTION.fullmatch, options) if m]
+    if not spans:
+        return None
+    if len(spans) > 1 or spans[0] <= 0:
+        raise ValueError(f"{method}: give one gate-span<S> with S > 0 (how far a gate score may travel over the run).")
+    if any((m := _LR_OPTION.fullmatch(o)) and m[1] == "gate" for o in options):
+        raise ValueError(f"{method}: gate-span<S> and gate-lr<N> both set the gates' learning rate; keep one.")
+    return spans[0]
 
 
 def ranked_top(method: str) -> int | None:

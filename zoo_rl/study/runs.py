@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from contextlib import contextmanager
@@ -37,8 +38,8 @@ from zoo_rl.study.config import (HYPERPARAMS_DIR, RunJob, StudyConfig, cached_po
                                  source_names, whole_policy)
 from zoo_rl.study.cores import run_threads, study_processes
 from zoo_rl.study.signals import FAULT_ENV, fault_point
-from zoo_rl.study.methods import (RANKED_WEIGHT, ZOO_GATES, extractor_kwargs, kickstart_schedule, kickstart_teachers,
-                                  ranked_top)
+from zoo_rl.study.methods import (RANKED_WEIGHT, ZOO_GATES, extractor_kwargs, gate_span, kickstart_schedule,
+                                  kickstart_teachers, ranked_top)
 from zoo_rl.zoo_policies import ZOO_OPTIONS as ZOO_POLICY_OPTIONS
 from zoo_rl.zoo_policies import ZooPolicyMixin, export_zoo_policy, zoo_policy
 from zoo_rl.training import (EVAL_SEED_OFFSET, ON_POLICY, RunSpec, algo_class, deterministic_eval,
@@ -62,10 +63,45 @@ def _hyperparams(job: RunJob) -> tuple[dict[str, Any], int]:
     return params, n_envs
 
 
+def optimizer_updates(algo: str, params: dict[str, Any], n_envs: int, steps: int) -> int:
+    """How many optimizer steps ``algo`` takes over ``steps`` agent steps with ``params`` (SB3's defaults where
+    they name none): PPO ``rollouts x n_epochs x minibatches``, A2C one per rollout, off-policy algorithms
+    ``gradient_steps`` per ``train_freq`` steps after ``learning_starts`` (the critic's count for TD3, whose
+    actor updates every ``policy_delay``).
+
+    :raises ValueError: a ``train_freq`` counted in episodes, whose steps are not known before the run.
+    """
+    defaults = {k: p.default for k, p in inspect.signature(algo_class(algo).__init__).parameters.items()}
+    value = {**defaults, **params}
+    if algo in ON_POLICY:
+        batch = int(value["n_steps"]) * n_envs
+        rollouts = -(-steps // batch)
+        if algo == "a2c":
+            return rollouts
+        return rollouts * int(value["n_epochs"]) * -(-batch // int(value["batch_size"]))
+    freq = value["train_freq"]
+    if isinstance(freq, (tuple, list)):
+        if str(freq[1]).startswith("episode"):
+            raise ValueError(f"train_freq {tuple(freq)} counts episodes: a gate span needs the number of updates "
+                             "before the run; use gate-lr<N>, or a train_freq in steps.")
+        freq = freq[0]
+    # SB3 collects train_freq steps per environment, then trains once the step count is past learning_starts.
+    per_round = int(freq) * n_envs
+    rounds = max(0, -(-steps // per_round) - int(value["learning_starts"]) // per_round)
+    gradient_steps = int(value["gradient_steps"])
+    return rounds * (gradient_steps if gradient_steps >= 0 else per_round)
+
+
 def run_extractor_kwargs(job: RunJob) -> dict[str, Any]:
     """:func:`extractor_kwargs` of the job's method, with a ranked start resolved into ``init_gates``
-    (from the study's ``ranking.csv``, computed first if missing)."""
+    (from the study's ``ranking.csv``, computed first if missing) and a ``gate-span<S>`` into ``gate_lr``
+    (``S / (learning rate x optimizer updates)``, :func:`optimizer_updates` over the study's steps)."""
     kwargs = extractor_kwargs(job.method, job.study.normalisation)
+    span = gate_span(job.method)
+    if span is not None:
+        params, n_envs = _hyperparams(job)
+        kwargs["gate_lr"] = span / (float(params["learning_rate"]) * optimizer_updates(
+            job.study.algo, params, n_envs, job.study.steps))
     top = ranked_top(job.method)
     if top is not None:
         order = ranking_order(study_ranking(job.study, job.task, job.zoo), source_names(job.zoo, job.task))
