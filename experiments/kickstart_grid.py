@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from choose import mean_rank_order, rank_within_targets
 from zoo_rl.files import RESULTS, atomic_write_bytes, write_csv_atomic
 from zoo_rl.study import kickstart_schedule
 
@@ -50,16 +51,13 @@ def grid_table(studies: list[Path]) -> pd.DataFrame:
         raise SystemExit(f"A schedule appears in more than one study of the same target: {cells}. Pass each "
                          "(target, schedule) once.")
     # Ranked within each target over every study given: a grid extended later by a study of its own ranks as one.
-    table["rank"] = table.groupby("target")["auc"].rank(ascending=False, method="min")
-    return table.drop(columns="study")
+    return rank_within_targets(table.drop(columns="study"))
 
 
 def choose(table: pd.DataFrame) -> pd.DataFrame:
     """Schedules by mean rank over the targets (best first; ties: smaller kcoef, then shorter kdecay). A schedule
     run on fewer targets than the others comes after them all: its mean rank is not comparable."""
-    by = table.groupby(["kcoef", "kdecay"]).agg(mean_rank=("rank", "mean"), targets=("target", "nunique")).reset_index()
-    by["missing"] = by["targets"].max() - by["targets"]
-    return by.sort_values(["missing", "mean_rank", "kcoef", "kdecay"]).drop(columns="missing").reset_index(drop=True)
+    return mean_rank_order(table, ["kcoef", "kdecay"], ["kcoef", "kdecay"])
 
 
 def main() -> None:

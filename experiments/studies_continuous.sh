@@ -7,7 +7,7 @@
 # steps (a tenth of the sources' own training), the hyperparameter file's learning rate; final returns from 20
 # new episodes with deterministic actions.
 #
-#   bash experiments/studies_continuous.sh mujoco-in       # one stage: mujoco-in | mujoco-out | pendulum
+#   bash experiments/studies_continuous.sh mujoco-in       # one stage: gate-choice | mujoco-in | mujoco-out | pendulum
 #   PARK=1 bash experiments/studies_continuous.sh mujoco-in  # pack the stage's finished runs into results/_inprogress/
 #
 # Targets are named before any run, by where their dynamics lie against the zoo's (masses x0.5-x2, friction
@@ -32,6 +32,32 @@ run() {  # run <results name> <transfer.py arguments...>
     python experiments/publish.py "runs/transfer/$name" --out "results/$name" > /dev/null
 }
 
+if [[ $stage == all || $stage == gate-choice ]]; then
+    # 0. The whole-policy defaults of the gated methods, chosen before the studies below on two targets none of them
+    #    uses (inside the zoos' ranges: a Pendulum with a heavier pole, SAC, 10k steps; a heavier HalfCheetah, PPO,
+    #    30k steps), 2 seeds each, by experiments/choose.py's rule (mean rank of the AUC over the two targets; ties
+    #    to the candidate named first, the current default). First the gate normalisation of the paper's zoo-lite;
+    #    then, under the chosen one, the ranked start's gate rate: the 100x multiplier chosen for PPO on Atari, or a
+    #    span (zoo_rl.study.methods.gate_span: the distance a gate score may travel over the run, which 100x is
+    #    on Atari at 100k steps, about 16) or a tenth of it. Cost: 24 runs, about 3 CPU-hours.
+    pendulum=(--target classic:pendulum+m=1.25 --algo sac --steps 10000 --eval-every 1000 --zoo agents/zoo-pendulum
+              --seeds 2)
+    cheetah=(--target mujoco:halfcheetah+mass=1.5 --steps 30000 --eval-every 3000 --zoo agents/zoo-mujoco --seeds 2)
+    norms=zoo-lite:sigmoid,zoo-lite:softmax,zoo-lite:sigmoid-sum
+    run gate-choice-pendulum "${pendulum[@]}" --methods "$norms"
+    run gate-choice-halfcheetah "${cheetah[@]}" --methods "$norms"
+    norm=sigmoid  # what a park names (it packs the runs whatever their methods)
+    if [[ -z "${PARK:-}" ]]; then
+        norm="$(python experiments/choose.py results/gate-choice-pendulum results/gate-choice-halfcheetah \
+            --candidates "$norms" --out results/gate-choice-normalisation --chosen)"
+        norm="${norm#zoo-lite:}"
+    fi
+    rates=zoo-lite:ranked+$norm+gate-lr100,zoo-lite:ranked+$norm+gate-span16,zoo-lite:ranked+$norm+gate-span1.6
+    run gate-choice-pendulum-ranked "${pendulum[@]}" --methods "$rates"
+    run gate-choice-halfcheetah-ranked "${cheetah[@]}" --methods "$rates"
+    [[ -n "${PARK:-}" ]] || python experiments/choose.py results/gate-choice-pendulum-ranked \
+        results/gate-choice-halfcheetah-ranked --candidates "$rates" --out results/gate-choice-ranked
+fi
 if [[ $stage == all || $stage == mujoco-in ]]; then
     run halfcheetah-friction0.8-mass1.25-100k --target mujoco:halfcheetah+friction=0.8+mass=1.25 --zoo agents/zoo-mujoco
     run halfcheetah-legs1.1-mass0.75-100k --target mujoco:halfcheetah+legs=1.1+mass=0.75 --zoo agents/zoo-mujoco
