@@ -21,6 +21,7 @@ from conftest import random_nature_state
 from envs.tasks import make_env, resolve
 from zoo_rl.extractor import ZooExtractor
 from zoo_rl.kickstart import KickstartPPO
+from zoo_rl.qdagger import QDaggerDQN
 from zoo_rl.layers import DEFAULT_NORMALISATION, NORMALISATIONS
 from zoo_rl.metrics import (area_under_curve, difference_interval, human_normalised, iqm_with_interval,
                             steps_to_threshold)
@@ -879,15 +880,30 @@ def test_kickstarted_methods_get_their_teachers_from_the_ranking(tmp_path):
     finally:
         env.close()
     assert isinstance(model.policy.features_extractor, ZooExtractor)  # the combination is a zoo method too
-    with pytest.raises(ValueError, match="PPO and A2C students"):
-        plan(StudyConfig(target="Pong", zoo=zoo, methods=["kickstart"], algo="dqn", out=tmp_path / "dqn", **TINY))
+    with pytest.raises(ValueError, match="--algo sac cannot train them"):
+        plan(StudyConfig(target="classic:pendulum+g=12", zoo=[str(ROOT / "agents" / "zoo-pendulum")],
+                         methods=["kickstart"], algo="sac", out=tmp_path / "sac", **TINY))
     with pytest.raises(ValueError, match="kickstart:all"):
         plan(StudyConfig(target="Pong", zoo=zoo, methods=["kickstart:some"], out=out, **TINY))
-    # Kickstarting is in every table a study makes by default; a DQN study's defaults leave it out
-    assert {"kickstart", "kickstart:all", "zoo-lite:ranked+gate-lr100+kickstart"} <= set(study_module.DEFAULT_METHODS)
+    # Kickstarting is in every table a study makes by default; a DQN study's distils QDagger-style
+    kicked = {"kickstart", "kickstart:all", "zoo-lite:ranked+gate-lr100+kickstart"}
+    assert kicked <= set(study_module.DEFAULT_METHODS)
     dqn = plan(StudyConfig(target="Pong", zoo=zoo, algo="dqn", out=tmp_path / "dqn-defaults", **TINY))
-    names = {job.method for job in dqn}
-    assert "zoo-lite:ranked+gate-lr100" in names and not any("kickstart" in name for name in names)
+    by_method = {job.method: job for job in dqn}
+    assert kicked <= set(by_method) and "multipolar" not in by_method
+    spec = runs_module.run_spec(by_method["kickstart"])
+    assert spec.algo_cls is QDaggerDQN and spec.hyperparams["kickstart_coef"] == 1.0  # QDagger's weight
+    env = make_env(by_method["kickstart"].task, 1, seed=0)
+    try:
+        (tmp_path / "dqn-defaults").mkdir(exist_ok=True)
+        (tmp_path / "dqn-defaults" / "ranking.csv").write_text((out / "ranking.csv").read_text())
+        model = study_module.build_model(by_method["kickstart"], env, spec)
+        spec.prepare(model)
+        assert [t.name for t in model.teachers] == ["breakout"]
+        model.learn(96)  # trains from step 51 (learning_starts scaled to the budget), distilling
+        assert model.logger.name_to_value["train/kickstart_kl"] > 0
+    finally:
+        env.close()
 
 
 def test_kickstart_schedule_options_reach_the_algorithm(tmp_path):

@@ -5,7 +5,8 @@ Public API: :class:`ZooExtractor` (plug into any SB3 algorithm through ``policy_
 :func:`load_source` (read SB3 zips, compact zoo folders, CleanRL checkpoints, hub ids),
 :class:`GateLogger` (gates to the SB3 logger), :func:`rank_sources` (which source will transfer, before
 training), :class:`ZooAdam` (learning rates per parameter group, e.g. faster gates), :class:`KickstartPPO` /
-:class:`KickstartA2C` with :func:`load_teacher` (distil zoo policies into a student), the layers themselves, and
+:class:`KickstartA2C` with :func:`load_teacher` (distil zoo policies into a student; :class:`QDaggerDQN` /
+:class:`QDaggerQRDQN` for value-based students), the layers themselves, and
 :func:`zoo_policy` (every layer of any SB3 policy built from a zoo of whole policies of its kind:
 ``docs/any-model.md``).
 
@@ -18,6 +19,7 @@ from zoo_rl.callbacks import GateLogger
 from zoo_rl.export import export_lite
 from zoo_rl.extractor import ZooExtractor
 from zoo_rl.kickstart import KickstartA2C, KickstartPPO, load_teacher, ranking_weights
+from zoo_rl.qdagger import QDaggerDQN, QDaggerQRDQN
 from zoo_rl.policies import FastCnnPolicy
 from zoo_rl.multipolar import MultipolarActorCriticPolicy, multipolar_policy
 from zoo_rl.layers import GATE_MODES, NORMALISATIONS, SourceGate, ZooLayer, ranked_gates
@@ -44,6 +46,8 @@ __all__ = [
     "GateLogger",
     "KickstartA2C",
     "KickstartPPO",
+    "QDaggerDQN",
+    "QDaggerQRDQN",
     "MultipolarActorCriticPolicy",
     "NORMALISATIONS",
     "PolicySource",

@@ -60,9 +60,8 @@ Two kinds of teachers:
 target (Atari, Lab2D) by meaning; any other source, or any source of a target whose observations
 are not images (MuJoCo), teaches as a whole policy.
 
-DQN and QR-DQN are not covered: their loss has no policy distribution and no entropy term to carry
-the distillation gradient; QDagger's distillation towards a teacher's Q-values needs a loss of its
-own (a subclass of their ``train()``), which this module does not provide.
+DQN and QR-DQN distil QDagger-style (:mod:`zoo_rl.qdagger`, on the same teachers): their loss has no policy
+distribution and no entropy term to carry this module's gradient.
 """
 
 from __future__ import annotations
@@ -358,20 +357,27 @@ def distillation_kl(student: Distribution, teacher_outputs: Sequence[torch.Tenso
                      f"is {type(student).__name__} (with use_sde=True PPO's is state-dependent: turn it off).")
 
 
-class KickstartMixin:
-    """Adds the kickstarting term to an SB3 on-policy algorithm whose loss has an entropy bonus (PPO, A2C).
+class DistillationMixin:
+    """Frozen teachers beside an SB3 algorithm, and the weight of a distillation term that decays over training:
+    what Kickstarting (:class:`KickstartMixin`, on-policy) and QDagger (:mod:`zoo_rl.qdagger`, value-based) share.
 
     :param teachers: :class:`Teacher` modules (e.g. from :func:`load_any_teacher`); empty: plain training.
     :param teacher_weights: one weight per teacher (normalised to sum 1); default: equal.
-    :param kickstart_coef: the distillation weight at the start, ``lambda(0)``.
+    :param kickstart_coef: the distillation weight at the start, ``lambda(0)`` (default: the class's
+        :attr:`default_coef`).
     :param kickstart_steps: agent steps over which the weight decays linearly to 0, counted from the
         model's step count when it first trains (default: all of the first ``learn()`` call's steps).
     """
 
+    #: ``lambda(0)`` when none is given.
+    default_coef: float = 1.0
+
     def __init__(self, *args: Any, teachers: Sequence[Teacher] = (), teacher_weights: Sequence[float] | None = None,
-                 kickstart_coef: float = 30.0, kickstart_steps: int | None = None, **kwargs: Any) -> None:
+                 kickstart_coef: float | None = None, kickstart_steps: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.set_teachers(teachers, teacher_weights)
+        if kickstart_coef is None:
+            kickstart_coef = self.default_coef
         if kickstart_coef < 0 or not math.isfinite(kickstart_coef):
             raise ValueError(f"kickstart_coef must be a finite number >= 0, got {kickstart_coef}.")
         if kickstart_steps is not None and kickstart_steps <= 0:
@@ -411,11 +417,8 @@ class KickstartMixin:
         normalizer = self.get_vec_normalize_env()
         if self.teachers and normalizer is not None and normalizer.norm_obs:
             raise ValueError("The student trains on VecNormalize's normalised observations, which its teachers were "
-                             "not trained on: kickstart with norm_obs=False (teachers from compact zoo folders "
+                             "not trained on: distil with norm_obs=False (teachers from compact zoo folders "
                              "read raw observations, their own normalisation folded in).")
-        if self.teachers and self.kickstart_coef > 0 and self.ent_coef <= 0:
-            raise ValueError("Kickstarting adds its gradient where SB3 adds the entropy bonus: it needs ent_coef > 0 "
-                             f"(got {self.ent_coef}); e.g. ent_coef=0.01 as the RL Baselines3 Zoo's Atari settings.")
         return out
 
     def kickstart_weight(self) -> float:
@@ -424,6 +427,24 @@ class KickstartMixin:
             return self.kickstart_coef
         done = (self.num_timesteps - self.kickstart_start) / self.kickstart_steps
         return self.kickstart_coef * max(0.0, 1.0 - done)
+
+    def _teacher_inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Observations as the policy's networks read them (images scaled), which is how teachers read them."""
+        return preprocess_obs(obs, self.observation_space, normalize_images=self.policy.normalize_images)
+
+
+class KickstartMixin(DistillationMixin):
+    """Adds the kickstarting term to an SB3 on-policy algorithm whose loss has an entropy bonus (PPO, A2C); the
+    teachers and the weight's schedule as :class:`DistillationMixin` (``kickstart_coef`` defaults to 30)."""
+
+    default_coef = 30.0
+
+    def _setup_learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> Any:
+        out = super()._setup_learn(total_timesteps, *args, **kwargs)
+        if self.teachers and self.kickstart_coef > 0 and self.ent_coef <= 0:
+            raise ValueError("Kickstarting adds its gradient where SB3 adds the entropy bonus: it needs ent_coef > 0 "
+                             f"(got {self.ent_coef}); e.g. ent_coef=0.01 as the RL Baselines3 Zoo's Atari settings.")
+        return out
 
     def train(self) -> None:
         weight = self.kickstart_weight() if self.teachers else 0.0
@@ -444,7 +465,7 @@ class KickstartMixin:
 
         def teacher_outputs(obs: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
             if not self.cache_teachers or not batches or isinstance(buffer.observations, dict):  # this batch only
-                x = preprocess_obs(obs, self.observation_space, normalize_images=policy.normalize_images)
+                x = self._teacher_inputs(obs)
                 return [t.output(x) for t in self.teachers]
             if not cache:
                 cache.extend(self._teacher_outputs_on(buffer.observations))
@@ -485,8 +506,7 @@ class KickstartMixin:
         """Every teacher's :meth:`Teacher.output` on a rollout buffer's flattened observations, in chunks."""
         per_teacher: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in self.teachers]
         for start in range(0, len(observations), self.TEACHER_CHUNK):
-            obs = torch.as_tensor(observations[start:start + self.TEACHER_CHUNK], device=self.device)
-            x = preprocess_obs(obs, self.observation_space, normalize_images=self.policy.normalize_images)
+            x = self._teacher_inputs(torch.as_tensor(observations[start:start + self.TEACHER_CHUNK], device=self.device))
             for chunks, teacher in zip(per_teacher, self.teachers):
                 chunks.append(teacher.output(x))
         return [tuple(torch.cat(parts) for parts in zip(*chunks)) for chunks in per_teacher]

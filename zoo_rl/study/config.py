@@ -183,11 +183,18 @@ def whole_policy(task: Task) -> bool:
     return not image_task(task)
 
 
-def on_policy_only(method: str) -> bool:
-    """Whether ``method`` needs an on-policy actor-critic algorithm (PPO, A2C): MULTIPOLAR (its aggregation sits in
-    front of an actor-critic policy's Gaussian or categorical head, :func:`zoo_rl.multipolar_policy`) and every
-    kickstarted method (the distillation loss is part of PPO's and A2C's updates, :mod:`zoo_rl.kickstart`)."""
-    return method.partition(":")[0] == "multipolar" or kickstart_teachers(method) is not None
+#: The algorithms a kickstarted method can train with: Kickstarting's term in PPO's and A2C's updates
+#: (:mod:`zoo_rl.kickstart`), QDagger's in DQN's and QR-DQN's (:mod:`zoo_rl.qdagger`).
+DISTILLING_ALGOS = ("ppo", "a2c", "dqn", "qrdqn")
+
+
+def unsupported(method: str, algo: str) -> bool:
+    """Whether ``method`` cannot train with ``algo``: MULTIPOLAR needs an on-policy actor-critic (PPO, A2C; its
+    aggregation sits in front of an actor-critic policy's Gaussian or categorical head, :func:`zoo_rl.multipolar_policy`),
+    a kickstarted method an algorithm of :data:`DISTILLING_ALGOS` (SAC's squashed actor has no distillation here)."""
+    if method.partition(":")[0] == "multipolar":
+        return algo not in ON_POLICY
+    return kickstart_teachers(method) is not None and algo not in DISTILLING_ALGOS
 
 
 _POLICY_ZOOS: dict[tuple[str, ...], list[Any]] = {}
@@ -454,9 +461,10 @@ def plan(study: StudyConfig) -> list[RunJob]:
                          "(an image target's): choose ppo, a2c, dqn or qrdqn, or a state-vector target such as "
                          "classic:pendulum+g=12.")
     if study.methods == DEFAULT_METHODS:
-        # MULTIPOLAR and Kickstarting need an on-policy actor-critic: an off-policy study (DQN, SAC) runs without them
+        # A study runs the defaults its algorithm supports: a DQN study without MULTIPOLAR, a SAC study without
+        # MULTIPOLAR and Kickstarting
         defaults = POLICY_DEFAULT_METHODS if policies else DEFAULT_METHODS
-        study.methods = [m for m in defaults if study.algo in ON_POLICY or not on_policy_only(m)]
+        study.methods = [m for m in defaults if not unsupported(m, study.algo)]
     if study.lr is None:
         study.lr = policy_study_lr(study.algo, task) if policies else PAPER_LR
     wrong_kind = [m for m in study.methods if m.partition(":")[0] in (EXTRACTOR_ONLY if policies else POLICY_ONLY)]
@@ -466,13 +474,13 @@ def plan(study: StudyConfig) -> list[RunJob]:
             "multi-source baseline there)" if policies else
             "MULTIPOLAR aggregates sources acting in the target's own action space (whole-policy zoos such as "
             "agents/zoo-mujoco); an image target's zoo plays other games") + ".")
-    refused = [m for m in study.methods if on_policy_only(m)] if study.algo not in ON_POLICY else []
+    refused = [m for m in study.methods if unsupported(m, study.algo)]
     if refused:
-        raise ValueError(f"{', '.join(refused)}: MULTIPOLAR and Kickstarting are built for PPO and A2C students "
-                         f"(zoo_rl.multipolar aggregates the sources in front of an actor-critic policy's action head; "
-                         f"zoo_rl.kickstart adds its distillation loss to PPO's and A2C's updates), and --algo "
-                         f"{study.algo} has neither: leave them out of --methods (an --algo {study.algo} study's default "
-                         f"methods do), or study them with --algo ppo.")
+        raise ValueError(f"{', '.join(refused)}: --algo {study.algo} cannot train them. MULTIPOLAR is built for PPO and "
+                         "A2C students (zoo_rl.multipolar aggregates the sources in front of an actor-critic policy's "
+                         "action head); Kickstarting distils into PPO and A2C (zoo_rl.kickstart) and, QDagger-style, "
+                         f"into DQN and QR-DQN (zoo_rl.qdagger). Leave them out of --methods (an --algo {study.algo} "
+                         "study's default methods do), or study them with --algo ppo.")
     zoo = expand_zoo(study.zoo, task) if study.zoo is not None else default_zoo(task)
     needs_zoo = any(m.partition(":")[0] != "scratch" for m in study.methods)
     sources: list[Any] = []

@@ -35,7 +35,7 @@ KICKSTART_METHODS: list[str] = ["kickstart", "kickstart:all", "zoo-lite:ranked+g
 #: The methods a study runs when it names none: every method above, Zoo-Tuning started from the top-ranked
 #: source with its gates at 100x the learning rate (docs/choosing.md: above the best single-source fine-tune on
 #: the targets with a related source, not below scratch without one), and Kickstarting, so that every table holds
-#: the alternative a user would weigh. A study whose algorithm cannot kickstart (DQN, SAC) leaves it out.
+#: the alternative a user would weigh (for DQN and QR-DQN, QDagger's distillation). A SAC study leaves it out.
 DEFAULT_METHODS: list[str] = ([m for m in METHODS if m not in ("kickstart", "multipolar")] + ["zoo-lite:ranked+gate-lr100"]
                               + KICKSTART_METHODS)
 #: The methods of a study that transfers whole policies (a MuJoCo target, :func:`zoo_rl.zoo_policy`) when it names
@@ -85,6 +85,11 @@ KICKSTART_OPTIONS = {"kickstart": "top", "kickstart-all": "all"}
 #: weights 0.3, 1, 3 with decays over half or all of the steps, then 10 and 30 over all of them, on Pong and
 #: Breakout mode 4 with their related source as the teacher: best on both).
 KICKSTART_DEFAULTS: dict[str, float] = {"kcoef": 30.0, "kdecay": 1.0}
+#: The schedule of a kickstarted DQN or QR-DQN (QDagger's distillation, :mod:`zoo_rl.qdagger`) when it names none:
+#: QDagger's weight of the term, 1, against a TD loss whose scale is not PPO's.
+QDAGGER_DEFAULTS: dict[str, float] = {"kcoef": 1.0, "kdecay": 1.0}
+#: Algorithms whose kickstarted methods distil QDagger-style, with :data:`QDAGGER_DEFAULTS`.
+QDAGGER_ALGOS = ("dqn", "qrdqn")
 _KICKSTART_SCHEDULE = re.compile(r"(kcoef|kdecay)(\d+(?:\.\d+)?(?:e-?\d+)?)")
 
 
@@ -170,9 +175,10 @@ def kickstart_teachers(method: str) -> str | None:
     return None
 
 
-def kickstart_schedule(method: str) -> dict[str, float] | None:
+def kickstart_schedule(method: str, algo: str = "ppo") -> dict[str, float] | None:
     """The distillation schedule of a kickstarted method, ``{"kcoef": lambda(0), "kdecay": share of the steps}``
-    (:data:`KICKSTART_DEFAULTS` where the method names none); None for a method that does not kickstart.
+    (:data:`KICKSTART_DEFAULTS` where the method names none, :data:`QDAGGER_DEFAULTS` for a DQN or QR-DQN
+    ``algo``); None for a method that does not kickstart.
 
     :raises ValueError: a schedule option on a method that does not kickstart, or a value out of range.
     """
@@ -189,7 +195,7 @@ def kickstart_schedule(method: str) -> dict[str, float] | None:
     if not 0 < named.get("kdecay", KICKSTART_DEFAULTS["kdecay"]) <= 1:
         raise ValueError(f"{method}: kdecay is the share of the study's steps over which the distillation weight "
                          "decays to 0: 0 < kdecay <= 1.")
-    return {**KICKSTART_DEFAULTS, **named}
+    return {**(QDAGGER_DEFAULTS if algo in QDAGGER_ALGOS else KICKSTART_DEFAULTS), **named}
 
 
 def extractor_kwargs(method: str, normalisation: str | None = None) -> dict[str, Any]:

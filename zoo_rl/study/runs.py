@@ -31,6 +31,7 @@ from zoo_rl.metrics import area_under_curve, human_normalised
 from zoo_rl.optim import zoo_optimizer
 from zoo_rl.policies import FastCnnPolicy
 from zoo_rl.kickstart import KickstartA2C, KickstartPPO, load_any_teacher, ranking_weights
+from zoo_rl.qdagger import QDaggerDQN, QDaggerQRDQN
 from zoo_rl.ranking import SCORE_COLUMNS, rank_sources, ranked_family, ranking_order
 from zoo_rl.multipolar import multipolar_policy
 from zoo_rl.policy_sources import TARGET_MODULES
@@ -252,15 +253,16 @@ def policy_run_spec(job: RunJob, params: dict[str, Any]) -> RunSpec:
                    tensorboard_log=str(job.run_dir / TENSORBOARD), **kickstart)
 
 
-#: The kickstarted class of each on-policy algorithm (:mod:`zoo_rl.kickstart`).
-KICKSTART_ALGOS = {"ppo": KickstartPPO, "a2c": KickstartA2C}
+#: The kickstarted class of each algorithm: Kickstarting for PPO and A2C (:mod:`zoo_rl.kickstart`), QDagger's
+#: distillation for DQN and QR-DQN (:mod:`zoo_rl.qdagger`).
+KICKSTART_ALGOS = {"ppo": KickstartPPO, "a2c": KickstartA2C, "dqn": QDaggerDQN, "qrdqn": QDaggerQRDQN}
 
 
 def kickstart_settings(job: RunJob, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(hyperparameters, RunSpec arguments)`` of a run: for a kickstarted method, its schedule
     (:func:`zoo_rl.study.methods.kickstart_schedule`) as the algorithm's ``kickstart_coef`` and ``kickstart_steps``
     (the share ``kdecay`` of the study's steps), its class and the call that gives it its teachers; else unchanged."""
-    schedule = kickstart_schedule(job.method)
+    schedule = kickstart_schedule(job.method, job.study.algo)
     if schedule is None:
         return params, {}
     params = dict(params, kickstart_coef=schedule["kcoef"],
