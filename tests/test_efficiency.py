@@ -157,6 +157,25 @@ def test_study_efficiency_names_a_missing_target(tmp_path):
         script.levels_for("Pong", tmp_path / "none.csv")
 
 
+def test_a_study_in_progress_counts_its_finished_runs_only(tmp_path):
+    """A run still training is in curves.csv but has not had its budget: it is left out, not read as never
+    reaching the level."""
+    script = load_script()
+    levels = tmp_path / "levels.csv"
+    pd.DataFrame({"target": ["Pong"], "level_name": ["x"], "level": [-10.0], "derivation": [""],
+                  "scratch_steps": ["30000"], "scratch_censored": [False], "scratch_reference": [""]}).to_csv(
+        levels, index=False)
+    study = tmp_path / "study"
+    study.mkdir()
+    pd.concat([curve("scratch", 0, [-21, -15, -12, -10]), curve("zoo", 0, [-21, -9, -5, -4]),
+               curve("zoo", 1, [-21, -15])]).to_csv(study / "curves.csv", index=False)
+    pd.DataFrame({"target": "Pong", "method": ["scratch", "zoo"], "seed": [0, 0], "steps": [30_000, 30_000]}).to_csv(
+        study / "results.csv", index=False)
+    table, _ = script.study_efficiency(study, levels, reps=100, rules={})
+    zoo = table.set_index("method").loc["zoo"]
+    assert zoo["reached"] == 1 and zoo["runs"] == 1 and zoo["steps_median"] == 10_000
+
+
 def test_levels_of_some_targets_join_those_fixed_before(tmp_path):
     script = load_script()
     out = tmp_path / "levels.csv"
