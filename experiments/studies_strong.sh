@@ -3,7 +3,7 @@
 # of experiments/studies.sh (Adam 1e-4, 3 seeds, final returns from 20 new games), in the order they are run:
 #
 #   bash experiments/studies_strong.sh pong          # one stage: kickstart-grid | kickstart-grid-wide | pong |
-#                                                    breakout-m4 | loo | pong-long | ranking | criteria
+#                                                    breakout-m4 | loo | matched | pong-long | ranking | criteria
 #   PARK=1 bash experiments/studies_strong.sh pong   # pack the stage's finished runs into results/_inprogress/
 #
 # Every command resumes (finished runs are skipped) and takes up runs parked on another machine; each study is
@@ -85,6 +85,23 @@ if [[ $stage == all || $stage == loo ]]; then
             --run "results/$name-loo-100k-strong" zoo-lite --run "results/$name-loo-100k-strong" uniform \
             --run "results/$name-loo-100k" scratch
     done
+fi
+if [[ $stage == all || $stage == matched ]]; then
+    # 3b. The fine-tune of the related source at a matched step: the ranked start's merged layers move several
+    #     times as far per update as that fine-tune's at the study's rate (diagnostics.csv, "moved": its
+    #     alignments are O x O matrices stepped at Adam's rate), so its lead over the fine-tune may be the step's.
+    #     The fine-tune at 10x the rate brackets it, as with the 1M zoo (results/pong-100k-lr1e-3).
+    run pong-100k-strong-lr1e-3 --target Pong --lr 1e-3 --methods finetune:pong-m1
+    run breakout-m4-100k-strong-lr1e-3 --target Breakout --mode 4 --lr 1e-3 --methods finetune:breakout
+    compare pong-strong-matched-compare --run results/pong-100k-strong zoo-lite:ranked+gate-lr100 \
+        --run results/pong-100k-strong zoo-lite:ranked+gate-lr100+kickstart \
+        --run results/pong-100k-strong finetune:pong-m1 --run results/pong-100k-strong-lr1e-3 finetune:pong-m1 \
+        --run results/pong-100k-strong kickstart --run results/pong-100k-strong scratch
+    compare breakout-m4-strong-matched-compare --run results/breakout-m4-100k-strong zoo-lite:ranked+gate-lr100 \
+        --run results/breakout-m4-100k-strong zoo-lite:ranked+gate-lr100+kickstart \
+        --run results/breakout-m4-100k-strong finetune:breakout \
+        --run results/breakout-m4-100k-strong-lr1e-3 finetune:breakout \
+        --run results/breakout-m4-100k-strong kickstart --run results/breakout-m4-100k scratch
 fi
 if [[ $stage == all || $stage == pong-long ]]; then
     # 4. Pong at 500k steps: the best fine-tune, the paper's zoo-lite and the ranked start; scratch from
