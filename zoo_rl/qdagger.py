@@ -21,12 +21,10 @@ return relative to the teacher's; the linear decay here is Kickstarting's, so th
 
 How the term enters SB3's ``train()`` without rewriting it: during ``train()`` the Q-network's forward pass
 on the minibatch's observations (the only one with gradients; targets are computed without) registers a
-backward hook on its output that adds the term's gradient with respect to the Q-values,
-
-    d/dQ [lambda * mean_i KL] = lambda / (B * tau) * (softmax(Q / tau) - sum_k w_k p_k)
-
-(divided by the number of quantiles for each of QR-DQN's), before SB3 clips the gradient's norm: the update
-is exactly that of the loss above (tests/test_qdagger.py checks it against autograd).
+backward hook on its output that adds the term's gradient with respect to that output (computed by autograd on
+a detached copy, through :func:`zoo_rl.kickstart.distillation_kl`, Kickstarting's term), so it reaches the
+network before SB3 clips the gradient's norm: the update is exactly that of the loss above
+(tests/test_qdagger.py checks it against autograd through the whole network).
 """
 
 from __future__ import annotations
@@ -37,9 +35,10 @@ from typing import Any
 import torch
 from sb3_contrib import QRDQN
 from stable_baselines3 import DQN
+from stable_baselines3.common.distributions import CategoricalDistribution
 from torch import nn
 
-from zoo_rl.kickstart import DistillationMixin
+from zoo_rl.kickstart import DistillationMixin, distillation_kl
 
 
 class QDaggerMixin(DistillationMixin):
@@ -79,14 +78,15 @@ class QDaggerMixin(DistillationMixin):
             if not output.requires_grad:  # the target network's pass, or acting
                 return output
             with torch.no_grad():
-                x = self._teacher_inputs(obs)
-                probs = [t.probs(x).to(output.dtype) for t in self.teachers]
-                log_pi = torch.log_softmax(self._q_values(output.detach()) / self.distill_temperature, dim=-1)
-                kl = sum(w * (torch.xlogy(p, p) - p * log_pi).sum(-1) for w, p in zip(self.teacher_weights, probs))
-                kls.append(float(kl.mean()))
-                teacher = sum(w * p for w, p in zip(self.teacher_weights, probs))
-                grad_q = weight / (len(log_pi) * self.distill_temperature) * (log_pi.exp() - teacher)
-                grad = grad_q if output.dim() == 2 else grad_q.unsqueeze(1).expand_as(output) / output.shape[1]
+                probs = [t.probs(self._teacher_inputs(obs)) for t in self.teachers]
+            # The term's gradient with respect to the network's output, by autograd on a detached copy of it.
+            with torch.enable_grad():
+                leaf = output.detach().requires_grad_()
+                logits = self._q_values(leaf) / self.distill_temperature
+                student = CategoricalDistribution(logits.shape[-1]).proba_distribution(logits)
+                kl = distillation_kl(student, probs, self.teacher_weights).mean()
+                (grad,) = torch.autograd.grad(weight * kl, leaf)
+            kls.append(float(kl))
             output.register_hook(lambda g: g + grad)
             return output
 
