@@ -39,10 +39,11 @@ def mean_rank_order(table: pd.DataFrame, keys: list[str], ties: list[str]) -> pd
     return by.sort_values(["missing", "mean_rank", *ties]).drop(columns="missing").reset_index(drop=True)
 
 
-def candidate_table(studies: list[Path], candidates: list[str]) -> pd.DataFrame:
-    """One row per (candidate, target) of the studies' runs, with seeds averaged and the rank within the target.
+def study_means(studies: list[Path], keep) -> pd.DataFrame:
+    """One row per (target, method, study) of the studies' runs whose method ``keep`` accepts: mean AUC, mean
+    final return, seeds.
 
-    :raises SystemExit: a study without results, a candidate no study ran, or one run twice for a target.
+    :raises SystemExit: a study without results.csv.
     """
     frames = []
     for study in studies:
@@ -50,20 +51,36 @@ def candidate_table(studies: list[Path], candidates: list[str]) -> pd.DataFrame:
         if not path.is_file():
             raise SystemExit(f"{path} is missing: publish the study first (experiments/publish.py).")
         table = pd.read_csv(path)
-        table = table[table["method"].isin(candidates)]
+        table = table[table["method"].map(keep)]
         rows = table.groupby(["target", "method"]).agg(auc=("auc", "mean"), final_return=("final_return", "mean"),
                                                        seeds=("seed", "count")).reset_index()
         frames.append(rows.assign(study=str(study)))
-    table = pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def refuse_twice(table: pd.DataFrame, keys: list[str], what: str) -> None:
+    """Stop when a (target, ``keys``) cell comes from more than one study.
+
+    :raises SystemExit: naming the cells and their studies.
+    """
+    twice = table[table.duplicated(["target", *keys], keep=False)]
+    if not twice.empty:
+        cells = ", ".join(sorted({f"{r.target} {r.method} ({r.study})" for r in twice.itertuples()}))
+        raise SystemExit(f"A {what} appears in more than one study of the same target: {cells}. Pass each "
+                         f"(target, {what}) once.")
+
+
+def candidate_table(studies: list[Path], candidates: list[str]) -> pd.DataFrame:
+    """One row per (candidate, target) of the studies' runs, with seeds averaged and the rank within the target.
+
+    :raises SystemExit: a study without results, a candidate no study ran, or one run twice for a target.
+    """
+    table = study_means(studies, lambda m: m in candidates)
     absent = [c for c in candidates if c not in set(table["method"])]
     if absent:
         raise SystemExit(f"No study ran {', '.join(absent)}; the studies hold "
                          f"{', '.join(sorted(set(table['method']))) or 'none of the candidates'}.")
-    twice = table[table.duplicated(["target", "method"], keep=False)]
-    if not twice.empty:
-        cells = ", ".join(sorted({f"{r.target} {r.method} ({r.study})" for r in twice.itertuples()}))
-        raise SystemExit(f"A candidate appears in more than one study of the same target: {cells}. Pass each "
-                         "(target, candidate) once.")
+    refuse_twice(table, ["method"], "candidate")
     table["order"] = table["method"].map(candidates.index)
     return rank_within_targets(table.drop(columns="study"))
 

@@ -209,8 +209,7 @@ def study_efficiency(study: Path, levels_path: Path = LEVELS, reps: int = 2000, 
         budgets = {(r.method, int(r.seed)): float(r.steps) for r in results.itertuples()}
         # Finished runs only: a run still training has not had its budget, so a level it has not reached yet
         # would read as never reached (its curve is in curves.csv, which shows runs in progress too).
-        finished = curves[["method", "seed"]].apply(tuple, axis=1).map(lambda k: (k[0], int(k[1])) in budgets)
-        curves = curves[finished]
+        curves = curves[pd.MultiIndex.from_arrays([curves["method"], curves["seed"].astype(int)]).isin(list(budgets))]
     rules = read_rules() if rules is None else rules
     levels = apply_scratch_log(levels_for(target, levels_path), target, rules.get(target), root)
     table = efficiency_table(curves, levels, budgets=budgets, reps=reps)

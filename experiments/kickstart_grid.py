@@ -21,35 +21,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from choose import mean_rank_order, rank_within_targets
+from choose import mean_rank_order, rank_within_targets, refuse_twice, study_means
 from zoo_rl.files import RESULTS, atomic_write_bytes, write_csv_atomic
 from zoo_rl.study import kickstart_schedule
 
 
 def grid_table(studies: list[Path]) -> pd.DataFrame:
     """One row per (schedule, target) of the grid studies' kickstarted runs, with the rank within the target."""
-    frames = []
+    table = study_means(studies, lambda m: kickstart_schedule(m) is not None)
     for study in studies:
-        path = Path(study) / RESULTS
-        if not path.is_file():
-            raise SystemExit(f"{path} is missing: publish the grid study first (experiments/publish.py).")
-        table = pd.read_csv(path)
-        table = table[table["method"].map(lambda m: kickstart_schedule(m) is not None)]
-        if table.empty:
-            raise SystemExit(f"{path} has no kickstarted run.")
-        rows = table.groupby(["target", "method"]).agg(auc=("auc", "mean"), final_return=("final_return", "mean"),
-                                                       seeds=("seed", "count")).reset_index()
-        rows["study"] = str(study)
-        frames.append(rows)
-    table = pd.concat(frames, ignore_index=True)
+        if str(study) not in set(table["study"]):
+            raise SystemExit(f"{Path(study) / RESULTS} has no kickstarted run.")
     schedule = table["method"].map(kickstart_schedule)
     table["kcoef"] = schedule.map(lambda s: s["kcoef"])
     table["kdecay"] = schedule.map(lambda s: s["kdecay"])
-    twice = table[table.duplicated(["target", "kcoef", "kdecay"], keep=False)]
-    if not twice.empty:
-        cells = ", ".join(sorted({f"{r.target} {r.method} ({r.study})" for r in twice.itertuples()}))
-        raise SystemExit(f"A schedule appears in more than one study of the same target: {cells}. Pass each "
-                         "(target, schedule) once.")
+    refuse_twice(table, ["kcoef", "kdecay"], "schedule")
     # Ranked within each target over every study given: a grid extended later by a study of its own ranks as one.
     return rank_within_targets(table.drop(columns="study"))
 
