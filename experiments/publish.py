@@ -3,6 +3,7 @@ markdown tables the README's Results section quotes, all from the study's files.
 
     python experiments/publish.py runs/transfer/Pong-ppo                  # -> results/Pong-ppo/
     python experiments/publish.py runs/transfer/Pong-ppo --out results/pong-100k
+    python experiments/publish.py results/pong-100k --cost                # runs, hours, minutes a run per method
 
 Writes ``results.csv``, ``summary.csv``, ``curves.csv``, ``gates.csv`` and ``study.json`` (copied),
 the figures of ``experiments/plot.py``, and ``tables.md``: the summary (final return mean ± std over
@@ -48,6 +49,18 @@ def cost_note(results: pd.DataFrame) -> str:
                 "lower than one run alone, so compare steps/s only between runs that ran alike (column `parallel_runs` "
                 "of results.csv).")
     return note + compute_note(results)
+
+
+def study_cost(results: pd.DataFrame) -> str:
+    """The study's cost from results.csv's ``wall_seconds``: runs, their sum in hours (CPU-hours where each run had
+    one core to itself, as with one torch thread a run and no more runs than cores), and each method's mean minutes
+    a run."""
+    if results.empty or "wall_seconds" not in results:
+        return ""
+    per_method = results.groupby("method")["wall_seconds"].mean().sort_values()
+    methods = ", ".join(f"{m} {s / 60:.1f}" for m, s in per_method.items())
+    return (f"Cost: {len(results)} runs, {results['wall_seconds'].sum() / 3600:.2f} hours of run time (the runs' "
+            f"`wall_seconds` summed: CPU-hours where each run had a core to itself); minutes a run: {methods}.")
 
 
 def compute_note(results: pd.DataFrame) -> str:
@@ -174,7 +187,7 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
     write_csv_atomic(diagnostics, out / "diagnostics.csv")
     written.append(out / "diagnostics.csv")
     text = (header + summary_markdown(summary) + "\n\n" + final_return_note(results) + "\n\n"
-            + cost_note(results) + "\n\n" + gates_markdown(gates) + "\n\n"
+            + cost_note(results) + "\n\n" + study_cost(results) + "\n\n" + gates_markdown(gates) + "\n\n"
             + diagnostics_markdown(diagnostics) + "\n")
     atomic_write_bytes(out / "tables.md", text.encode())
     written.append(out / "tables.md")
@@ -185,7 +198,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="default: results/<study folder name>")
+    parser.add_argument("--cost", action="store_true",
+                        help="only print the cost of a study folder or a published one, from its results.csv")
     args = parser.parse_args()
+    if args.cost:
+        if not (args.study_dir / RESULTS).is_file():
+            sys.exit(f"error: {args.study_dir / RESULTS} is missing: name a published study (results/<name>).")
+        print(study_cost(pd.read_csv(args.study_dir / RESULTS)))
+        return
     try:
         written = publish(args.study_dir, args.out or ROOT / "results" / args.study_dir.name)
     except FileNotFoundError as exc:

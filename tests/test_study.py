@@ -640,6 +640,16 @@ def test_tables_say_where_the_final_returns_come_from():
     assert "for every run" in publish.final_return_note(plain.assign(final_episodes=[20.0, 20.0]))
 
 
+def test_the_study_cost_sums_the_runs_wall_times():
+    import publish
+
+    results = pd.DataFrame({"method": ["scratch", "scratch", "zoo"], "wall_seconds": [600.0, 1200.0, 5400.0]})
+    assert publish.study_cost(results) == (
+        "Cost: 3 runs, 2.00 hours of run time (the runs' `wall_seconds` summed: CPU-hours where each run had a core "
+        "to itself); minutes a run: scratch 15.0, zoo 90.0.")
+    assert publish.study_cost(pd.DataFrame()) == ""
+
+
 def test_a_ranked_method_starts_from_the_studys_top_ranked_source(zoo_paths, tmp_path):
     out = tmp_path / "study"
     jobs = plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["zoo-lite:ranked+gate-lr30", "zoo:top2"], out=out,
