@@ -751,6 +751,25 @@ def test_the_plan_shows_done_and_partial_runs_and_estimates(tmp_path):
     assert progress.eta() == pytest.approx((3 * 512 - 512 - 384) / 128 * 100, rel=1e-3)
 
 
+def test_the_plan_reads_a_run_that_shared_the_machine_as_its_speed_alone(tmp_path, monkeypatch):
+    """A run's steps/s beside others is a share of the machine: alone it makes that share times the runs,
+    over the speed-up they made together; a method not measured yet is scaled by its relative cost."""
+    from zoo_rl.study.progress import (KICKSTART_EXTRA_COST, method_seconds_per_step, parallel_speedup,
+                                       relative_cost)
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    jobs = plan(StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=tmp_path / "study", **TINY))
+    jobs[0].run_dir.mkdir(parents=True)
+    (jobs[0].run_dir / "result.json").write_text(json.dumps({"timesteps_per_second": 100.0}))
+    (jobs[0].run_dir / "config.json").write_text(json.dumps({"parallel_runs": 3, "study": {"workers": 2}}))
+    assert parallel_speedup(2, cores=2) == pytest.approx(1.35)
+    # three registered on two cores: one stood by
+    assert method_seconds_per_step(jobs)["scratch"] == pytest.approx(1.35 / 200.0)
+    assert relative_cost("zoo-lite:ranked+gate-lr100+kickstart") == pytest.approx(
+        relative_cost("zoo-lite") + KICKSTART_EXTRA_COST)
+    assert relative_cost("kickstart:all") == relative_cost("kickstart") > relative_cost("finetune:pong-m1") == 1.0
+
+
 def test_an_interrupted_study_says_where_it_stopped_and_resumes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "study"
     config = StudyConfig(target="Pong", zoo=[], methods=["scratch"], out=out, **dict(TINY, final_episodes=0))

@@ -19,13 +19,22 @@ from zoo_rl.study.tables import parallel_runs
 
 
 #: Training cost per agent step of each method relative to scratch's, for estimates before a study has
-#: measured its own (``benchmarks/bench_throughput.py`` measures them on a machine).
-RELATIVE_COST = {"scratch": 1.0, "finetune": 1.0, "uniform": 1.6, "zoo-lite": 1.6, "zoo": 2.8, "ensemble": 1.9,
-                 "kickstart": 1.3}
+#: measured its own: the ratios of scratch's steps/s to each method's in the Pong study with the strong zoo
+#: (``timesteps_per_second`` in ``results/pong-100k-strong/results.csv``, all runs two at a time; ``python
+#: experiments/publish.py results/pong-100k-strong --cost`` prints the minutes a run).
+RELATIVE_COST = {"scratch": 1.0, "finetune": 1.0, "uniform": 1.3, "zoo-lite": 1.5, "zoo": 2.6, "ensemble": 1.9,
+                 "kickstart": 1.2}
 
 
-#: Scratch's agent steps per second in one single-thread process, for estimates before any run has finished.
-REFERENCE_STEPS_PER_SECOND = 250.0
+#: What distilling from teachers adds to a zoo method's cost (``<zoo method>+kickstart``): the teachers' forward
+#: passes on every minibatch (the kickstarted ranked start against the ranked start in the same study).
+KICKSTART_EXTRA_COST = 0.35
+
+
+#: Scratch's agent steps per second in one single-thread process alone on the machine, for estimates before
+#: any run has finished: scratch's 283 steps/s beside one other run in ``results/pong-100k-strong`` (an AMD EPYC
+#: with AVX-512), over the speed-up of two runs (:func:`parallel_speedup`). A CPU without AVX-512 is slower.
+REFERENCE_STEPS_PER_SECOND = 420.0
 
 
 #: Agent steps per second of the source ranking (a policy playing the target on 8 gym environments), for its
@@ -66,11 +75,19 @@ def _run_state(job: RunJob) -> tuple[str, int]:
     return "to do", 0
 
 
+def relative_cost(method: str) -> float:
+    """:data:`RELATIVE_COST` of a study method: its base (``zoo-lite`` of ``zoo-lite:ranked``), plus
+    :data:`KICKSTART_EXTRA_COST` where a zoo method is also kickstarted."""
+    base, _, options = method.partition(":")
+    extra = KICKSTART_EXTRA_COST if base != "kickstart" and "kickstart" in options.split("+") else 0.0
+    return RELATIVE_COST.get(base, 1.0) + extra
+
+
 def method_seconds_per_step(jobs: list[RunJob]) -> dict[str, float]:
     """Seconds per agent step of each method of ``jobs``, for one run alone on the machine: measured by the
     study's finished runs where there are any (their ``timesteps_per_second`` times the runs that shared the
-    machine), else scaled from the measured methods (or :data:`REFERENCE_STEPS_PER_SECOND`) by
-    :data:`RELATIVE_COST`."""
+    machine, at most one per core, over the speed-up those runs made together: :func:`parallel_speedup`), else
+    scaled from the measured methods (or :data:`REFERENCE_STEPS_PER_SECOND`) by :func:`relative_cost`."""
     measured: dict[str, list[float]] = {}
     for job in jobs:
         path = job.run_dir / RESULT
@@ -78,19 +95,22 @@ def method_seconds_per_step(jobs: list[RunJob]) -> dict[str, float]:
             row = json.loads(path.read_text())
             rate = float(row.get("timesteps_per_second") or 0)
             if rate > 0:
-                shared = parallel_runs(job.study.out, job.method, job.seed)
-                measured.setdefault(job.method, []).append(1.0 / (rate * shared))
-    cost = {j.method: RELATIVE_COST.get(j.method.partition(":")[0], 1.0) for j in jobs}
+                # runs beyond the cores are read as standing by (a process waiting for a free run registers)
+                shared = min(parallel_runs(job.study.out, job.method, job.seed), os.cpu_count() or 1)
+                alone = rate * shared / parallel_speedup(shared)
+                measured.setdefault(job.method, []).append(1.0 / alone)
+    cost = {j.method: relative_cost(j.method) for j in jobs}
     scratch_equivalent = [np.mean(v) / cost[m] for m, v in measured.items()]
     unit = float(np.mean(scratch_equivalent)) if scratch_equivalent else 1.0 / REFERENCE_STEPS_PER_SECOND
     return {m: float(np.mean(measured[m])) if m in measured else unit * cost[m] for m in cost}
 
 
-def _parallel_speedup(workers: int) -> float:
-    """Machine throughput of ``workers`` single-thread runs against one run on every core: each core past the
-    first adds about a third of a run (the emulators and memory are shared; on 2 cores two single-thread runs
-    made 1.28-1.59x the steps/s of one two-thread run, 1.35x for the project pipeline: benchmarks/README.md)."""
-    return 1.0 + 0.35 * (max(1, min(workers, os.cpu_count() or 1)) - 1)
+def parallel_speedup(workers: int, cores: int | None = None) -> float:
+    """Machine throughput of ``workers`` single-thread runs against one run alone: each core past the first
+    adds about a third of a run (the emulators and memory are shared; on 2 cores two single-thread runs made
+    1.28-1.59x the steps/s of one two-thread run, 1.35x for the project pipeline: benchmarks/README.md).
+    ``cores`` (this machine's by default) caps the runs that add throughput."""
+    return 1.0 + 0.35 * (max(1, min(workers, cores or os.cpu_count() or 1)) - 1)
 
 
 def ranking_plan(study: StudyConfig, jobs: list[RunJob]) -> str | None:
@@ -149,7 +169,7 @@ def describe_plan(study: StudyConfig, jobs: list[RunJob]) -> str:
         + "".join(f"\n  resumes {m} seed {s} from step {step:,}" if step < study.steps else
                   f"\n  {m} seed {s} is trained to step {step:,}: it plays its final games" for (m, s), step in
                   partial.items()),
-        f"estimate: about {format_duration(remaining / _parallel_speedup(workers))} of training "
+        f"estimate: about {format_duration(remaining / parallel_speedup(workers))} of training "
         f"({workers} worker{'s' if workers > 1 else ''}; from "
         + ("this study's finished runs" if done else "reference speeds, refined as runs finish")
         + f"), about {disk / 1e9:.1f} GB on disk when finished",
@@ -287,7 +307,7 @@ class StudyProgress:
         remaining = self.total - self.work(self.steps)
         if gained <= 0 or elapsed < 20:
             workers = 1 if self.study.launcher == "ray" else self.study.workers
-            return remaining / _parallel_speedup(workers)
+            return remaining / parallel_speedup(workers)
         return remaining * elapsed / gained
 
     def refresh(self) -> None:
