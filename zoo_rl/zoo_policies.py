@@ -56,7 +56,6 @@ from torch import nn
 
 from zoo_rl.extractor import ZooExtractor
 from zoo_rl.layers import (
-    DEFAULT_NORMALISATION,
     GATE_MODES,
     LITE_MOMENTUM,
     NORMALISATIONS,
@@ -80,13 +79,22 @@ CARRIED_PARAMETERS: tuple[str, ...] = ("log_std",)
 _ZOO_CACHE: dict[tuple, list[PolicySource]] = {}
 
 
+#: The gate normalisation of :func:`zoo_policy` when none is given: ``sigmoid-sum`` (the gates of each layer
+#: divided by their sum, so the aggregate is a weighted average of the sources), not the paper's ``sigmoid`` that
+#: :class:`zoo_rl.ZooExtractor` keeps. A whole policy aggregates every layer up to its action and value heads, and
+#: K sigmoid gates at 0.5 scale each layer by about K/2, compounding through the network: the sources' policies are
+#: not what the target starts from. Chosen by experiment over sigmoid, softmax and sigmoid-sum on a SAC and a PPO
+#: target (``experiments/choose.py``, stage ``gate-choice`` of ``experiments/studies_continuous.sh``; docs/studies.md).
+POLICY_NORMALISATION = "sigmoid-sum"
+
+
 @dataclass(frozen=True)
 class ZooOptions:
     """The Zoo-Tuning options of a policy, checked once; see :func:`zoo_policy` for their meaning."""
 
     zoo: tuple[str, ...]
     gate: str = "lite"
-    normalisation: str = DEFAULT_NORMALISATION
+    normalisation: str = POLICY_NORMALISATION
     align: bool | str = True
     lite_momentum: float = LITE_MOMENTUM
     init_gates: tuple[float, ...] | None = None
@@ -97,7 +105,7 @@ class ZooOptions:
 
     @classmethod
     def make(cls, zoo: Sequence[str | os.PathLike] | None, gate: str = "lite",
-             normalisation: str = DEFAULT_NORMALISATION, align: bool | str = True,
+             normalisation: str = POLICY_NORMALISATION, align: bool | str = True,
              lite_momentum: float = LITE_MOMENTUM, init_gates: Sequence[float] | None = None, gate_lr: float = 1.0,
              align_lr: float = 1.0, bank_lr: float = 1.0,
              vec_normalize: Sequence[str | os.PathLike | None] | None = None) -> ZooOptions:
@@ -217,7 +225,7 @@ class ZooPolicyMixin:
     plain_policy: ClassVar[type[BasePolicy]]
 
     def __init__(self, *args: Any, zoo: Sequence[str] | None = None, gate: str = "lite",
-                 normalisation: str = DEFAULT_NORMALISATION, align: bool | str = True,
+                 normalisation: str = POLICY_NORMALISATION, align: bool | str = True,
                  lite_momentum: float = LITE_MOMENTUM, init_gates: Sequence[float] | None = None,
                  gate_lr: float = 1.0, align_lr: float = 1.0, bank_lr: float = 1.0,
                  vec_normalize: Sequence[str | None] | None = None, **kwargs: Any) -> None:
@@ -563,7 +571,7 @@ def zoo_policy(
     policy: str | type[BasePolicy] = "MlpPolicy",
     *,
     gate: str = "lite",
-    normalisation: str = DEFAULT_NORMALISATION,
+    normalisation: str = POLICY_NORMALISATION,
     align: bool | str = True,
     lite_momentum: float = LITE_MOMENTUM,
     init_gates: Sequence[float] | None = None,
@@ -586,7 +594,8 @@ def zoo_policy(
     :param gate: ``lite`` (default: batch-mean gates whose moving average is used in training and at
         inference, so the model merges into one plain network: :func:`zoo_rl.export_lite`),
         ``sample`` (per-sample gates, the paper's), ``batch`` or ``uniform`` (weight averaging).
-    :param normalisation: gate normalisation, ``sigmoid`` (the paper's), ``softmax`` or ``sigmoid-sum``.
+    :param normalisation: gate normalisation, ``sigmoid-sum`` (default: :data:`POLICY_NORMALISATION`, the
+        gates of a layer divided by their sum), ``softmax`` or ``sigmoid`` (the paper's).
     :param align: a learnable output-channel alignment per source on every layer (``True``), on the
         convolutions only (``"conv"``), or nowhere (``False``).
     :param lite_momentum: momentum of the lite moving average.
