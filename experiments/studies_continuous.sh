@@ -16,8 +16,9 @@
 #
 # Cost (one torch thread a run, two runs at a time on 2 cores; python benchmarks/bench_zoo_policy.py): a plain
 # 256x256 PPO run trains at about 370-450 steps/s, a zoo method with six aligned sources at about 60-70 (the
-# alignments' O x O products dominate): a 100k MuJoCo study of 45 runs (15 of them zoo methods) takes about
-# 8.5 CPU-hours. SAC on Pendulum (64x64): plain about 100 steps/s, zoo-lite about 26: the 10k study about 1.5.
+# alignments' O x O products dominate): a 100k MuJoCo study of its default methods, 42 runs (12 of them zoo
+# methods), takes about 7 CPU-hours. SAC on Pendulum (64x64): plain about 100 steps/s, zoo-lite about 26-48: the
+# 10k study about 1.5.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"

@@ -36,7 +36,8 @@ def test_a_mujoco_target_is_a_whole_policy_study_with_its_own_defaults(policy_zo
     jobs = plan(study)
     assert study.methods == study_module.POLICY_DEFAULT_METHODS and "ensemble" not in study.methods
     assert {j.method for j in jobs} >= {"scratch", "finetune:src0", "finetune:src1", "zoo-lite", "multipolar",
-                                         "zoo-lite:ranked+gate-lr100"}
+                                         "zoo-lite:ranked+sigmoid-sum+gate-span1.6", "kickstart",
+                                         "zoo-lite:ranked+sigmoid-sum+gate-span1.6+kickstart"}
     assert study.lr == pytest.approx(2.0633e-05)  # the hyperparameter file's tuned rate, not the paper's Atari 1e-4
     params, _ = study_module.runs._hyperparams(jobs[0])
     assert params["normalize"] == POLICY_STUDY_NORMALIZE and params["learning_rate"] == study.lr

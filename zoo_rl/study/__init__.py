@@ -38,8 +38,8 @@ from zoo_rl.study.config import (DEFAULT_ZOO_DIR, FINAL_EPISODES, HYPERPARAMS_DI
                                  check_zoo, trained_normalisation, write_study_json, zoo_record)
 from zoo_rl.study.cores import default_workers, run_threads
 from zoo_rl.study.launch import WorkersLost, run_study
-from zoo_rl.study.methods import (DEFAULT_METHODS, KICKSTART_DEFAULTS, METHODS, POLICY_DEFAULT_METHODS, RANKED_WEIGHT,
-                                  ZOO_GATES, ZOO_OPTIONS, canonical_method, expand_methods, extractor_kwargs,
+from zoo_rl.study.methods import (DEFAULT_METHODS, KICKSTART_DEFAULTS, METHODS, POLICY_DEFAULT_METHODS, POLICY_RANKED,
+                                  RANKED_WEIGHT, ZOO_GATES, ZOO_OPTIONS, canonical_method, expand_methods, extractor_kwargs,
                                   gate_span, kickstart_schedule, kickstart_teachers, ranked_top, zoo_options)
 from zoo_rl.study.progress import (RELATIVE_COST, RankingProgress, StudyProgress, describe_plan, format_duration,
                                    stop_message)
@@ -50,7 +50,7 @@ from zoo_rl.study.tables import (RESULT_COLUMNS, best_finetune, collect_results,
 
 __all__ = [
     "DEFAULT_METHODS", "POLICY_DEFAULT_METHODS", "DEFAULT_ZOO_DIR", "FINAL_EPISODES", "HYPERPARAMS_DIR", "KICKSTART_DEFAULTS",
-    "METHODS", "RANKED_WEIGHT", "RELATIVE_COST",
+    "METHODS", "POLICY_RANKED", "RANKED_WEIGHT", "RELATIVE_COST",
     "RESULT_COLUMNS", "ZOO_DIRS", "ZOO_GATES", "ZOO_OPTIONS", "RankingProgress", "RunJob", "StudyConfig",
     "StudyProgress", "WorkersLost", "best_finetune", "build_model", "canonical_method", "check_run_files",
     "collect_results", "committed_zoo", "compact_summary", "cross_target", "default_workers", "default_zoo",
