@@ -15,10 +15,11 @@
 # (inside the sources' 8-14).
 #
 # Cost (one torch thread a run, two runs at a time on 2 cores; python benchmarks/bench_zoo_policy.py): a plain
-# 256x256 PPO run trains at about 370-450 steps/s, a zoo method with six aligned sources at about 60-70 (the
-# alignments' O x O products dominate): a 100k MuJoCo study of its default methods, 42 runs (12 of them zoo
-# methods), takes about 7 CPU-hours. SAC on Pendulum (64x64): plain about 100 steps/s, zoo-lite about 26-48: the
-# 10k study about 1.5.
+# 256x256 PPO run trains at about 370-450 steps/s, a zoo method with six aligned sources at about 60-100 (the
+# alignments' O x O products dominate; the gate choice's HalfCheetah zoo-lite runs took 4.8-4.9 minutes for 30k
+# steps: python experiments/publish.py results/gate-choice-halfcheetah --cost): a 100k MuJoCo study of its default
+# methods, 42 runs (12 of them zoo methods), takes about 5-7 CPU-hours. SAC on Pendulum (64x64): plain about 100
+# steps/s, zoo-lite about 26-48: the 10k study about 1.5. The gate choice took 1.7 CPU-hours (24 runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
