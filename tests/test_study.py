@@ -762,11 +762,12 @@ def test_the_plan_reads_a_run_that_shared_the_machine_as_its_speed_alone(tmp_pat
     jobs[0].run_dir.mkdir(parents=True)
     (jobs[0].run_dir / "result.json").write_text(json.dumps({"timesteps_per_second": 100.0}))
     (jobs[0].run_dir / "config.json").write_text(json.dumps({"parallel_runs": 3, "study": {"workers": 2}}))
-    assert parallel_speedup(2, cores=2) == pytest.approx(1.35)
+    assert parallel_speedup(2) == parallel_speedup(3) == pytest.approx(1.35)
     # three registered on two cores: one stood by
     assert method_seconds_per_step(jobs)["scratch"] == pytest.approx(1.35 / 200.0)
     assert relative_cost("zoo-lite:ranked+gate-lr100+kickstart") == pytest.approx(
         relative_cost("zoo-lite") + KICKSTART_EXTRA_COST)
+    assert relative_cost("zoo-lite:kickstart-all") == relative_cost("zoo-lite:ranked+gate-lr100+kickstart")
     assert relative_cost("kickstart:all") == relative_cost("kickstart") > relative_cost("finetune:pong-m1") == 1.0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from zoo_rl.layers import DEFAULT_NORMALISATION
 from zoo_rl.sources import Source
+from zoo_rl.zoo_policies import POLICY_NORMALISATION
 
 
 #: Method name -> one-line description (``finetune:<source>`` is expanded per source).
@@ -41,14 +42,14 @@ DEFAULT_METHODS: list[str] = ([m for m in METHODS if m not in ("kickstart", "mul
 #: The ranked start of a study that transfers whole policies: gates divided by their sum (as
 #: :data:`zoo_rl.zoo_policies.POLICY_NORMALISATION`), at the rate the gate-choice stage chose among 100x the
 #: learning rate, a span of 16 and one of 1.6 (``experiments/studies_continuous.sh gate-choice``; docs/studies.md).
-POLICY_RANKED = "zoo-lite:ranked+sigmoid-sum+gate-span1.6"
+POLICY_RANKED = f"zoo-lite:ranked+{POLICY_NORMALISATION}+gate-span1.6"
 #: The methods of a study that transfers whole policies (a MuJoCo or classic-control target, :func:`zoo_rl.zoo_policy`)
 #: when it names none: scratch, a fine-tune of each source, the paper's zoo-lite (sigmoid gates, equal start), the
 #: lite zoo with its gates averaging the sources (the whole-policy normalisation), the ranked start, Kickstarting
 #: and MULTIPOLAR, the multi-source baseline of continuous control (an off-policy study leaves out these two).
 #: The paper's per-sample ``zoo`` and ``uniform`` are left to ``--methods``: the first costs about twice zoo-lite a
 #: step, the second is ``zoo-lite:sigmoid-sum``'s start without its gates.
-POLICY_DEFAULT_METHODS: list[str] = ["scratch", "finetune", "zoo-lite", "zoo-lite:sigmoid-sum", POLICY_RANKED,
+POLICY_DEFAULT_METHODS: list[str] = ["scratch", "finetune", "zoo-lite", f"zoo-lite:{POLICY_NORMALISATION}", POLICY_RANKED,
                                      "kickstart", "kickstart:all", POLICY_RANKED + "+kickstart", "multipolar"]
 #: Methods that need a NatureCNN zoo (image targets), and those that need whole policies of the target's spaces.
 EXTRACTOR_ONLY = ("ensemble",)

@@ -14,7 +14,7 @@ import numpy as np
 from zoo_rl.files import CHECKPOINT, FINAL_EVALUATION, PROGRESS, RANKING, RANKING_PARTIAL, RESULT, STATUS
 from zoo_rl.study.config import RunJob, StudyConfig
 from zoo_rl.study.cores import describe_split
-from zoo_rl.study.methods import ZOO_GATES, zoo_options
+from zoo_rl.study.methods import ZOO_GATES, kickstart_teachers, zoo_options
 from zoo_rl.study.tables import parallel_runs
 
 
@@ -78,8 +78,8 @@ def _run_state(job: RunJob) -> tuple[str, int]:
 def relative_cost(method: str) -> float:
     """:data:`RELATIVE_COST` of a study method: its base (``zoo-lite`` of ``zoo-lite:ranked``), plus
     :data:`KICKSTART_EXTRA_COST` where a zoo method is also kickstarted."""
-    base, _, options = method.partition(":")
-    extra = KICKSTART_EXTRA_COST if base != "kickstart" and "kickstart" in options.split("+") else 0.0
+    base = method.partition(":")[0]
+    extra = KICKSTART_EXTRA_COST if base != "kickstart" and kickstart_teachers(method) is not None else 0.0
     return RELATIVE_COST.get(base, 1.0) + extra
 
 
@@ -105,12 +105,12 @@ def method_seconds_per_step(jobs: list[RunJob]) -> dict[str, float]:
     return {m: float(np.mean(measured[m])) if m in measured else unit * cost[m] for m in cost}
 
 
-def parallel_speedup(workers: int, cores: int | None = None) -> float:
+def parallel_speedup(workers: int) -> float:
     """Machine throughput of ``workers`` single-thread runs against one run alone: each core past the first
     adds about a third of a run (the emulators and memory are shared; on 2 cores two single-thread runs made
-    1.28-1.59x the steps/s of one two-thread run, 1.35x for the project pipeline: benchmarks/README.md).
-    ``cores`` (this machine's by default) caps the runs that add throughput."""
-    return 1.0 + 0.35 * (max(1, min(workers, cores or os.cpu_count() or 1)) - 1)
+    1.28-1.59x the steps/s of one two-thread run, 1.35x for the project pipeline: benchmarks/README.md); runs
+    beyond this machine's cores add nothing."""
+    return 1.0 + 0.35 * (max(1, min(workers, os.cpu_count() or 1)) - 1)
 
 
 def ranking_plan(study: StudyConfig, jobs: list[RunJob]) -> str | None:
