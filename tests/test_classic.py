@@ -217,8 +217,8 @@ def test_a_sac_study_plans_without_the_on_policy_methods(sac_zoo, tmp_path):
     study = StudyConfig(target=TARGET, zoo=sac_zoo, out=tmp_path, **TINY_STUDY)
     jobs = plan(study)
     assert study.methods == [m for m in study_module.POLICY_DEFAULT_METHODS if m != "multipolar" and "kickstart" not in m]
-    assert {j.method for j in jobs} == {"scratch", "finetune:src0", "finetune:src1", "uniform", "zoo", "zoo-lite",
-                                        "zoo-lite:ranked+gate-lr100"}
+    assert {j.method for j in jobs} == {"scratch", "finetune:src0", "finetune:src1", "zoo-lite", "zoo-lite:sigmoid-sum",
+                                        study_module.POLICY_RANKED}
     assert study.lr == pytest.approx(1e-3)  # sac.yml's classic entry
     params, n_envs = study_module.runs._hyperparams(jobs[0])
     assert "normalize" not in params and n_envs == 1 and params["learning_rate"] == study.lr
