@@ -4,13 +4,14 @@ markdown tables the README's Results section quotes, all from the study's files.
     python experiments/publish.py runs/transfer/Pong-ppo                  # -> results/Pong-ppo/
     python experiments/publish.py runs/transfer/Pong-ppo --out results/pong-100k
     python experiments/publish.py results/pong-100k --cost                # runs, hours, minutes a run per method
+    python experiments/publish.py results/pong-100k --gates               # each source's final gates, min/mean/max
 
 Writes ``results.csv``, ``summary.csv``, ``curves.csv``, ``gates.csv`` and ``study.json`` (copied),
 the figures of ``experiments/plot.py``, and ``tables.md``: the summary (final return mean ± std over
 seeds, IQM with its 95% stratified-bootstrap interval, difference to scratch and to the best single
 fine-tune with its 95% bootstrap interval, the mean return over training (AUC) and its difference to
 scratch, timesteps/s), per zoo method the final gates per layer and
-source (mean over seeds), and "one level down" (``diagnostics.csv``, :mod:`zoo_rl.diagnostics`): per
+source (mean over seeds) and each source's range over layers and seeds, and "one level down" (``diagnostics.csv``, :mod:`zoo_rl.diagnostics`): per
 method and layer, how many sources the gates effectively use, how far the alignments left the identity
 and how far the weights drifted from the sources.
 """
@@ -132,8 +133,7 @@ def gates_markdown(gates: pd.DataFrame) -> str:
     if gates.empty:
         return ""
     blocks = []
-    for method, g in gates.groupby("method"):
-        last = g[g["timesteps"] == g.groupby("seed")["timesteps"].transform("max")]
+    for method, last in final_gates(gates).groupby("method"):
         table = last.groupby(["source", "layer"])["gate"].mean().unstack("layer")
         steps = int(last["timesteps"].max())
         lines = [f"Final gates of `{method}` (at {steps:,} steps, mean over {last['seed'].nunique()} seeds):", "",
@@ -142,6 +142,41 @@ def gates_markdown(gates: pd.DataFrame) -> str:
             lines.append(f"| {source} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def final_gates(gates: pd.DataFrame) -> pd.DataFrame:
+    """The last logged gate of every method, seed, layer and source (the rows of each seed's last step)."""
+    last_step = gates.groupby(["method", "seed"])["timesteps"].transform("max")
+    return gates[gates["timesteps"] == last_step]
+
+
+def gate_ranges(gates: pd.DataFrame) -> pd.DataFrame:
+    """Per zoo method and source: its final gates' min, mean and max over every layer and seed.
+
+    A source that a method put down has a max near 0; one it took up a min near 1 (sigmoid gates) or near the whole
+    (normalised gates). Sources keep the order of ``gates.csv``; ``layers`` and ``seeds`` count what the range spans.
+    """
+    columns = ["method", "source", "min", "mean", "max", "layers", "seeds"]
+    if gates.empty:
+        return pd.DataFrame(columns=columns)
+    last = final_gates(gates)
+    table = (last.groupby(["method", "source"], sort=False)
+             .agg(min=("gate", "min"), mean=("gate", "mean"), max=("gate", "max"),
+                  layers=("layer", "nunique"), seeds=("seed", "nunique"))
+             .reset_index())
+    return table.sort_values("method", kind="stable")[columns].reset_index(drop=True)
+
+
+def gate_ranges_markdown(gates: pd.DataFrame) -> str:
+    """:func:`gate_ranges` as one markdown table."""
+    table = gate_ranges(gates)
+    if table.empty:
+        return ""
+    lines = ["Final gates per source, over every layer and seed (`python experiments/publish.py <study> --gates`):", "",
+             "| method | source | min | mean | max | layers × seeds |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in table.itertuples():
+        lines.append(f"| {r.method} | {r.source} | {r.min:.3f} | {r.mean:.3f} | {r.max:.3f} | {r.layers} × {r.seeds} |")
+    return "\n".join(lines)
 
 
 def diagnostics_markdown(table: pd.DataFrame) -> str:
@@ -188,6 +223,7 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
     written.append(out / "diagnostics.csv")
     text = (header + summary_markdown(summary) + "\n\n" + final_return_note(results) + "\n\n"
             + cost_note(results) + "\n\n" + study_cost(results) + "\n\n" + gates_markdown(gates) + "\n\n"
+            + gate_ranges_markdown(gates) + "\n\n"
             + diagnostics_markdown(diagnostics) + "\n")
     atomic_write_bytes(out / "tables.md", text.encode())
     written.append(out / "tables.md")
@@ -200,7 +236,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: results/<study folder name>")
     parser.add_argument("--cost", action="store_true",
                         help="only print the cost of a study folder or a published one, from its results.csv")
+    parser.add_argument("--gates", action="store_true",
+                        help="only print each zoo method's final gates per source (min, mean, max over layers and "
+                             "seeds) of a study folder or a published one, from its gates.csv")
     args = parser.parse_args()
+    if args.gates:
+        if not (args.study_dir / GATES).is_file():
+            sys.exit(f"error: {args.study_dir / GATES} is missing: name a published study (results/<name>) "
+                     "with a zoo method.")
+        print(gate_ranges_markdown(pd.read_csv(args.study_dir / GATES)))
+        return
     if args.cost:
         if not (args.study_dir / RESULTS).is_file():
             sys.exit(f"error: {args.study_dir / RESULTS} is missing: name a published study (results/<name>).")

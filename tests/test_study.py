@@ -1009,3 +1009,24 @@ def test_a_parked_study_is_taken_up_on_another_machine_without_training_again(zo
         park.park_study(empty)
     with pytest.raises(ValueError, match="holds no study"):
         park.park_study(tmp_path / "nothing")
+
+
+def test_gate_ranges_span_every_layer_and_seed_at_each_seeds_last_step():
+    import publish
+
+    rows = []
+    for seed, last in ((0, 200), (1, 300)):
+        for step in (100, last):
+            for layer, (ga, gb) in enumerate(((0.9, 0.1), (0.7, 0.3))):
+                late = step == last
+                rows += [dict(method="zoo-lite", seed=seed, timesteps=step, layer=f"l{layer}", source="b",
+                              gate=gb if late else 0.5),
+                         dict(method="zoo-lite", seed=seed, timesteps=step, layer=f"l{layer}", source="a",
+                              gate=ga - 0.1 * seed if late else 0.5)]
+    table = publish.gate_ranges(pd.DataFrame(rows))
+    assert list(table["source"]) == ["b", "a"]  # gates.csv's order, not sorted
+    a = table.set_index("source").loc["a"]
+    assert (a["min"], a["max"], a["layers"], a["seeds"]) == pytest.approx((0.6, 0.9, 2, 2))
+    assert a["mean"] == pytest.approx((0.9 + 0.7 + 0.8 + 0.6) / 4)  # the step-100 gates (0.5) left out
+    assert "| zoo-lite | b | 0.100 | 0.200 | 0.300 | 2 × 2 |" in publish.gate_ranges_markdown(pd.DataFrame(rows))
+    assert publish.gate_ranges_markdown(pd.DataFrame()) == ""
