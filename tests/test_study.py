@@ -1030,3 +1030,17 @@ def test_gate_ranges_span_every_layer_and_seed_at_each_seeds_last_step():
     assert a["mean"] == pytest.approx((0.9 + 0.7 + 0.8 + 0.6) / 4)  # the step-100 gates (0.5) left out
     assert "| zoo-lite | b | 0.100 | 0.200 | 0.300 | 2 × 2 |" in publish.gate_ranges_markdown(pd.DataFrame(rows))
     assert publish.gate_ranges_markdown(pd.DataFrame()) == ""
+
+
+def test_whole_policy_families_plan_with_their_own_costs(tmp_path):
+    """A MuJoCo or Pendulum study's estimates use its family's reference speed and zoo-layer costs (every layer of
+    a small MLP merged), not NatureCNN's; methods the family does not list cost as on Atari."""
+    from zoo_rl.study.progress import (FAMILY_COSTS, RELATIVE_COST, method_seconds_per_step, reference_steps_per_second,
+                                       relative_cost)
+
+    assert relative_cost("zoo-lite:ranked+sigmoid-sum", "mujoco") == FAMILY_COSTS["mujoco"][1]["zoo-lite"]
+    assert relative_cost("zoo-lite", "mujoco") > relative_cost("zoo-lite", "classic") > relative_cost("zoo-lite")
+    assert relative_cost("kickstart", "mujoco") == RELATIVE_COST["kickstart"]
+    assert reference_steps_per_second("atari") == reference_steps_per_second("lab2d")
+    jobs = plan(StudyConfig(target="mujoco:halfcheetah+mass=1.5", zoo=[], methods=["scratch"], out=tmp_path, **TINY))
+    assert method_seconds_per_step(jobs)["scratch"] == pytest.approx(1 / FAMILY_COSTS["mujoco"][0])

@@ -37,6 +37,23 @@ KICKSTART_EXTRA_COST = 0.35
 REFERENCE_STEPS_PER_SECOND = 420.0
 
 
+#: Per target family other than Atari's (whose numbers are :data:`RELATIVE_COST` and
+#: :data:`REFERENCE_STEPS_PER_SECOND`): scratch's steps/s alone on the machine and each method's cost relative to
+#: scratch, with the family's own networks and algorithm. Whole-policy zoo layers merge every layer of the policy
+#: (with alignments, about K * O * O * I multiply-adds a layer), so against a small MLP they cost far more than a
+#: zoo extractor does against NatureCNN. ``classic`` (SAC, 64x64 on Pendulum): ``timesteps_per_second`` in
+#: ``results/pendulum-g12-sac-10k/results.csv`` (scratch 167 beside one other run; zoo-lite is the mean of its four
+#: variants). ``mujoco`` (PPO, 256x256 on HalfCheetah): zoo-lite from ``results/gate-choice-halfcheetah`` (103
+#: steps/s beside one other run) against the plain runs of ``mujoco:halfcheetah+friction=0.8+mass=1.25`` (scratch and
+#: the fine-tunes, 650 beside one other; ``python benchmarks/bench_zoo_policy.py --algo ppo`` gives the same ratio
+#: within 10%); uniform and the per-sample zoo take their ratio to zoo-lite from the classic family's. Methods a
+#: family does not list cost as on Atari.
+FAMILY_COSTS: dict[str, tuple[float, dict[str, float]]] = {
+    "classic": (248.0, {"scratch": 1.0, "finetune": 1.0, "uniform": 3.6, "zoo-lite": 3.6, "zoo": 8.0}),
+    "mujoco": (960.0, {"scratch": 1.0, "finetune": 1.0, "uniform": 6.3, "zoo-lite": 6.3, "zoo": 14.0}),
+}
+
+
 #: Agent steps per second of the source ranking (a policy playing the target on 8 gym environments), for its
 #: ETA before it has measured its own: the committed zoo's 5 sources (6 plays of 10k steps, the random policy's
 #: included) take about 1-2 minutes on two cores.
@@ -75,19 +92,27 @@ def _run_state(job: RunJob) -> tuple[str, int]:
     return "to do", 0
 
 
-def relative_cost(method: str) -> float:
-    """:data:`RELATIVE_COST` of a study method: its base (``zoo-lite`` of ``zoo-lite:ranked``), plus
+def relative_cost(method: str, family: str = "atari") -> float:
+    """The cost per agent step of a study method relative to scratch's on a target of ``family``: its base's
+    (``zoo-lite`` of ``zoo-lite:ranked``) in :data:`FAMILY_COSTS`, else in :data:`RELATIVE_COST`, plus
     :data:`KICKSTART_EXTRA_COST` where a zoo method is also kickstarted."""
     base = method.partition(":")[0]
     extra = KICKSTART_EXTRA_COST if base != "kickstart" and kickstart_teachers(method) is not None else 0.0
-    return RELATIVE_COST.get(base, 1.0) + extra
+    family_cost = FAMILY_COSTS.get(family, (0.0, {}))[1]
+    return family_cost.get(base, RELATIVE_COST.get(base, 1.0)) + extra
+
+
+def reference_steps_per_second(family: str) -> float:
+    """Scratch's steps/s alone on the machine on a target of ``family``, before a study has measured its own."""
+    return FAMILY_COSTS.get(family, (REFERENCE_STEPS_PER_SECOND, {}))[0]
 
 
 def method_seconds_per_step(jobs: list[RunJob]) -> dict[str, float]:
     """Seconds per agent step of each method of ``jobs``, for one run alone on the machine: measured by the
     study's finished runs where there are any (their ``timesteps_per_second`` times the runs that shared the
     machine, at most one per core, over the speed-up those runs made together: :func:`parallel_speedup`), else
-    scaled from the measured methods (or :data:`REFERENCE_STEPS_PER_SECOND`) by :func:`relative_cost`."""
+    scaled from the measured methods (or :func:`reference_steps_per_second` of the target's family) by
+    :func:`relative_cost`."""
     measured: dict[str, list[float]] = {}
     for job in jobs:
         path = job.run_dir / RESULT
@@ -99,9 +124,10 @@ def method_seconds_per_step(jobs: list[RunJob]) -> dict[str, float]:
                 shared = min(parallel_runs(job.study.out, job.method, job.seed), os.cpu_count() or 1)
                 alone = rate * shared / parallel_speedup(shared)
                 measured.setdefault(job.method, []).append(1.0 / alone)
-    cost = {j.method: relative_cost(j.method) for j in jobs}
+    family = jobs[0].task.family if jobs else "atari"
+    cost = {j.method: relative_cost(j.method, family) for j in jobs}
     scratch_equivalent = [np.mean(v) / cost[m] for m, v in measured.items()]
-    unit = float(np.mean(scratch_equivalent)) if scratch_equivalent else 1.0 / REFERENCE_STEPS_PER_SECOND
+    unit = float(np.mean(scratch_equivalent)) if scratch_equivalent else 1.0 / reference_steps_per_second(family)
     return {m: float(np.mean(measured[m])) if m in measured else unit * cost[m] for m in cost}
 
 
