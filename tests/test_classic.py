@@ -268,3 +268,18 @@ def test_a_sac_study_trains_scratch_finetune_and_zoo_lite(sac_zoo, tmp_path):
 def test_sac_is_refused_on_a_discrete_action_target(tmp_path):
     with pytest.raises(ValueError, match="--algo sac acts in continuous action spaces"):
         plan(StudyConfig(target="Pong", methods=["scratch"], out=tmp_path, **TINY_STUDY))
+
+
+def test_a_whole_policy_plan_sizes_its_runs_by_the_sources_networks(sac_zoo):
+    """Disk estimates count the sources' own layers (Pendulum: 3 inputs, 1 action, 64x64), not NatureCNN's."""
+    from zoo_rl.study.progress import network_size, run_bytes
+
+    actor = [(3, 64), (64, 64), (64, 1), (64, 1)]  # latent_pi, mu, log_std
+    critic = 2 * [(4, 64), (64, 64), (64, 1)]  # two Q networks on the observation and the action
+    layers = actor + critic
+    params, align = network_size(sac_zoo, whole=True)
+    assert params == sum(i * o + o for i, o in layers)
+    assert align == {True: sum(o * o for _, o in layers), "conv": 0, False: 0}
+    assert run_bytes("scratch", 2, (params, align)) == 12 * params
+    assert run_bytes("zoo-lite:noalign", 2, (params, align)) == 12 * 2 * params
+    assert network_size(sac_zoo, whole=False) == network_size([], whole=True)  # an extractor zoo: NatureCNN's

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo_rl.files import CHECKPOINT, FINAL_EVALUATION, PROGRESS, RANKING, RANKING_PARTIAL, RESULT, STATUS
-from zoo_rl.study.config import RunJob, StudyConfig
+from zoo_rl.study.config import RunJob, StudyConfig, whole_policy
 from zoo_rl.study.cores import describe_split
 from zoo_rl.study.methods import ZOO_GATES, kickstart_teachers, zoo_options
 from zoo_rl.study.tables import parallel_runs
@@ -66,16 +66,33 @@ _NATURE_PARAMS = 8_224 + 32_832 + 36_928 + 1_606_144
 _ALIGN_PARAMS = {True: 32 ** 2 + 64 ** 2 * 2 + 512 ** 2, "conv": 32 ** 2 + 64 ** 2 * 2, False: 0}
 
 
-def run_bytes(method: str, n_sources: int) -> int:
+def network_size(zoo: list[str], whole: bool) -> tuple[int, dict]:
+    """The parameters a study transfers per source, and its alignments' under each ``align`` option: NatureCNN's
+    for an extractor zoo; for a whole-policy zoo, the first source's online networks (every ``Linear`` aligned by
+    an O x O matrix, ``Conv2d`` ones too unless ``align="conv"`` leaves the linear ones out)."""
+    if not (zoo and whole):
+        return _NATURE_PARAMS, _ALIGN_PARAMS
+    from zoo_rl.policy_sources import load_policy_source
+
+    state = load_policy_source(zoo[0]).state
+    weights = [t for key, t in state.items() if key.endswith("weight") and t.dim() >= 2]
+    conv = sum(t.shape[0] ** 2 for t in weights if t.dim() == 4)
+    return sum(t.numel() for t in state.values()), {True: sum(t.shape[0] ** 2 for t in weights), "conv": conv,
+                                                     False: 0}
+
+
+def run_bytes(method: str, n_sources: int, size: tuple[int, dict] = (_NATURE_PARAMS, _ALIGN_PARAMS)) -> int:
     """About the size of a finished run on disk: its final model (weights and Adam's two moments, 4 bytes
-    each); the logs are small. A run in training holds a checkpoint of the same size besides."""
+    each) for a network of ``size`` (:func:`network_size`); the logs are small. A run in training holds a
+    checkpoint of the same size besides."""
+    params, align_params = size
     base = method.partition(":")[0]
     if base in ZOO_GATES:
         align = zoo_options(method).get("align", True)
-        return 12 * n_sources * (_NATURE_PARAMS + _ALIGN_PARAMS[align])
-    if base == "ensemble":  # frozen sources: weights only
-        return 4 * n_sources * _NATURE_PARAMS + 12 * 600 * n_sources
-    return 12 * _NATURE_PARAMS
+        return 12 * n_sources * (params + align_params[align])
+    if base in ("ensemble", "multipolar"):  # frozen sources (weights only) and a trained head or residual
+        return 4 * n_sources * params + (12 * 600 * n_sources if base == "ensemble" else 12 * params)
+    return 12 * params
 
 
 def _run_state(job: RunJob) -> tuple[str, int]:
@@ -170,6 +187,10 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 60} min" if seconds >= 60 else f"{seconds} s"
 
 
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.0f} MB"
+
+
 def describe_plan(study: StudyConfig, jobs: list[RunJob]) -> str:
     """The plan of a study in a few lines: target, zoo, methods x seeds = runs, steps, output folder, what is
     done, partial and to do, and estimates of time and disk."""
@@ -184,7 +205,8 @@ def describe_plan(study: StudyConfig, jobs: list[RunJob]) -> str:
         remaining += 60.0 * (len(jobs) - len(done))
     workers = 1 if study.launcher == "ray" else int(study.workers or 1)
     n_sources = len(zoo)
-    disk = sum(run_bytes(m, n_sources) for m in methods) * study.seeds
+    size = network_size(zoo, whole_policy(task))
+    disk = sum(run_bytes(m, n_sources, size) for m in methods) * study.seeds
     lines = [
         f"Transfer study: {study.algo.upper()} on {task.slug} ({task.env_id}), {study.steps:,} agent steps per run, "
         f"Adam at {study.lr:g}",
@@ -198,7 +220,7 @@ def describe_plan(study: StudyConfig, jobs: list[RunJob]) -> str:
         f"estimate: about {format_duration(remaining / parallel_speedup(workers))} of training "
         f"({workers} worker{'s' if workers > 1 else ''}; from "
         + ("this study's finished runs" if done else "reference speeds, refined as runs finish")
-        + f"), about {disk / 1e9:.1f} GB on disk when finished",
+        + f"), about {_gigabytes(disk)} on disk when finished",
         describe_split(workers, study.launcher, runs_left=len(jobs) - len(done)),
     ]
     ranking = ranking_plan(study, jobs)
