@@ -14,15 +14,16 @@ on the zoo). Only ``scratch`` is taken from the second folder, so methods of ano
 The criteria, each with the 95% bootstrap interval of :func:`zoo_rl.metrics.difference_interval` over seeds
 ("shown below" means the interval of the difference lies below 0):
 
-- ``related``: on a target with a related source, the best zoo method (by mean final return) is not shown below
-  the best fine-tune chosen in hindsight, and is shown above scratch;
+- ``related``: on a target with a related source, the best zoo method (by mean final return, among the methods
+  with the study's full seeds) is not shown below the best fine-tune chosen in hindsight (the same way), and is
+  shown above scratch; where the study has MULTIPOLAR, the best zoo method against it is reported beside;
 - ``loo``: on a target without one, no zoo method of the default set is shown below scratch;
 - ``ranking``: the ranking's top source is the hindsight-best fine-tune or not shown worse than it, on at least
   ``--ranking-studies`` studies (``validation.csv`` of ``experiments/validate_ranking.py``);
 - ``efficiency``: on at least one related target, a zoo method reaches the higher return level in at most a
   fifth of the steps scratch needs (``efficiency.csv`` of ``experiments/efficiency.py`` in the study folder:
   the ``half-source`` level, the ratio of median steps and its interval); "shown" when the interval's upper end
-  is within a fifth too.
+  is within a fifth too. Judged over the related targets that have that level (whole-policy targets do not).
 
 Zoo methods are the study's Zoo-Tuning family (``uniform``, ``zoo``, ``zoo-lite`` and their options, the
 ranked start and a kickstarted zoo method included). Kickstarting alone and the other baselines are reported
@@ -46,6 +47,9 @@ from zoo_rl.study.methods import DEFAULT_METHODS, POLICY_DEFAULT_METHODS, ZOO_GA
 HIGHER_LEVEL = "half-source"
 #: The share of scratch's steps a zoo method must need at most.
 EFFICIENCY_SHARE = 0.2
+#: Baselines the best zoo method of a related target is compared with, reported beside the criterion (MULTIPOLAR:
+#: the multi-source baseline of whole-policy studies).
+BESIDE = ("multipolar",)
 
 
 def is_zoo_method(method: str) -> bool:
@@ -91,8 +95,12 @@ def compare(runs: pd.DataFrame, method: str, against: str) -> dict:
 
 
 def best_of(runs: pd.DataFrame, keep) -> str | None:
-    """The method with the highest mean final return among those ``keep`` accepts (None if there is none)."""
-    means = runs[runs["method"].map(keep)].groupby("method")["final_return"].mean()
+    """The method with the highest mean final return among those ``keep`` accepts and that have the study's full
+    seeds (the most any method has): a method trained on fewer seeds (runs kept from an earlier set of defaults)
+    is not chosen on a mean that its missing seeds could change. None if there is none."""
+    seeds = runs.groupby("method")["final_return"].size()
+    full = runs["method"].map(seeds) == seeds.max()
+    means = runs[runs["method"].map(keep) & full].groupby("method")["final_return"].mean()
     return None if means.empty else str(means.idxmax())
 
 
@@ -108,6 +116,10 @@ def related_rows(runs: pd.DataFrame) -> tuple[list[dict], bool]:
     met = not vs_finetune["shown_below"] and vs_scratch["shown_above"]
     rows = [dict(criterion="related", target=target, **vs_finetune), dict(criterion="related", target=target,
                                                                            **vs_scratch)]
+    for baseline in BESIDE:
+        if (runs["method"] == baseline).any():
+            rows.append(dict(criterion=f"related (beside {baseline}: not counted)", target=target,
+                             **compare(runs, zoo, baseline)))
     return rows, met
 
 
@@ -129,12 +141,15 @@ def loo_rows(runs: pd.DataFrame) -> tuple[list[dict], bool]:
     return rows, met
 
 
-def efficiency_rows(study: Path, target: str) -> tuple[list[dict], bool, bool]:
-    """The zoo methods' steps to the higher level against scratch's: rows, met (point), shown (interval)."""
+def efficiency_rows(study: Path, target: str) -> tuple[list[dict], bool, bool] | None:
+    """The zoo methods' steps to the higher level against scratch's: rows, met (point), shown (interval); None
+    where the target has no higher level (a whole-policy target, whose only level is scratch's final return)."""
     path = Path(study) / "efficiency.csv"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run python experiments/efficiency.py {study} first.")
     table = pd.read_csv(path)
+    if not (table["level_name"] == HIGHER_LEVEL).any():
+        return None
     table = table[(table["level_name"] == HIGHER_LEVEL) & table["method"].map(is_zoo_method)]
     rows = [{"criterion": "efficiency", "target": target, "method": r.method, "against": "scratch",
              "difference": r.ratio, "low": r.ratio_low, "high": r.ratio_high, "mean": r.steps_median,
@@ -187,21 +202,28 @@ def main(argv: list[str] | None = None) -> None:
     verdicts: list[tuple[str, str, bool]] = []
     efficiency_met = efficiency_shown = False
     unjudged = []  # related studies without efficiency.csv: the efficiency criterion is not judged over them
+    leveled = 0  # related studies whose efficiency.csv has the higher level
     for folders in args.related:
         target_rows, met = related_rows(target_runs(folders))
         rows += target_rows
         verdicts.append(("related", target_rows[0]["target"], met))
         if (Path(folders[0]) / "efficiency.csv").is_file():
-            more, point, shown = efficiency_rows(folders[0], target_rows[0]["target"])
-            rows += more
-            efficiency_met, efficiency_shown = efficiency_met or point, efficiency_shown or shown
+            found = efficiency_rows(folders[0], target_rows[0]["target"])
+            if found is not None:
+                more, point, shown = found
+                rows += more
+                leveled += 1
+                efficiency_met, efficiency_shown = efficiency_met or point, efficiency_shown or shown
         else:
             unjudged.append(str(folders[0]))
     for folders in args.loo:
         target_rows, met = loo_rows(target_runs(folders))
         rows += target_rows
         verdicts.append(("loo", target_rows[0]["target"], met))
-    if args.related and not unjudged:
+    if args.related and not unjudged and not leveled:
+        print(f"efficiency not judged: no related target has the level {HIGHER_LEVEL!r} (a whole-policy target's "
+              "only level is scratch's final return: its efficiency.md)")
+    elif args.related and not unjudged:
         verdicts.append(("efficiency (a fifth of scratch's steps, point)", "any related target", efficiency_met))
         verdicts.append(("efficiency (a fifth of scratch's steps, interval)", "any related target", efficiency_shown))
     elif unjudged:  # a verdict over part of the targets could say "not met" where the others would meet it

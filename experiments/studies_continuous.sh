@@ -2,12 +2,14 @@
 # The continuous-control studies: PPO targets on HalfCheetah bodies from the MuJoCo zoo (agents/zoo-mujoco), and
 # one SAC target on a Pendulum variant from the Pendulum zoo (agents/zoo-pendulum). Whole policies transfer
 # (zoo_rl.zoo_policy: every Linear of actor and critic from the sources); the methods are the default set of
-# a whole-policy study: scratch, a fine-tune of each source, uniform, zoo, zoo-lite, the ranked start and, for
-# PPO, Kickstarting (kickstart, kickstart:all, the ranked start kickstarted) and MULTIPOLAR. 3 seeds, 100k agent
+# a whole-policy study: scratch, a fine-tune of each source, the paper's zoo-lite (sigmoid gates), zoo-lite with
+# gates divided by their sum, the ranked start and, for PPO, Kickstarting (kickstart, kickstart:all, the ranked
+# start kickstarted) and MULTIPOLAR. 3 seeds, 100k agent
 # steps (a tenth of the sources' own training), the hyperparameter file's learning rate; final returns from 20
 # new episodes with deterministic actions.
 #
 #   bash experiments/studies_continuous.sh mujoco-in       # one stage: gate-choice | mujoco-in | mujoco-out | pendulum
+#                                                           | criteria
 #   PARK=1 bash experiments/studies_continuous.sh mujoco-in  # pack the stage's finished runs into results/_inprogress/
 #
 # Targets are named before any run, by where their dynamics lie against the zoo's (masses x0.5-x2, friction
@@ -70,4 +72,12 @@ fi
 if [[ $stage == all || $stage == pendulum ]]; then
     run pendulum-g12-sac-10k --target classic:pendulum+g=12 --algo sac --steps 10000 --eval-every 1000 \
         --zoo agents/zoo-pendulum
+fi
+if [[ $stage == all || $stage == criteria ]]; then
+    # The success criteria, met or not, once the studies are published and experiments/efficiency.py has run on
+    # them: every target here has related sources (each in-range body has neighbours in the zoo, the out-of-range
+    # one its nearest), so each is judged as a related target, with MULTIPOLAR reported beside the best zoo method.
+    [[ -n "${PARK:-}" ]] || python experiments/criteria.py --related results/halfcheetah-friction0.8-mass1.25-100k \
+        --related results/halfcheetah-legs1.1-mass0.75-100k --related results/halfcheetah-mass3.5-100k \
+        --related results/pendulum-g12-sac-10k --out results/criteria-continuous
 fi

@@ -76,3 +76,23 @@ def test_the_command_writes_its_tables_and_refuses_bad_input(tmp_path, capsys):
         criteria.main(["--loo", str(d), str(b)])
     with pytest.raises(SystemExit, match="results.csv is missing"):
         criteria.main(["--loo", str(tmp_path / "nowhere")])
+
+
+def test_a_whole_policy_target_judges_full_seed_methods_beside_multipolar(tmp_path, capsys):
+    """Runs kept from earlier defaults (one seed) are not chosen as best; MULTIPOLAR is reported beside the best
+    zoo method; a target with only scratch's level gets no efficiency verdict."""
+    folder = study(tmp_path / "cheetah", "mujoco-halfcheetah+mass=1.5",
+                   {"scratch": [100, 120, 110], "finetune:a": [900, 950, 1000], "finetune:b": [2000],
+                    "zoo-lite:sigmoid-sum": [1000, 1100, 1050], "zoo": [5000], "multipolar": [800, 850, 900]})
+    rows, met = criteria.related_rows(criteria.target_runs([folder]))
+    assert [(r["criterion"], r["method"], r["against"]) for r in rows] == [
+        ("related", "zoo-lite:sigmoid-sum", "finetune:a"), ("related", "zoo-lite:sigmoid-sum", "scratch"),
+        ("related (beside multipolar: not counted)", "zoo-lite:sigmoid-sum", "multipolar")]
+    assert met and rows[2]["shown_above"]
+    pd.DataFrame([{"method": "zoo-lite:sigmoid-sum", "level_name": "scratch-final", "ratio": 0.1, "ratio_low": 0.1,
+                   "ratio_high": 0.1, "steps_median": 10_000, "scratch_steps": 100_000, "runs": 3}]
+                 ).to_csv(folder / "efficiency.csv", index=False)
+    assert criteria.efficiency_rows(folder, "mujoco-halfcheetah+mass=1.5") is None
+    criteria.main(["--related", str(folder), "--out", str(tmp_path / "out")])
+    assert "efficiency not judged: no related target has the level 'half-source'" in capsys.readouterr().out
+    assert "efficiency (" not in (tmp_path / "out" / "criteria.md").read_text()
