@@ -211,9 +211,40 @@ def study_efficiency(study: Path, levels_path: Path = LEVELS, reps: int = 2000, 
         # would read as never reached (its curve is in curves.csv, which shows runs in progress too).
         curves = curves[pd.MultiIndex.from_arrays([curves["method"], curves["seed"].astype(int)]).isin(list(budgets))]
     rules = read_rules() if rules is None else rules
-    levels = apply_scratch_log(levels_for(target, levels_path), target, rules.get(target), root)
+    try:
+        fixed = levels_for(target, levels_path)
+    except ValueError:
+        fixed = own_scratch_levels(study, target)
+        if fixed is None:
+            raise
+    levels = apply_scratch_log(fixed, target, rules.get(target), root)
     table = efficiency_table(curves, levels, budgets=budgets, reps=reps)
-    return table, efficiency_markdown(table, target)
+    markdown = efficiency_markdown(table, target)
+    if not _in_levels(target, levels_path):
+        markdown += ("\n" + OWN_SCRATCH_NOTE.format(target=target, levels=levels_path.name))
+    return table, markdown
+
+
+#: Said under the table of a study whose target has no fixed levels, read from its own scratch runs.
+OWN_SCRATCH_NOTE = ("The target {target!r} has no levels in {levels}: its one level, `scratch-final`, is this study's own "
+                    "scratch runs' mean final return (scratch does not depend on the zoo, so the level is still fixed "
+                    "without the transfer runs). To fix it for every study of the target, add the target to "
+                    "experiments/levels.yml and run `python experiments/efficiency.py levels --zoo <zoo> --targets <target>`.")
+
+
+def _in_levels(target: str, levels_path: Path) -> bool:
+    return levels_path.is_file() and bool((pd.read_csv(levels_path)["target"] == target).any())
+
+
+def own_scratch_levels(study: Path, target: str) -> list[Level] | None:
+    """``scratch-final`` from the study's own scratch runs, for a target without fixed levels (a new MuJoCo body, a
+    new Atari flavour); None where the study has no scratch runs."""
+    results = pd.read_csv(study / RESULTS) if (study / RESULTS).is_file() else pd.DataFrame(columns=["method"])
+    if not (results["method"] == "scratch").any():
+        return None
+    row = derive_levels({target: {"scratch": str(study)}}, zoo=Path(), root=Path.cwd()).iloc[0]
+    return [Level(row.level_name, float(row.level), tuple(float(x) for x in row.scratch_steps.split(";")),
+                  bool(row.scratch_censored), row.scratch_reference.replace(str(study), "this study's", 1))]
 
 
 def _target_of(study: Path) -> str:

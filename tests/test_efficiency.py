@@ -176,6 +176,36 @@ def test_a_study_in_progress_counts_its_finished_runs_only(tmp_path):
     assert zoo["reached"] == 1 and zoo["runs"] == 1 and zoo["steps_median"] == 10_000
 
 
+def test_a_target_without_levels_reads_scratch_final_from_its_own_scratch(tmp_path):
+    """A study of a target that levels.csv does not hold (a new body or flavour) still gets its efficiency table:
+    scratch-final from its own scratch runs, said under the table; without scratch runs it is refused."""
+    script = load_script()
+    levels = tmp_path / "levels.csv"
+    pd.DataFrame({"target": ["Pong"], "level_name": ["x"], "level": [0.0], "derivation": [""], "scratch_steps": ["1"],
+                  "scratch_censored": [False], "scratch_reference": [""]}).to_csv(levels, index=False)
+    study = tmp_path / "study"
+    study.mkdir()
+    pd.concat([curve("scratch", 0, [0, 100, 300, 400]), curve("scratch", 1, [0, 50, 100, 200]),
+               curve("zoo", 0, [0, 400, 500, 500])]).to_csv(study / "curves.csv", index=False)
+    pd.DataFrame({"target": "mujoco-cheetah", "method": ["scratch", "scratch", "zoo"], "seed": [0, 1, 0],
+                  "steps": 30_000, "final_return": [400.0, 200.0, 500.0]}).to_csv(study / "results.csv", index=False)
+    table, markdown = script.study_efficiency(study, levels, reps=100, rules={})
+    assert list(table["level_name"].unique()) == ["scratch-final"] and table["level"].iloc[0] == pytest.approx(300.0)
+    assert table.set_index("method").loc["zoo", "steps_median"] == 10_000
+    assert "has no levels in levels.csv" in markdown and "this study's own scratch runs" in markdown
+    # the same table as with the level fixed in levels.csv by the rules (`efficiency.py levels`)
+    fixed = tmp_path / "fixed.csv"
+    script.derive_levels({"mujoco-cheetah": {"scratch": "study"}}, zoo=tmp_path, root=tmp_path).to_csv(fixed, index=False)
+    same, other_markdown = script.study_efficiency(study, fixed, reps=100, rules={})
+    pd.testing.assert_frame_equal(table.drop(columns="scratch_reference"), same.drop(columns="scratch_reference"))
+    assert table["scratch_reference"].iloc[0] == "this study's scratch (2 seeds, 30,000 steps)"
+    assert "has no levels" not in other_markdown
+    results = pd.read_csv(study / "results.csv")
+    results[results["method"] != "scratch"].to_csv(study / "results.csv", index=False)
+    with pytest.raises(ValueError, match="no levels for target 'mujoco-cheetah'"):
+        script.study_efficiency(study, levels, reps=100, rules={})
+
+
 def test_levels_of_some_targets_join_those_fixed_before(tmp_path):
     script = load_script()
     out = tmp_path / "levels.csv"
