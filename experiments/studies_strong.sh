@@ -73,8 +73,9 @@ if [[ $stage == all || $stage == breakout-m4 ]]; then
     # 2. Breakout mode 4 (its related source: breakout, trained on mode 0).
     run breakout-m4-100k-strong --target Breakout --mode 4 --methods "$ZOO_METHODS"
     compare breakout-m4-strong-compare --run results/breakout-m4-100k-strong zoo-lite:ranked+gate-lr100 \
-        --run results/breakout-m4-100k-strong finetune:breakout --run results/breakout-m4-100k-strong zoo-lite \
-        --run results/breakout-m4-100k scratch
+        --run results/breakout-m4-100k-strong zoo-lite:ranked+gate-lr100+kickstart \
+        --run results/breakout-m4-100k-strong finetune:breakout --run results/breakout-m4-100k-strong kickstart \
+        --run results/breakout-m4-100k-strong zoo-lite --run results/breakout-m4-100k scratch
 fi
 if [[ $stage == all || $stage == loo ]]; then
     # 3. Leave-one-out: the target's own source left out of the zoo, no related source left in it.
