@@ -140,8 +140,13 @@ def levels_for(target: str, levels_path: Path = LEVELS) -> list[Level]:
     if rows.empty:
         raise ValueError(f"{levels_path} has no levels for target {target!r} (it has {sorted(table['target'].unique())}); "
                          "add the target to experiments/levels.yml and rerun `efficiency.py levels`.")
-    return [Level(r.level_name, float(r.level), tuple(float(x) for x in str(r.scratch_steps).split(";")),
-                  bool(r.scratch_censored), r.scratch_reference) for r in rows.itertuples()]
+    return [_level(r) for r in rows.itertuples()]
+
+
+def _level(row) -> Level:
+    """A row of ``levels.csv`` (or of :func:`derive_levels`) as a :class:`Level`."""
+    return Level(row.level_name, float(row.level), tuple(float(x) for x in str(row.scratch_steps).split(";")),
+                 bool(row.scratch_censored), row.scratch_reference)
 
 
 def scratch_log_of(rule: dict | None) -> tuple[str, str] | None:
@@ -211,18 +216,17 @@ def study_efficiency(study: Path, levels_path: Path = LEVELS, reps: int = 2000, 
         # would read as never reached (its curve is in curves.csv, which shows runs in progress too).
         curves = curves[pd.MultiIndex.from_arrays([curves["method"], curves["seed"].astype(int)]).isin(list(budgets))]
     rules = read_rules() if rules is None else rules
+    note = ""
     try:
         fixed = levels_for(target, levels_path)
     except ValueError:
         fixed = own_scratch_levels(study, target)
         if fixed is None:
             raise
+        note = "\n" + OWN_SCRATCH_NOTE.format(target=target, levels=levels_path.name)
     levels = apply_scratch_log(fixed, target, rules.get(target), root)
     table = efficiency_table(curves, levels, budgets=budgets, reps=reps)
-    markdown = efficiency_markdown(table, target)
-    if not _in_levels(target, levels_path):
-        markdown += ("\n" + OWN_SCRATCH_NOTE.format(target=target, levels=levels_path.name))
-    return table, markdown
+    return table, efficiency_markdown(table, target) + note
 
 
 #: Said under the table of a study whose target has no fixed levels, read from its own scratch runs.
@@ -232,19 +236,14 @@ OWN_SCRATCH_NOTE = ("The target {target!r} has no levels in {levels}: its one le
                     "experiments/levels.yml and run `python experiments/efficiency.py levels --zoo <zoo> --targets <target>`.")
 
 
-def _in_levels(target: str, levels_path: Path) -> bool:
-    return levels_path.is_file() and bool((pd.read_csv(levels_path)["target"] == target).any())
-
-
 def own_scratch_levels(study: Path, target: str) -> list[Level] | None:
     """``scratch-final`` from the study's own scratch runs, for a target without fixed levels (a new MuJoCo body, a
     new Atari flavour); None where the study has no scratch runs."""
     results = pd.read_csv(study / RESULTS) if (study / RESULTS).is_file() else pd.DataFrame(columns=["method"])
     if not (results["method"] == "scratch").any():
         return None
-    row = derive_levels({target: {"scratch": str(study)}}, zoo=Path(), root=Path.cwd()).iloc[0]
-    return [Level(row.level_name, float(row.level), tuple(float(x) for x in row.scratch_steps.split(";")),
-                  bool(row.scratch_censored), row.scratch_reference.replace(str(study), "this study's", 1))]
+    row = next(derive_levels({target: {"scratch": str(study)}}, zoo=Path(), root=Path.cwd()).itertuples())
+    return [_level(row._replace(scratch_reference=row.scratch_reference.replace(str(study), "this study's", 1)))]
 
 
 def _target_of(study: Path) -> str:
