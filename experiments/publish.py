@@ -5,13 +5,15 @@ markdown tables the README's Results section quotes, all from the study's files.
     python experiments/publish.py runs/transfer/Pong-ppo --out results/pong-100k
     python experiments/publish.py results/pong-100k --cost                # runs, hours, minutes a run per method
     python experiments/publish.py results/pong-100k --gates               # each source's final gates, min/mean/max
+    python experiments/publish.py results/pong-100k --teachers            # kickstart:all's weight per teacher
 
 Writes ``results.csv``, ``summary.csv``, ``curves.csv``, ``gates.csv`` and ``study.json`` (copied),
 the figures of ``experiments/plot.py``, and ``tables.md``: the summary (final return mean ± std over
 seeds, IQM with its 95% stratified-bootstrap interval, difference to scratch and to the best single
 fine-tune with its 95% bootstrap interval, the mean return over training (AUC) and its difference to
 scratch, timesteps/s), per zoo method the final gates per layer and
-source (mean over seeds) and each source's range over layers and seeds, and "one level down" (``diagnostics.csv``, :mod:`zoo_rl.diagnostics`): per
+source (mean over seeds) and each source's range over layers and seeds, the teachers' weights of the methods
+that distil every source (``kickstart:all``), and "one level down" (``diagnostics.csv``, :mod:`zoo_rl.diagnostics`): per
 method and layer, how many sources the gates effectively use, how far the alignments left the identity
 and how far the weights drifted from the sources.
 """
@@ -26,9 +28,11 @@ from pathlib import Path
 import pandas as pd
 
 from zoo_rl.files import CURVES, GATES, RANKING, RESULTS, STUDY, SUMMARY, atomic_write_bytes, write_csv_atomic
+from zoo_rl.kickstart import ranking_weights
 from zoo_rl.plots import make_plots
 from zoo_rl.study import write_tables
 from zoo_rl.study.diagnostics import diagnose_study, diagnostics_summary
+from zoo_rl.study.methods import kickstart_teachers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,6 +183,30 @@ def gate_ranges_markdown(gates: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def teacher_weights(ranking: pd.DataFrame) -> pd.DataFrame:
+    """Per source of the study's ranking: its rank, zero-shot evidence and the weight of its policy in the
+    distillation of the methods that distil every source (``kickstart:all``, ``<zoo method>+kickstart-all``): the
+    weights those runs were given (:func:`zoo_rl.kickstart.ranking_weights` of the same ``ranking.csv``)."""
+    names = list(ranking["source"])
+    table = ranking[["source", "rank", "basis", "zero_shot_z"]].copy()
+    table["weight"] = ranking_weights(ranking, names)
+    return table.reset_index(drop=True)
+
+
+def teacher_weights_markdown(ranking: pd.DataFrame, methods: list[str]) -> str:
+    """:func:`teacher_weights` as a markdown table, or ``""`` when no method of ``methods`` distils every source."""
+    population = [m for m in methods if kickstart_teachers(m) == "all"]
+    if not population or ranking.empty:
+        return ""
+    lines = [f"Teachers' weights in the distillation of {', '.join(population)} (zero-shot evidence above random play, "
+             "floored at 0, normalised; `python experiments/publish.py <study> --teachers`):", "",
+             "| source | rank | basis | zero-shot z | weight |", "| --- | --- | --- | --- | --- |"]
+    for r in teacher_weights(ranking).itertuples():
+        z = "n/a" if pd.isna(r.zero_shot_z) else f"{r.zero_shot_z:.2f}"
+        lines.append(f"| {r.source} | {r.rank} | {r.basis} | {z} | {r.weight:.3f} |")
+    return "\n".join(lines)
+
+
 def diagnostics_markdown(table: pd.DataFrame) -> str:
     """Per method and layer (means over seeds): effective sources, top source, alignment, drift."""
     if table.empty:
@@ -199,6 +227,11 @@ def diagnostics_markdown(table: pd.DataFrame) -> str:
         lines.append(f"| {r.method} | {r.layer} | {r.seeds} | {fmt(r.effective_sources, 2)} | {top} | "
                      f"{fmt(r.align_dev)} | {fmt(r.drift)} | {fmt(r.moved, 2)} |")
     return "\n".join(lines)
+
+
+def read_ranking(folder: Path) -> pd.DataFrame:
+    """The study's ``ranking.csv``, or an empty frame when it has none (a study without a zoo)."""
+    return pd.read_csv(folder / RANKING) if (folder / RANKING).is_file() else pd.DataFrame()
 
 
 def publish(study_dir: Path, out: Path) -> list[Path]:
@@ -224,6 +257,7 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
     text = (header + summary_markdown(summary) + "\n\n" + final_return_note(results) + "\n\n"
             + cost_note(results) + "\n\n" + study_cost(results) + "\n\n" + gates_markdown(gates) + "\n\n"
             + gate_ranges_markdown(gates) + "\n\n"
+            + teacher_weights_markdown(read_ranking(out), study.get("methods", [])) + "\n\n"
             + diagnostics_markdown(diagnostics) + "\n")
     atomic_write_bytes(out / "tables.md", text.encode())
     written.append(out / "tables.md")
@@ -239,7 +273,20 @@ def main() -> None:
     parser.add_argument("--gates", action="store_true",
                         help="only print each zoo method's final gates per source (min, mean, max over layers and "
                              "seeds) of a study folder or a published one, from its gates.csv")
+    parser.add_argument("--teachers", action="store_true",
+                        help="only print the teachers' weights of the methods that distil every source "
+                             "(kickstart:all) of a study folder or a published one, from its ranking.csv")
     args = parser.parse_args()
+    if args.teachers:
+        if not (args.study_dir / RANKING).is_file() or not (args.study_dir / STUDY).is_file():
+            sys.exit(f"error: {args.study_dir} has no {RANKING} or {STUDY}: name a published study (results/<name>) "
+                     "with a zoo.")
+        methods = json.loads((args.study_dir / STUDY).read_text()).get("methods", [])
+        text = teacher_weights_markdown(read_ranking(args.study_dir), methods)
+        if not text:
+            sys.exit(f"error: no method of {args.study_dir} distils every source (kickstart:all): {methods}.")
+        print(text)
+        return
     if args.gates:
         if not (args.study_dir / GATES).is_file():
             sys.exit(f"error: {args.study_dir / GATES} is missing: name a published study (results/<name>) "

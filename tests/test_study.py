@@ -1032,6 +1032,22 @@ def test_gate_ranges_span_every_layer_and_seed_at_each_seeds_last_step():
     assert publish.gate_ranges_markdown(pd.DataFrame()) == ""
 
 
+def test_teacher_weights_are_the_ones_the_population_runs_were_given():
+    """``publish.py --teachers`` reports, from ``ranking.csv``, the weights ``give_teachers`` hands a
+    ``kickstart:all`` run; a study without a population method reports nothing."""
+    import publish
+    from zoo_rl.kickstart import ranking_weights
+
+    ranking = pd.DataFrame(dict(rank=[1, 2, 3], source=["a", "b", "c"], basis=["zero-shot", "zero-shot", "probe"],
+                                zero_shot_z=[6.0, 2.0, -1.0]))
+    table = publish.teacher_weights(ranking).set_index("source")
+    assert list(table["weight"]) == ranking_weights(ranking, ["a", "b", "c"]) == [0.75, 0.25, 0.0]
+    text = publish.teacher_weights_markdown(ranking, ["scratch", "kickstart:all", "zoo-lite:ranked+kickstart-all"])
+    assert "kickstart:all, zoo-lite:ranked+kickstart-all" in text and "| a | 1 | zero-shot | 6.00 | 0.750 |" in text
+    assert publish.teacher_weights_markdown(ranking, ["kickstart", "zoo-lite:ranked+kickstart"]) == ""
+    assert publish.teacher_weights_markdown(pd.DataFrame(), ["kickstart:all"]) == ""
+
+
 def test_whole_policy_families_plan_with_their_own_costs(tmp_path):
     """A MuJoCo or Pendulum study's estimates use its family's reference speed and zoo-layer costs (every layer of
     a small MLP merged), not NatureCNN's; methods the family does not list cost as on Atari."""
