@@ -3,7 +3,8 @@
 # of experiments/studies.sh (Adam 1e-4, 3 seeds, final returns from 20 new games), in the order they are run:
 #
 #   bash experiments/studies_strong.sh pong          # one stage: kickstart-grid | kickstart-grid-wide | pong |
-#                                                    breakout-m4 | loo | matched | pong-long | ranking | criteria
+#                                                    breakout-m4 | loo | matched | noalign | pong-long | ranking |
+#                                                    criteria
 #   PARK=1 bash experiments/studies_strong.sh pong   # pack the stage's finished runs into results/_inprogress/
 #
 # Every command resumes (finished runs are skipped) and takes up runs parked on another machine; each study is
@@ -103,6 +104,21 @@ if [[ $stage == all || $stage == matched ]]; then
         --run results/breakout-m4-100k-strong finetune:breakout \
         --run results/breakout-m4-100k-strong-lr1e-3 finetune:breakout \
         --run results/breakout-m4-100k-strong kickstart --run results/breakout-m4-100k scratch
+fi
+if [[ $stage == all || $stage == noalign ]]; then
+    # 3c. The ranked start without channel alignment on Breakout mode 4, where the ranked start ends below the
+    #     fine-tune of its top source although its gates stay on that source and its step matches the fine-tune's
+    #     at 1e-3: are the alignments (changing as much as the weights) the cost? Same ranking as the study's, so
+    #     the same top source starts it.
+    name=breakout-m4-100k-strong-noalign
+    if [[ -z "${PARK:-}" ]]; then
+        mkdir -p "runs/transfer/$name"
+        [[ -f "runs/transfer/$name/ranking.csv" ]] || cp results/breakout-m4-100k-strong/ranking.csv "runs/transfer/$name/"
+    fi
+    run "$name" --target Breakout --mode 4 --methods zoo-lite:ranked+noalign+gate-lr100
+    compare breakout-m4-strong-noalign-compare --run "results/$name" zoo-lite:ranked+noalign+gate-lr100 \
+        --run results/breakout-m4-100k-strong zoo-lite:ranked+gate-lr100 \
+        --run results/breakout-m4-100k-strong finetune:breakout --run results/breakout-m4-100k scratch
 fi
 if [[ $stage == all || $stage == pong-long ]]; then
     # 4. Pong at 500k steps: the best fine-tune, the paper's zoo-lite and the ranked start; scratch from
