@@ -108,15 +108,18 @@ fi
 if [[ $stage == all || $stage == noalign ]]; then
     # 3c. The ranked start without channel alignment on Breakout mode 4, where the ranked start ends below the
     #     fine-tune of its top source although its gates stay on that source and its step matches the fine-tune's
-    #     at 1e-3: are the alignments (changing as much as the weights) the cost? Same ranking as the study's, so
-    #     the same top source starts it.
+    #     at 1e-3: are the alignments (changing as much as the weights) the cost? And without alignment, with
+    #     its gates at the study's rate (gate-lr1: they barely move), it is the fine-tune of the top source plus
+    #     the other sources at 0.0025 each: is the gates' motion the cost? Same ranking as the study's, so the
+    #     same top source starts it.
     name=breakout-m4-100k-strong-noalign
     if [[ -z "${PARK:-}" ]]; then
         mkdir -p "runs/transfer/$name"
         [[ -f "runs/transfer/$name/ranking.csv" ]] || cp results/breakout-m4-100k-strong/ranking.csv "runs/transfer/$name/"
     fi
-    run "$name" --target Breakout --mode 4 --methods zoo-lite:ranked+noalign+gate-lr100
+    run "$name" --target Breakout --mode 4 --methods zoo-lite:ranked+noalign+gate-lr100,zoo-lite:ranked+noalign+gate-lr1
     compare breakout-m4-strong-noalign-compare --run "results/$name" zoo-lite:ranked+noalign+gate-lr100 \
+        --run "results/$name" zoo-lite:ranked+noalign+gate-lr1 \
         --run results/breakout-m4-100k-strong zoo-lite:ranked+gate-lr100 \
         --run results/breakout-m4-100k-strong finetune:breakout --run results/breakout-m4-100k scratch
 fi
