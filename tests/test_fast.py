@@ -105,6 +105,21 @@ def test_extractor_precision_is_what_the_model_computes_in(image_env):
     assert machine_line(fast).endswith(", extractor bf16") and machine_line().startswith("machine: ")
 
 
+def test_adam_gets_sb3s_eps_as_cnn_policy_does(image_env):
+    """SB3 gives plain Adam eps=1e-5 only when optimizer_kwargs is None; FastCnnPolicy fills the dict (fused), so
+    it applies the same rule itself: the same eps as CnnPolicy in every case, fused or not."""
+    from zoo_rl.optim import ZooAdam
+
+    def eps(policy, **policy_kwargs):
+        model = PPO(policy, image_env, seed=0, device="cpu", policy_kwargs=dict(net_arch=[], **policy_kwargs))
+        return model.policy.optimizer.defaults["eps"]
+
+    for kwargs in ({}, dict(optimizer_kwargs=dict(amsgrad=False)), dict(optimizer_class=ZooAdam),
+                   dict(optimizer_kwargs=dict(eps=1e-8))):
+        assert eps(FastCnnPolicy, bf16=False, **kwargs) == eps("CnnPolicy", **kwargs), kwargs
+    assert eps(FastCnnPolicy, bf16=False) == 1e-5
+
+
 def test_adam_runs_fused_unless_told_otherwise(image_env):
     _, fast = twins(image_env, bf16=True)
     assert fast.policy.optimizer.defaults["fused"] is True

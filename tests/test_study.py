@@ -396,6 +396,23 @@ def test_results_say_which_precision_and_cpu_each_run_trained_on(tmp_path, monke
     assert list(again["extractor_precision"]) == [""] and list(again["cpu_capability"]) == [""]
 
 
+def test_image_studies_pin_adams_eps_for_every_method_and_precision(zoo_paths, tmp_path):
+    """The published image studies trained with torch's eps (1e-8); fp32 (CnnPolicy) and bf16 (FastCnnPolicy)
+    runs, plain and zoo methods, all step with it."""
+    env = None
+    try:
+        for precision in ("bf16", "fp32"):
+            jobs = plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["scratch", "finetune", "zoo-lite"], seeds=1,
+                                    precision=precision, out=tmp_path / precision))
+            env = env or make_env(jobs[0].task, 1)
+            for job in jobs:
+                optimizer = study_module.build_model(job, env).policy.optimizer
+                assert optimizer.defaults["eps"] == runs_module.IMAGE_STUDY_ADAM_EPS == 1e-8, (precision, job.method)
+    finally:
+        if env is not None:
+            env.close()
+
+
 def test_zoo_method_options_reach_the_extractor(zoo_paths, tmp_path):
     jobs = plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["zoo-lite:sigmoid+noalign", "zoo:align-conv"],
                             seeds=1, out=tmp_path))

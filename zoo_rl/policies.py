@@ -65,6 +65,10 @@ def _unchecked(distribution: Distribution) -> Distribution:
     return distribution
 
 
+#: The ``eps`` SB3's actor-critic policies give plain Adam when their ``optimizer_kwargs`` is None.
+SB3_ADAM_EPS = 1e-5
+
+
 class FastCnnPolicy(ActorCriticCnnPolicy):
     """``ActorCriticCnnPolicy`` with a bfloat16, channels-last feature extractor.
 
@@ -73,7 +77,9 @@ class FastCnnPolicy(ActorCriticCnnPolicy):
         for speed here). A saved model keeps the request, not its outcome: one trained with ``None``
         on a bf16 CPU and loaded on a CPU without it runs float32 there, not ~14x slower emulated bf16.
     :param channels_last: lay images out channels-last (NHWC), oneDNN's fast layout for convolutions.
-    Adam (SB3's default optimizer) runs with ``fused=True`` unless ``optimizer_kwargs`` says otherwise.
+    Adam (SB3's default optimizer) runs with ``fused=True`` unless ``optimizer_kwargs`` says otherwise; given no
+    ``optimizer_kwargs``, plain Adam also gets SB3's ``eps=1e-5``, as in ``ActorCriticCnnPolicy`` (SB3 adds it only
+    when ``optimizer_kwargs`` is None, which the ``fused`` default would otherwise hide: torch's 1e-8 instead).
     Action distributions skip torch's argument checks (the same values, see :func:`_unchecked`).
     Other arguments are those of :class:`~stable_baselines3.common.policies.ActorCriticCnnPolicy`.
     """
@@ -84,7 +90,10 @@ class FastCnnPolicy(ActorCriticCnnPolicy):
         self.channels_last = bool(channels_last)
         optimizer_class = kwargs.get("optimizer_class", torch.optim.Adam)
         if issubclass(optimizer_class, (torch.optim.Adam, torch.optim.AdamW)):  # ZooAdam too
-            optimizer_kwargs = dict(kwargs.get("optimizer_kwargs") or {})
+            given = kwargs.get("optimizer_kwargs")
+            optimizer_kwargs = dict(given or {})
+            if given is None and optimizer_class is torch.optim.Adam:
+                optimizer_kwargs["eps"] = SB3_ADAM_EPS  # SB3's rule, applied before the dict stops being None
             optimizer_kwargs.setdefault("fused", True)
             kwargs["optimizer_kwargs"] = optimizer_kwargs
         super().__init__(*args, **kwargs)

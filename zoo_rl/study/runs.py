@@ -203,6 +203,13 @@ def kept_scores(partial: Path, task: Task, steps: int, names: list[str],
         return None
 
 
+#: Adam's ``eps`` in the on-policy studies of image targets (Atari, Lab2D), every method alike: torch's default,
+#: which every published Atari and Lab2D study and the Atari zoos' training used (SB3's PPO and A2C give plain
+#: Adam 1e-5 when given no ``optimizer_kwargs``). Pinned, so that ``--precision fp32`` (SB3's ``CnnPolicy``) steps
+#: as the default ``FastCnnPolicy`` runs do, and the published studies reproduce.
+IMAGE_STUDY_ADAM_EPS = 1e-8
+
+
 def run_spec(job: RunJob) -> RunSpec:
     """The :class:`zoo_rl.training.RunSpec` of ``job``: the study's hyperparameters, and the policy and
     extractor of its method (the same heads for every method); for a whole-policy target, :func:`policy_run_spec`."""
@@ -215,6 +222,7 @@ def run_spec(job: RunJob) -> RunSpec:
     policy_kwargs: dict[str, Any] = dict(net_arch=[])  # the same heads for every method
     if on_policy:
         policy_kwargs["optimizer_class"] = torch.optim.Adam  # A2C defaults to RMSprop
+        policy_kwargs["optimizer_kwargs"] = dict(eps=IMAGE_STUDY_ADAM_EPS)
     base, _, arg = job.method.partition(":")
     if base in ZOO_GATES:
         policy_kwargs.update(features_extractor_class=ZooExtractor,
