@@ -220,7 +220,7 @@ def test_a_sac_study_plans_without_the_on_policy_methods(sac_zoo, tmp_path):
     assert {j.method for j in jobs} == {"scratch", "finetune:src0", "finetune:src1", "zoo-lite", "zoo-lite:sigmoid-sum",
                                         study_module.POLICY_RANKED}
     assert study.lr == pytest.approx(1e-3)  # sac.yml's classic entry
-    params, n_envs = study_module.runs._hyperparams(jobs[0])
+    params, n_envs = study_module.runs.run_hyperparams(jobs[0])
     assert "normalize" not in params and n_envs == 1 and params["learning_rate"] == study.lr
     assert (params["learning_starts"], params["buffer_size"]) == (20, 200)  # scaled to the budget
     fine = next(j for j in jobs if j.method == "finetune:src0")

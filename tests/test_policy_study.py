@@ -39,7 +39,7 @@ def test_a_mujoco_target_is_a_whole_policy_study_with_its_own_defaults(policy_zo
                                          "zoo-lite:ranked+sigmoid-sum+gate-span1.6", "kickstart",
                                          "zoo-lite:ranked+sigmoid-sum+gate-span1.6+kickstart"}
     assert study.lr == pytest.approx(2.0633e-05)  # the hyperparameter file's tuned rate, not the paper's Atari 1e-4
-    params, _ = study_module.runs._hyperparams(jobs[0])
+    params, _ = study_module.runs.run_hyperparams(jobs[0])
     assert params["normalize"] == POLICY_STUDY_NORMALIZE and params["learning_rate"] == study.lr
     with pytest.raises(ValueError, match="ensemble puts NatureCNN extractors side by side"):
         plan(StudyConfig(target=TARGET, zoo=policy_zoo, methods=["ensemble"], out=tmp_path / "e", **TINY))

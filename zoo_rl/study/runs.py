@@ -48,7 +48,9 @@ from zoo_rl.training import (EVAL_SEED_OFFSET, ON_POLICY, RunSpec, algo_class, d
                              vec_normalize_kwargs)
 
 
-def _hyperparams(job: RunJob) -> tuple[dict[str, Any], int]:
+def run_hyperparams(job: RunJob) -> tuple[dict[str, Any], int]:
+    """``(hyperparameters, environments per run)`` of ``job``: its algorithm's file (or the whole-policy family's
+    entry) with the study's learning rate, ``--n-envs`` and an off-policy buffer scaled to the budget."""
     study = job.study
     if whole_policy(job.task):
         params, n_envs, _ = policy_hyperparams(study.algo, job.task)
@@ -100,7 +102,7 @@ def run_extractor_kwargs(job: RunJob) -> dict[str, Any]:
     kwargs = extractor_kwargs(job.method, job.study.normalisation)
     span = gate_span(job.method)
     if span is not None:
-        params, n_envs = _hyperparams(job)
+        params, n_envs = run_hyperparams(job)
         kwargs["gate_lr"] = span / (float(params["learning_rate"]) * optimizer_updates(
             job.study.algo, params, n_envs, job.study.steps))
     top = ranked_top(job.method)
@@ -214,7 +216,7 @@ def run_spec(job: RunJob) -> RunSpec:
     """The :class:`zoo_rl.training.RunSpec` of ``job``: the study's hyperparameters, and the policy and
     extractor of its method (the same heads for every method); for a whole-policy target, :func:`policy_run_spec`."""
     study = job.study
-    params, _ = _hyperparams(job)
+    params, _ = run_hyperparams(job)
     if whole_policy(job.task):
         return policy_run_spec(job, params)
     on_policy = study.algo in ON_POLICY
@@ -514,7 +516,7 @@ def _train(job: RunJob, spec: RunSpec, on_progress: Callable[[RunJob, int], None
     """Train (or resume) the run to its steps; returns the model."""
     run_dir = job.run_dir
     study = job.study
-    params, n_envs = _hyperparams(job)
+    params, n_envs = run_hyperparams(job)
     envs = open_run(run_dir, job.task, n_envs=n_envs, seed=job.seed, backend=study.env_backend,
                     eval_episodes=study.eval_episodes, normalize=vec_normalize_kwargs(params),
                     record={"study": asdict(study), "method": job.method, "seed": job.seed, "zoo": job.zoo,
