@@ -277,6 +277,10 @@ class ZooLayer(nn.Module):
             if self.is_conv:
                 return F.conv2d(x, weight, bias, self.stride, self.padding)
             return F.linear(x.flatten(1), weight, bias)
+        # A forward that can lead to an optimizer step: the merged layer must be built again after it. Fused
+        # optimizers (torch.optim.Adam(fused=True), FastCnnPolicy's default) step without bumping the tensors'
+        # version counters, which alone would leave a uniform layer acting with the weights it first merged.
+        self._merged_cache = None
         gates = self.gates(x)
         self.last_gates = gates.detach().reshape(-1, self.n_sources).mean(0)
         if self.is_conv:
@@ -295,7 +299,8 @@ class ZooLayer(nn.Module):
         return self.weight.grad is not None
 
     def _cached_merged(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # Any in-place change (optimizer step, load_state_dict, EMA update) bumps _version.
+        # In-place changes outside training (load_state_dict, an EMA update) bump _version; a training forward,
+        # which precedes every optimizer step, drops the cache (forward).
         tensors = [t for t in (self.weight, self.bias, self.align, self.running_gates) if t is not None]
         key = tuple((t.data_ptr(), t._version) for t in tensors)
         if self._merged_cache is None or self._merged_cache[0] != key:
