@@ -3,8 +3,8 @@
 # of experiments/studies.sh (Adam 1e-4, 3 seeds, final returns from 20 new games), in the order they are run:
 #
 #   bash experiments/studies_strong.sh pong          # one stage: kickstart-grid | kickstart-grid-wide | pong |
-#                                                    breakout-m4 | loo | matched | noalign | pong-long | ranking |
-#                                                    criteria
+#                                                    breakout-m4 | uniform | loo | matched | noalign | pong-long |
+#                                                    ranking | criteria
 #   PARK=1 bash experiments/studies_strong.sh pong   # pack the stage's finished runs into results/_inprogress/
 #
 # Every command resumes (finished runs are skipped) and takes up runs parked on another machine; each study is
@@ -77,6 +77,13 @@ if [[ $stage == all || $stage == breakout-m4 ]]; then
         --run results/breakout-m4-100k-strong zoo-lite:ranked+gate-lr100+kickstart \
         --run results/breakout-m4-100k-strong finetune:breakout --run results/breakout-m4-100k-strong kickstart \
         --run results/breakout-m4-100k-strong zoo-lite --run results/breakout-m4-100k scratch
+fi
+if [[ $stage == all || $stage == uniform ]]; then
+    # 2b. The weight average (`uniform`) of the Pong and Breakout mode 4 studies, trained again: the runs in their
+    #     results acted, in rollouts and evaluations, with the average they started from (a uniform zoo layer
+    #     cached its merged weights by version counters, which FastCnnPolicy's fused Adam does not bump).
+    run pong-100k-strong-uniform --target Pong --methods uniform
+    run breakout-m4-100k-strong-uniform --target Breakout --mode 4 --methods uniform
 fi
 if [[ $stage == all || $stage == loo ]]; then
     # 3. Leave-one-out: the target's own source left out of the zoo, no related source left in it.
