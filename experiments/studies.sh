@@ -11,7 +11,7 @@
 #   bash experiments/studies.sh pong       # one stage: pong | lab2d | parity | loo | cross | pong-long |
 #                                          pong-long-lr | loo-ablation | pong-ablation | pong-long-align |
 #                                          choose-gates | choose | choose-align | choose-loo |
-#                                          pong-long-choose | ranking
+#                                          pong-long-choose | ranking | uniform
 #
 # The pong-100k and lab2d studies pin softmax gates, with which they were published, so that their "zoo"
 # and "zoo-lite" keep one meaning whatever the library default is.
@@ -198,4 +198,16 @@ if [[ $stage == all || $stage == ranking ]]; then
     # 3d. The ranking against every study's fine-tunes (ranking.csv of each study, then one table).
     python experiments/validate_ranking.py results/pong-100k results/breakout-loo-100k results/roadrunner-loo-100k \
         results/lab2d-commons_harvest-100k results/breakout-m4-100k results/pong-500k --out results/ranking
+fi
+if [[ $stage == all || $stage == uniform ]]; then
+    # 4. The weight average (`uniform`) of the Pong, Lab2D and leave-one-out studies, trained again, 3 seeds
+    #    each (about 2.5 CPU-hours): the runs in those studies' results acted, in rollouts and evaluations, with
+    #    the average they started from (a uniform zoo layer cached its merged weights by version counters, which
+    #    FastCnnPolicy's fused Adam does not bump).
+    run pong-100k-uniform --target Pong --env-backend gym --methods uniform
+    run lab2d-commons_harvest-100k-uniform --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo \
+        --methods uniform
+    for target in Breakout RoadRunner; do
+        run "$(echo "$target" | tr '[:upper:]' '[:lower:]')-loo-100k-uniform" --target "$target" --methods uniform
+    done
 fi
