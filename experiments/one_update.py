@@ -93,6 +93,7 @@ def one_update(config: StudyConfig, seed: int = 0) -> pd.DataFrame:
             model.set_logger(configure_logger(0))
         callback = _Continue()
         callback.init_callback(reference)
+        reference.set_random_seed(seed)  # the rollout does not depend on how many models were built before it
         reference.collect_rollouts(reference.env, callback, reference.rollout_buffer, n_rollout_steps=reference.n_steps)
         starts, updates = [], []
         for model in models:
