@@ -75,7 +75,9 @@ def one_update(config: StudyConfig, seed: int = 0) -> pd.DataFrame:
     if unmerged:
         raise ValueError(f"{unmerged} do not act with one merged network: compare scratch, finetune, zoo-lite or "
                          "uniform methods.")
-    env = make_env(jobs[0].task, run_hyperparams(jobs[0])[1], seed=seed)  # the study's environments per run
+    n_envs = run_hyperparams(jobs[0])[1]  # the study's environments per run
+    env = make_env(jobs[0].task, n_envs, seed=seed)
+    rollout_env = None
     try:
         models = []
         for job in jobs:
@@ -88,12 +90,17 @@ def one_update(config: StudyConfig, seed: int = 0) -> pd.DataFrame:
         for model in models[1:]:
             model.policy.action_net.load_state_dict(reference.policy.action_net.state_dict())
             model.policy.value_net.load_state_dict(reference.policy.value_net.state_dict())
-        for model in models:
+        # The reference last, on environments of its own and right after seeding: its rollout depends on the seed
+        # alone, not on how many models were built or reset before it.
+        rollout_env = make_env(jobs[0].task, n_envs, seed=seed)
+        reference.set_env(rollout_env)
+        for model in models[1:] + [reference]:
+            if model is reference:
+                reference.set_random_seed(seed)
             model._setup_learn(model.n_steps * model.n_envs, callback=None)
             model.set_logger(configure_logger(0))
         callback = _Continue()
         callback.init_callback(reference)
-        reference.set_random_seed(seed)  # the rollout does not depend on how many models were built before it
         reference.collect_rollouts(reference.env, callback, reference.rollout_buffer, n_rollout_steps=reference.n_steps)
         starts, updates = [], []
         for model in models:
@@ -107,6 +114,8 @@ def one_update(config: StudyConfig, seed: int = 0) -> pd.DataFrame:
             updates.append({layer: after[layer] - before[layer] for layer in LAYERS})
     finally:
         env.close()
+        if rollout_env is not None:
+            rollout_env.close()
     rows = []
     for job, start, update in zip(jobs, starts, updates):
         for layer in LAYERS:
