@@ -766,6 +766,12 @@ def test_the_plan_shows_done_and_partial_runs_and_estimates(tmp_path):
     progress.started -= 100  # 100 s ago; the partial run has since trained 128 steps past its checkpoint
     progress.update(jobs[1], 384)
     assert progress.eta() == pytest.approx((3 * 512 - 512 - 384) / 128 * 100, rel=1e-3)
+    assert progress.describe().startswith("Pong: 1/3 runs | scratch seed 1 at 384 |")
+    # trained to the end but its final games not played: not finished yet, and the line says what it does
+    progress.update(jobs[1], 512)
+    assert progress.describe().startswith("Pong: 1/3 runs | scratch seed 1 playing its final games |")
+    progress.finished(jobs[1])
+    assert progress.describe().startswith("Pong: 2/3 runs | ETA")
 
 
 def test_the_plan_reads_a_run_that_shared_the_machine_as_its_speed_alone(tmp_path, monkeypatch):

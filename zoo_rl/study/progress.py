@@ -300,8 +300,11 @@ class StudyProgress:
         self.jobs, self.study = jobs, study
         self.seconds = method_seconds_per_step(jobs)
         self.total = sum(self.seconds[j.method] * study.steps for j in jobs)
-        self.start_steps = {(j.method, j.seed): _run_state(j)[1] for j in jobs}
+        states = {(j.method, j.seed): _run_state(j) for j in jobs}
+        self.start_steps = {key: step for key, (_, step) in states.items()}
         self.steps = dict(self.start_steps)
+        # Finished runs: their final games played (result.json), not merely trained to the last step.
+        self.done = {key for key, (state, _) in states.items() if state == "done"}
         self.started = time.monotonic()
         self.running: dict[tuple[str, int], int] = {}
         self.bar = None
@@ -328,6 +331,7 @@ class StudyProgress:
             if (job.run_dir / RESULT).is_file():
                 self.running.pop(key, None)
                 self.steps[key] = self.study.steps
+                self.done.add(key)
                 continue
             path = job.run_dir / PROGRESS
             if path.is_file():
@@ -344,7 +348,16 @@ class StudyProgress:
         key = (job.method, job.seed)
         self.steps[key] = self.study.steps
         self.running.pop(key, None)
+        self.done.add(key)
         self.refresh()
+
+    def describe(self) -> str:
+        """The progress line's text: finished runs (final games played), each run in training at its step or
+        playing its final games, and the ETA."""
+        running = ", ".join(f"{m} seed {s} " + (f"at {n:,}" if n < self.study.steps else "playing its final games")
+                            for (m, s), n in self.running.items() if (m, s) not in self.done)
+        return (f"{self.jobs[0].task.slug}: {len(self.done)}/{len(self.jobs)} runs" + (f" | {running}" if running else "")
+                + f" | ETA {format_duration(self.eta())}")
 
     def eta(self) -> float:
         # Only forward progress since this process started counts; a run resumed from its checkpoint
@@ -361,12 +374,8 @@ class StudyProgress:
     def refresh(self) -> None:
         if self.bar is None:
             return
-        done = sum(1 for j in self.jobs if self.steps[(j.method, j.seed)] >= self.study.steps)
-        running = ", ".join(f"{m} seed {s} at {n:,}" for (m, s), n in self.running.items() if n < self.study.steps)
         self.bar.n = int(1000 * self.work(self.steps) / max(self.total, 1e-9))
-        self.bar.set_description_str(f"{self.jobs[0].task.slug}: {done}/{len(self.jobs)} runs"
-                                     + (f" | {running}" if running else "")
-                                     + f" | ETA {format_duration(self.eta())}", refresh=False)
+        self.bar.set_description_str(self.describe(), refresh=False)
         self.bar.refresh()
 
     def close(self) -> None:
