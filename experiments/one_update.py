@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import configure_logger
 
 from envs.tasks import make_env
@@ -43,11 +42,6 @@ from zoo_rl.study.runs import run_hyperparams, run_spec
 #: NatureCNN's layers, as SB3 names them in its state dict.
 LAYERS = ("cnn.0", "cnn.2", "cnn.4", "linear.0")
 COLUMNS = ["method", "layer", "start_difference", "update_norm", "update_ratio", "cosine"]
-
-
-class _Continue(BaseCallback):
-    def _on_step(self) -> bool:
-        return True
 
 
 def acting_weights(model) -> dict[str, torch.Tensor]:
@@ -97,10 +91,9 @@ def one_update(config: StudyConfig, seed: int = 0) -> pd.DataFrame:
         for model in models[1:] + [reference]:
             if model is reference:
                 reference.set_random_seed(seed)
-            model._setup_learn(model.n_steps * model.n_envs, callback=None)
-            model.set_logger(configure_logger(0))
-        callback = _Continue()
-        callback.init_callback(reference)
+            model.set_logger(configure_logger(0))  # before _setup_learn, which would open a TensorBoard log
+            _, callback = model._setup_learn(model.n_steps * model.n_envs, callback=None)
+        # `callback` is the reference's: it was set up last
         reference.collect_rollouts(reference.env, callback, reference.rollout_buffer, n_rollout_steps=reference.n_steps)
         starts, updates = [], []
         for model in models:

@@ -229,7 +229,7 @@ def diagnostics_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def read_ranking(folder: Path) -> pd.DataFrame:
+def ranking_csv(folder: Path) -> pd.DataFrame:
     """The study's ``ranking.csv``, or an empty frame when it has none (a study without a zoo)."""
     return pd.read_csv(folder / RANKING) if (folder / RANKING).is_file() else pd.DataFrame()
 
@@ -257,7 +257,7 @@ def publish(study_dir: Path, out: Path) -> list[Path]:
     text = (header + summary_markdown(summary) + "\n\n" + final_return_note(results) + "\n\n"
             + cost_note(results) + "\n\n" + study_cost(results) + "\n\n" + gates_markdown(gates) + "\n\n"
             + gate_ranges_markdown(gates) + "\n\n"
-            + teacher_weights_markdown(read_ranking(out), study.get("methods", [])) + "\n\n"
+            + teacher_weights_markdown(ranking_csv(out), study.get("methods", [])) + "\n\n"
             + diagnostics_markdown(diagnostics) + "\n")
     atomic_write_bytes(out / "tables.md", text.encode())
     written.append(out / "tables.md")
@@ -282,7 +282,7 @@ def main() -> None:
             sys.exit(f"error: {args.study_dir} has no {RANKING} or {STUDY}: name a published study (results/<name>) "
                      "with a zoo.")
         methods = json.loads((args.study_dir / STUDY).read_text()).get("methods", [])
-        text = teacher_weights_markdown(read_ranking(args.study_dir), methods)
+        text = teacher_weights_markdown(ranking_csv(args.study_dir), methods)
         if not text:
             sys.exit(f"error: no method of {args.study_dir} distils every source (kickstart:all): {methods}.")
         print(text)
