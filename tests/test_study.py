@@ -916,8 +916,8 @@ def test_kickstarted_methods_get_their_teachers_from_the_ranking(tmp_path):
     methods = ["kickstart", "kickstart:all", "zoo-lite:ranked+kickstart"]
     jobs = plan(StudyConfig(target="Pong", zoo=zoo, methods=methods, out=out, **TINY))
     out.mkdir(exist_ok=True)
-    pd.DataFrame({"rank": [1, 2], "source": ["breakout", "pong-m1"], "zero_shot_z": [3.0, 1.0]}).to_csv(
-        out / "ranking.csv", index=False)
+    pd.DataFrame({"rank": [1, 2], "source": ["breakout", "pong-m1"], "basis": ["zero-shot", "probe"],
+                  "zero_shot_z": [3.0, 1.0]}).to_csv(out / "ranking.csv", index=False)
     env = make_env(jobs[0].task, 1, seed=0)
     try:
         for job in jobs:
@@ -928,6 +928,10 @@ def test_kickstarted_methods_get_their_teachers_from_the_ranking(tmp_path):
             names = [t.name for t in model.teachers]
             if job.method == "kickstart:all":
                 assert names == ["pong-m1", "breakout"] and model.teacher_weights == [0.25, 0.75]
+                # what publish.py --teachers reports is what the run was given
+                import publish
+                reported = publish.teacher_weights(publish.ranking_csv(out)).set_index("source")["weight"]
+                assert dict(reported) == dict(zip(names, model.teacher_weights))
             else:
                 assert names == ["breakout"] and model.teacher_weights == [1.0]
     finally:
@@ -1056,15 +1060,14 @@ def test_gate_ranges_span_every_layer_and_seed_at_each_seeds_last_step():
 
 
 def test_teacher_weights_are_the_ones_the_population_runs_were_given():
-    """``publish.py --teachers`` reports, from ``ranking.csv``, the weights ``give_teachers`` hands a
-    ``kickstart:all`` run; a study without a population method reports nothing."""
+    """``publish.py --teachers``: the evidence normalised, a source below random at 0 (that these are the weights
+    a ``kickstart:all`` run is given: test_kickstarted_methods_get_their_teachers_from_the_ranking); a study
+    without a population method reports nothing."""
     import publish
-    from zoo_rl.kickstart import ranking_weights
 
     ranking = pd.DataFrame(dict(rank=[1, 2, 3], source=["a", "b", "c"], basis=["zero-shot", "zero-shot", "probe"],
                                 zero_shot_z=[6.0, 2.0, -1.0]))
-    table = publish.teacher_weights(ranking).set_index("source")
-    assert list(table["weight"]) == ranking_weights(ranking, ["a", "b", "c"]) == [0.75, 0.25, 0.0]
+    assert list(publish.teacher_weights(ranking)["weight"]) == [0.75, 0.25, 0.0]
     text = publish.teacher_weights_markdown(ranking, ["scratch", "kickstart:all", "zoo-lite:ranked+kickstart-all"])
     assert "kickstart:all, zoo-lite:ranked+kickstart-all" in text and "| a | 1 | zero-shot | 6.00 | 0.750 |" in text
     assert publish.teacher_weights_markdown(ranking, ["kickstart", "zoo-lite:ranked+kickstart"]) == ""
