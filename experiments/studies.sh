@@ -204,6 +204,11 @@ if [[ $stage == all || $stage == uniform ]]; then
     #    each (about 2.5 CPU-hours): the runs in those studies' results acted, in rollouts and evaluations, with
     #    the average they started from (a uniform zoo layer cached its merged weights by version counters, which
     #    FastCnnPolicy's fused Adam does not bump).
+    #    Each takes its study's ranking (uniform does not use it) instead of ranking the zoo again.
+    for study in pong-100k lab2d-commons_harvest-100k breakout-loo-100k roadrunner-loo-100k; do
+        mkdir -p "runs/transfer/$study-uniform"
+        [[ -f "runs/transfer/$study-uniform/ranking.csv" ]] || cp "results/$study/ranking.csv" "runs/transfer/$study-uniform/"
+    done
     run pong-100k-uniform --target Pong --env-backend gym --methods uniform
     run lab2d-commons_harvest-100k-uniform --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo \
         --methods uniform

@@ -32,6 +32,12 @@ run() {  # run <results name> <transfer.py arguments...>
     python experiments/publish.py "runs/transfer/$name" --out "results/$name" > /dev/null
 }
 
+same_ranking() {  # same_ranking <results name> <published study>: its ranking, not computed again
+    [[ -z "${PARK:-}" ]] || return 0
+    mkdir -p "runs/transfer/$1"
+    [[ -f "runs/transfer/$1/ranking.csv" ]] || cp "results/$2/ranking.csv" "runs/transfer/$1/"
+}
+
 compare() {  # compare <out name> <compare.py --run arguments...>
     local name="$1"; shift
     [[ -n "${PARK:-}" ]] || python experiments/compare.py "$@" --out "results/$name" --plot > /dev/null
@@ -82,7 +88,9 @@ if [[ $stage == all || $stage == uniform ]]; then
     # 2b. The weight average (`uniform`) of the Pong and Breakout mode 4 studies, trained again: the runs in their
     #     results acted, in rollouts and evaluations, with the average they started from (a uniform zoo layer
     #     cached its merged weights by version counters, which FastCnnPolicy's fused Adam does not bump).
+    same_ranking pong-100k-strong-uniform pong-100k-strong
     run pong-100k-strong-uniform --target Pong --methods uniform
+    same_ranking breakout-m4-100k-strong-uniform breakout-m4-100k-strong
     run breakout-m4-100k-strong-uniform --target Breakout --mode 4 --methods uniform
 fi
 if [[ $stage == all || $stage == loo ]]; then
@@ -120,15 +128,11 @@ if [[ $stage == all || $stage == noalign ]]; then
     #     the other sources at 0.0025 each: is the gates' motion the cost? Same ranking as the study's, so the
     #     same top source starts it.
     name=breakout-m4-100k-strong-noalign
-    if [[ -z "${PARK:-}" ]]; then
-        mkdir -p "runs/transfer/$name"
-        [[ -f "runs/transfer/$name/ranking.csv" ]] || cp results/breakout-m4-100k-strong/ranking.csv "runs/transfer/$name/"
-    fi
+    same_ranking "$name" breakout-m4-100k-strong
     run "$name" --target Breakout --mode 4 --methods zoo-lite:ranked+noalign+gate-lr100,zoo-lite:ranked+noalign+gate-lr1
-    compare breakout-m4-strong-noalign-compare --run "results/$name" zoo-lite:ranked+noalign+gate-lr100 \
-        --run "results/$name" zoo-lite:ranked+noalign+gate-lr1 \
-        --run results/breakout-m4-100k-strong zoo-lite:ranked+gate-lr100 \
-        --run results/breakout-m4-100k-strong finetune:breakout --run results/breakout-m4-100k scratch
+    compare breakout-m4-strong-noalign-compare --run results/breakout-m4-100k-strong finetune:breakout \
+        --run "results/$name" zoo-lite:ranked+noalign+gate-lr100 --run "results/$name" zoo-lite:ranked+noalign+gate-lr1 \
+        --run results/breakout-m4-100k-strong zoo-lite:ranked+gate-lr100 --run results/breakout-m4-100k scratch
 fi
 if [[ $stage == all || $stage == pong-long ]]; then
     # 4. Pong at 500k steps: the best fine-tune, the paper's zoo-lite and the ranked start; scratch from
