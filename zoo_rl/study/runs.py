@@ -280,24 +280,32 @@ def kickstart_settings(job: RunJob, params: dict[str, Any]) -> tuple[dict[str, A
     return params, dict(algo_cls=KICKSTART_ALGOS[job.study.algo], prepare=lambda model: give_teachers(job, model))
 
 
-def give_teachers(job: RunJob, model: Any) -> None:
-    """Give a kickstarted run's model its teachers (never saved, so again on every resume): the study's
-    top-ranked source, or every source weighted by the ranking's zero-shot evidence
+def study_teachers(job: RunJob, which: str | None = None) -> tuple[list[Any], list[float] | None]:
+    """``(teachers, weights)`` of a kickstarted run (``which``: ``"top"`` or ``"all"``; default: what the method
+    names, :func:`zoo_rl.study.methods.kickstart_teachers`): the study's top-ranked source with ``None`` (one
+    teacher, weight 1), or every source weighted by the ranking's zero-shot evidence
     (:func:`zoo_rl.kickstart.ranking_weights`); an image target's NatureCNN sources with their actions mapped onto
     the target's by meaning, a whole-policy target's sources as they act (:func:`zoo_rl.kickstart.load_any_teacher`)."""
+    which = which or kickstart_teachers(job.method)
+    if which not in ("top", "all"):
+        raise ValueError(f"{job.method}: teachers are 'top' or 'all', got {which!r}.")
     names = source_names(job.zoo, job.task)
     ranking = study_ranking(job.study, job.task, job.zoo)
-    order = ranking_order(ranking, names)
     env = make_env(job.task, 1, seed=0, backend="gym")  # the gym wrappers name their actions on every backend
     try:
-        if kickstart_teachers(job.method) == "all":
-            teachers = [load_any_teacher(path, env, name) for path, name in zip(job.zoo, names)]
-            model.set_teachers(teachers, ranking_weights(ranking, names))
-        else:
-            top = order[0]
-            model.set_teachers([load_any_teacher(job.zoo[top], env, names[top])])
+        if which == "all":
+            return ([load_any_teacher(path, env, name) for path, name in zip(job.zoo, names)],
+                    ranking_weights(ranking, names))
+        top = ranking_order(ranking, names)[0]
+        return [load_any_teacher(job.zoo[top], env, names[top])], None
     finally:
         env.close()
+
+
+def give_teachers(job: RunJob, model: Any) -> None:
+    """Give a kickstarted run's model its teachers (never saved, so again on every resume):
+    :func:`study_teachers` of its method."""
+    model.set_teachers(*study_teachers(job))
 
 
 def build_model(job: RunJob, env, spec: RunSpec | None = None) -> Any:

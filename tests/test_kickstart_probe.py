@@ -1,0 +1,58 @@
+"""experiments/kickstart_probe.py: what a kickstarted student is taught and how close it gets."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import untrained_policy_zoo
+from kickstart_probe import probe_student, teacher_table
+from zoo_rl.files import RANKING
+from zoo_rl.study import StudyConfig, plan
+from zoo_rl.study.runs import study_teachers
+
+TARGET = "mujoco:halfcheetah+mass=1.25"
+
+
+@pytest.fixture(scope="module")
+def policy_zoo(tmp_path_factory) -> list[str]:
+    return untrained_policy_zoo(tmp_path_factory.mktemp("probe-zoo"), "ppo", TARGET,
+                                ("mujoco:halfcheetah", "mujoco:halfcheetah+mass=2"))
+
+
+def config(tmp_path, zoo, z=(5.0, 0.0)) -> StudyConfig:
+    """A study whose ranking puts src1 first; ``z``: the zero-shot evidence of src0 and src1 (the teachers' weights)."""
+    pd.DataFrame({"rank": [1, 2], "source": ["src1", "src0"], "zero_shot_z": [z[1], z[0]]}).to_csv(
+        tmp_path / RANKING, index=False)
+    return StudyConfig(target=TARGET, zoo=zoo, methods=["kickstart"], seeds=1, steps=256, n_envs=1, workers=1,
+                       out=tmp_path)
+
+
+def test_the_weighted_teacher_mean_of_one_weighted_teacher_plays_as_that_teacher(policy_zoo, tmp_path):
+    job = plan(config(tmp_path, policy_zoo, z=(5.0, 0.0)))[0]
+    teachers, weights = study_teachers(job, "all")
+    assert [t.name for t in teachers] == ["src0", "src1"] and weights == [1.0, 0.0]
+    table = teacher_table(job.task, teachers, weights, [0.1], episodes=1, seed=3).set_index(["policy", "noise"])
+    assert list(table.index.get_level_values("policy").unique()) == ["src0", "src1", "weighted teacher mean"]
+    for noise in (0.0, 0.1):  # the same actions, the same noise draws
+        assert table.loc[("weighted teacher mean", noise), "return"] == table.loc[("src0", noise), "return"]
+    assert table.loc[("src0", 0.0), "return"] != table.loc[("src0", 0.1), "return"]
+
+
+@pytest.mark.slow
+def test_a_probed_student_follows_its_schedule_and_its_teachers(policy_zoo, tmp_path):
+    study = config(tmp_path, policy_zoo)
+    decay = pd.DataFrame(probe_student(study, "top", "decay", every=128, episodes=1, seed=0))
+    assert list(decay["step"]) == [0, 128, 256, 384, 512] and (decay["variant"] == "top+decay").all()
+    # n_steps 512: the weight is read before the first update, then decays to 0 over the run's 256 steps
+    assert decay["weight"].iloc[0] == 30.0 and decay["weight"].iloc[-1] == 0.0
+    assert (decay["rms_to_target"] > 0).all() and (decay["kl"] > 0).all()
+    constant = pd.DataFrame(probe_student(study, "src0", "constant", every=256, episodes=1, seed=0))
+    assert (constant["weight"] == 30.0).all() and (constant["variant"] == "src0+constant").all()
+    # the same untrained student at step 0, measured against another teacher
+    assert constant["return"].iloc[0] == decay["return"].iloc[0]
+    assert constant["rms_to_target"].iloc[0] != decay["rms_to_target"].iloc[0]
+    with pytest.raises(ValueError, match="use top, all or a source of the zoo"):
+        probe_student(study, "src9", "decay", every=128, episodes=1, seed=0)
+    with pytest.raises(ValueError, match="use one of"):
+        probe_student(study, "top", "cosine", every=128, episodes=1, seed=0)
