@@ -18,7 +18,12 @@ Two tables, written to ``--out`` as CSV and Markdown:
   hyperparameters, schedule and teachers, :func:`zoo_rl.study.build_model`), measured every ``--every`` steps on
   the states of its own deterministic episodes: its return, the distillation weight ``lambda(t)``, its action
   standard deviation, the root-mean-square distance of its mean from each teacher's mean and from the weighted
-  teacher mean of the teachers it distils, and the distillation term (the weighted KL) on those states.
+  teacher mean of the teachers it distils, and the distillation term (the weighted KL) on those states; and
+  ``takeover_return``: the return that weighted teacher mean (the teacher itself, for one teacher) collects from
+  step ``--takeover`` of an episode on after the student acted until then, beside the teacher table's
+  ``return_after`` (the same policy from its own state at that step). A student whose states its teachers
+  cannot recover from learns from labels that do not lead back to the teachers' play: distillation on the
+  student's own states (as DAgger) assumes that they can.
 
 Teachers: ``top`` (the study's ``kickstart``), ``all`` (``kickstart:all``) or a source's name (that source
 alone). Schedules: ``decay`` (the method's default: from ``kcoef`` to 0 over the run) or ``constant`` (the
@@ -52,27 +57,36 @@ from zoo_rl.study.runs import run_hyperparams, run_spec, study_teachers
 from zoo_rl.training import EVAL_SEED_OFFSET, open_run, train_run, vec_normalize_kwargs
 
 SCHEDULES = ("decay", "constant")
-TEACHER_COLUMNS = ["policy", "noise", "return", "return_std"]
-PROBE_COLUMNS = ["variant", "step", "weight", "return", "return_std", "student_std", "rms_to_target", "kl"]
+TEACHER_COLUMNS = ["policy", "noise", "return", "return_std", "return_after"]
+PROBE_COLUMNS = ["variant", "step", "weight", "return", "return_std", "student_std", "rms_to_target", "kl",
+                 "takeover_return"]
 
 
-def play(act: Callable[[np.ndarray], np.ndarray], task: Task, episodes: int, seed: int) -> tuple[list[float], np.ndarray]:
+def play(act: Callable[[np.ndarray], np.ndarray], task: Task, episodes: int, seed: int,
+         then: Callable[[np.ndarray], np.ndarray] | None = None,
+         switch: int = 0) -> tuple[list[float], list[float], np.ndarray]:
     """Play ``episodes`` episodes of ``task`` (one environment, the evaluation wrappers, seed ``seed``) with
-    ``act(observations (1, D)) -> actions (1, A)``; returns the episode returns and every observation acted on."""
+    ``act(observations (1, D)) -> actions (1, A)``, handing over to ``then`` (if given) from step ``switch`` of
+    each episode on. Returns the episode returns, the returns collected from step ``switch`` on, and every
+    observation acted on."""
     env = make_env(task, 1, seed=seed, backend="gym")
-    returns, seen = [], []
+    returns, rests, seen = [], [], []
     try:
-        obs, total = env.reset(), 0.0
+        obs, total, rest, step = env.reset(), 0.0, 0.0, 0
         while len(returns) < episodes:
             seen.append(obs[0].copy())
-            obs, reward, done, _ = env.step(act(obs))
+            policy = then if then is not None and step >= switch else act
+            obs, reward, done, _ = env.step(policy(obs))
             total += float(reward[0])
+            rest += float(reward[0]) if step >= switch else 0.0
+            step += 1
             if done[0]:
                 returns.append(total)
-                total = 0.0
+                rests.append(rest)
+                total, rest, step = 0.0, 0.0, 0
     finally:
         env.close()
-    return returns, np.asarray(seen, dtype=np.float32)
+    return returns, rests, np.asarray(seen, dtype=np.float32)
 
 
 def teacher_means(teachers: Sequence[Teacher], obs: torch.Tensor) -> list[torch.Tensor]:
@@ -99,8 +113,9 @@ def acting(mean: Callable[[torch.Tensor], torch.Tensor], action_space: spaces.Bo
 
 
 def teacher_table(task: Task, teachers: Sequence[Teacher], weights: Sequence[float], noises: Sequence[float],
-                  episodes: int, seed: int) -> pd.DataFrame:
-    """The first table of the module docstring."""
+                  episodes: int, seed: int, switch: int) -> pd.DataFrame:
+    """The first table of the module docstring; ``return_after``: the mean return collected from step ``switch``
+    of each episode on (what :class:`Probe`'s ``takeover_return`` compares with)."""
     env = make_env(task, 1, seed=0, backend="gym")
     action_space = env.action_space
     env.close()
@@ -111,9 +126,9 @@ def teacher_table(task: Task, teachers: Sequence[Teacher], weights: Sequence[flo
     for name, mean in policies:
         for noise in [0.0, *noises]:
             rng = np.random.default_rng(seed)
-            returns, _ = play(acting(mean, action_space, noise, rng), task, episodes, seed)
-            rows.append(dict(policy=name, noise=noise, **{"return": float(np.mean(returns)),
-                                                          "return_std": float(np.std(returns))}))
+            returns, rests, _ = play(acting(mean, action_space, noise, rng), task, episodes, seed, switch=switch)
+            rows.append(dict(policy=name, noise=noise, **{"return": float(np.mean(returns))},
+                             return_std=float(np.std(returns)), return_after=float(np.mean(rests))))
     return pd.DataFrame(rows, columns=TEACHER_COLUMNS)
 
 
@@ -121,28 +136,34 @@ class Probe(BaseCallback):
     """Measures a kickstarted student every ``every`` steps (and at the start and the end): the second table of
     the module docstring, one row per measurement appended to ``rows``."""
 
-    def __init__(self, variant: str, task: Task, every: int, episodes: int, seed: int, rows: list[dict]) -> None:
+    def __init__(self, variant: str, task: Task, every: int, episodes: int, seed: int, rows: list[dict],
+                 switch: int) -> None:
         super().__init__()
         self.variant, self.task, self.every, self.episodes, self.seed = variant, task, every, episodes, seed
+        self.switch = switch
         self.rows = rows
         self.next = 0
 
     def measure(self) -> None:
         model = self.model
-        returns, seen = play(lambda obs: model.predict(obs, deterministic=True)[0], self.task, self.episodes,
-                             self.seed)
+        student = lambda obs: model.predict(obs, deterministic=True)[0]  # noqa: E731
+        returns, _, seen = play(student, self.task, self.episodes, self.seed)
+        box = model.action_space
+        target_acts = acting(lambda x: weighted_mean(model.teachers, model.teacher_weights, model._teacher_inputs(x)),
+                             box, 0.0, np.random.default_rng(0))
+        _, takeover, _ = play(student, self.task, self.episodes, self.seed, then=target_acts, switch=self.switch)
         obs = torch.as_tensor(seen, device=model.device)
         with torch.no_grad():
-            student = model.policy.get_distribution(obs)
+            dist = model.policy.get_distribution(obs)
             x = model._teacher_inputs(obs)
             target = weighted_mean(model.teachers, model.teacher_weights, x)
-            mu = student.distribution.loc
-            kl = distillation_kl(student, [t.output(x) for t in model.teachers], model.teacher_weights)
+            mu = dist.distribution.loc
+            kl = distillation_kl(dist, [t.output(x) for t in model.teachers], model.teacher_weights)
         self.rows.append(dict(variant=self.variant, step=int(model.num_timesteps), weight=model.kickstart_weight(),
                               **{"return": float(np.mean(returns)), "return_std": float(np.std(returns))},
-                              student_std=float(student.distribution.scale.mean()),
+                              student_std=float(dist.distribution.scale.mean()),
                               rms_to_target=float((mu - target).pow(2).mean().sqrt()),
-                              kl=float(kl.mean())))
+                              kl=float(kl.mean()), takeover_return=float(np.mean(takeover))))
         self.next = int(model.num_timesteps) + self.every
 
     def _on_training_start(self) -> None:
@@ -159,7 +180,7 @@ class Probe(BaseCallback):
 
 
 def probe_student(config: StudyConfig, teachers: str, schedule: str, every: int, episodes: int,
-                  seed: int) -> list[dict]:
+                  seed: int, switch: int = 300) -> list[dict]:
     """Train one kickstarted student (``config.methods`` is ignored) and return its :class:`Probe` rows.
 
     :raises ValueError: an unknown schedule, or a source name that is not in the zoo.
@@ -200,7 +221,7 @@ def probe_student(config: StudyConfig, teachers: str, schedule: str, every: int,
                              "another --out.")
         model = build_model(job, envs.env, spec)
         train_run(spec, envs.env, None, callbacks=[Probe(variant, job.task, every, episodes,
-                                                         seed + EVAL_SEED_OFFSET, rows)], model=model)
+                                                         seed + EVAL_SEED_OFFSET, rows, switch)], model=model)
     finally:
         envs.close()
     return rows
@@ -227,6 +248,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10_000, help="steps between measurements")
     parser.add_argument("--episodes", type=int, default=3, help="deterministic episodes per measurement")
     parser.add_argument("--noise", default="0.03,0.1", help="comma-separated noise levels of the teacher table")
+    parser.add_argument("--takeover", type=int, default=300,
+                        help="step of an episode at which what the student distils takes over from it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -252,11 +275,13 @@ def main() -> None:
                      "targets (MuJoCo); a discrete student's distance to its teachers is not a distance of means.")
         try:
             everyone, weights = study_teachers(job, "all")
-            table = teacher_table(job.task, everyone, weights, noises, args.episodes, args.seed + EVAL_SEED_OFFSET)
+            table = teacher_table(job.task, everyone, weights, noises, args.episodes, args.seed + EVAL_SEED_OFFSET,
+                                  args.takeover)
             rows = []
             for teacher in teachers:
                 for schedule in schedules:
-                    rows += probe_student(config, teacher, schedule, args.every, args.episodes, args.seed)
+                    rows += probe_student(config, teacher, schedule, args.every, args.episodes, args.seed,
+                                          args.takeover)
                     print(f"{teacher}+{schedule}: {rows[-1]['return']:.0f} at {rows[-1]['step']:,} steps", flush=True)
         except ValueError as exc:
             sys.exit(f"error: {exc}")
@@ -267,8 +292,10 @@ def main() -> None:
     command = f"python experiments/kickstart_probe.py {' '.join(sys.argv[1:])}"
     text = (f"Kickstarting one level down (`{command}`; seed {args.seed}, {args.episodes} deterministic episodes "
             f"per row).\n\nWhat the student is taught (noise: standard deviation added to the mean action):\n\n"
-            f"{markdown(table)}\n\nWhat the student learns (on the states of its own episodes; rms_to_target: "
-            f"distance of its mean from the weighted mean of the teachers it distils):\n\n{markdown(probe)}\n")
+            f"{markdown(table)}\n\n(return_after: the return from step {args.takeover} of each episode on.)\n\n"
+            f"What the student learns (on the states of its own episodes; rms_to_target: distance of its mean from "
+            f"the weighted mean of the teachers it distils; takeover_return: what that weighted mean collects from "
+            f"step {args.takeover} on, after the student acted until then):\n\n{markdown(probe)}\n")
     atomic_write_bytes(args.out / "probe.md", text.encode())
     print(text)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import untrained_policy_zoo
-from kickstart_probe import probe_student, teacher_table
+from envs.tasks import make_env
+from kickstart_probe import acting, play, probe_student, teacher_table
 from zoo_rl.files import RANKING
 from zoo_rl.study import StudyConfig, plan
 from zoo_rl.study.runs import study_teachers
@@ -32,11 +34,30 @@ def test_the_weighted_teacher_mean_of_one_weighted_teacher_plays_as_that_teacher
     job = plan(config(tmp_path, policy_zoo, z=(5.0, 0.0)))[0]
     teachers, weights = study_teachers(job, "all")
     assert [t.name for t in teachers] == ["src0", "src1"] and weights == [1.0, 0.0]
-    table = teacher_table(job.task, teachers, weights, [0.1], episodes=1, seed=3).set_index(["policy", "noise"])
+    table = teacher_table(job.task, teachers, weights, [0.1], episodes=1, seed=3, switch=0).set_index(
+        ["policy", "noise"])
     assert list(table.index.get_level_values("policy").unique()) == ["src0", "src1", "weighted teacher mean"]
     for noise in (0.0, 0.1):  # the same actions, the same noise draws
         assert table.loc[("weighted teacher mean", noise), "return"] == table.loc[("src0", noise), "return"]
     assert table.loc[("src0", 0.0), "return"] != table.loc[("src0", 0.1), "return"]
+    assert (table["return_after"] == table["return"]).all()  # from step 0 on: the whole episode
+
+
+def test_a_hand_over_to_the_same_policy_changes_nothing_and_counts_the_rest(policy_zoo, tmp_path):
+    job = plan(config(tmp_path, policy_zoo))[0]
+    teachers, _ = study_teachers(job, "all")
+    env = make_env(job.task, 1)
+    box = env.action_space
+    env.close()
+    act = acting(lambda x: teachers[0].gaussian(x)[0], box, 0.0, np.random.default_rng(0))
+    other = acting(lambda x: teachers[1].gaussian(x)[0], box, 0.0, np.random.default_rng(0))
+    returns, rests, seen = play(act, job.task, 1, seed=5)
+    same, same_rests, _ = play(act, job.task, 1, seed=5, then=act, switch=600)
+    assert same == returns and len(seen) == 1000 and rests == returns
+    # the first 600 steps alike, the rest collected apart
+    handed, handed_rests, _ = play(act, job.task, 1, seed=5, then=other, switch=600)
+    assert handed_rests[0] != same_rests[0]
+    assert handed[0] - handed_rests[0] == pytest.approx(same[0] - same_rests[0])
 
 
 @pytest.mark.slow
@@ -46,7 +67,7 @@ def test_a_probed_student_follows_its_schedule_and_its_teachers(policy_zoo, tmp_
     assert list(decay["step"]) == [0, 128, 256, 384, 512] and (decay["variant"] == "top+decay").all()
     # n_steps 512: the weight is read before the first update, then decays to 0 over the run's 256 steps
     assert decay["weight"].iloc[0] == 30.0 and decay["weight"].iloc[-1] == 0.0
-    assert (decay["rms_to_target"] > 0).all() and (decay["kl"] > 0).all()
+    assert (decay["rms_to_target"] > 0).all() and (decay["kl"] > 0).all() and decay["takeover_return"].notna().all()
     constant = pd.DataFrame(probe_student(study, "src0", "constant", every=256, episodes=1, seed=0))
     assert (constant["weight"] == 30.0).all() and (constant["variant"] == "src0+constant").all()
     # the same untrained student at step 0, measured against another teacher
