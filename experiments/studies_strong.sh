@@ -98,9 +98,13 @@ if [[ $stage == all || $stage == loo ]]; then
     for target in Breakout RoadRunner; do
         name="$(echo "$target" | tr '[:upper:]' '[:lower:]')"
         run "$name-loo-100k-strong" --target "$target" --methods "$ZOO_METHODS"
-        compare "$name-loo-strong-compare" --run "results/$name-loo-100k-strong" zoo-lite:ranked+gate-lr100 \
-            --run "results/$name-loo-100k-strong" zoo-lite --run "results/$name-loo-100k-strong" uniform \
-            --run "results/$name-loo-100k" scratch
+        # every zoo method and Kickstarting against the published scratch runs (the reference, first)
+        compare "$name-loo-strong-compare" --run "results/$name-loo-100k" scratch \
+            --run "results/$name-loo-100k-strong" zoo-lite:ranked+gate-lr100 \
+            --run "results/$name-loo-100k-strong" zoo-lite --run "results/$name-loo-100k-strong" zoo \
+            --run "results/$name-loo-100k-strong" uniform --run "results/$name-loo-100k-strong" ensemble \
+            --run "results/$name-loo-100k-strong" kickstart --run "results/$name-loo-100k-strong" kickstart:all \
+            --run "results/$name-loo-100k-strong" zoo-lite:ranked+gate-lr100+kickstart
     done
 fi
 if [[ $stage == all || $stage == matched ]]; then
