@@ -10,6 +10,15 @@ the first row (the reference), with the same 95% bootstrap interval as the studi
         --run results/pong-500k finetune:pong-m1 --run results/pong-500k-lr2.5e-4 finetune:pong-m1 \\
         --out results/pong-500k-lr-compare --plot
 
+A STUDY may pool the runs of several folders, joined by commas: more seeds of a published study trained into a
+folder of their own (``transfer.py --first-seed 3 --seeds 3``) count with its seeds 0-2 as one group of six::
+
+    python experiments/compare.py --run results/breakout-m4-100k-strong,results/breakout-m4-100k-strong-seeds3-5 \
+        finetune:breakout --run results/breakout-m4-100k-strong,results/breakout-m4-100k-strong-seeds3-5 \
+        zoo-lite:ranked+gate-lr100
+
+(a seed found in two of the folders is refused: it would count twice).
+
 Reads only ``results.csv`` (final return per run, AUC per run) and, for ``--plot``, ``curves.csv`` of
 each study folder (a published ``results/<study>`` or a ``runs/transfer/<study>``). Writes
 ``comparison.csv`` (and ``learning_curves.png/.svg`` with ``--plot``) into ``--out``, atomically; with no
@@ -44,16 +53,34 @@ def load_runs(study: Path, method: str) -> pd.DataFrame:
     return rows
 
 
+def folders(study: Path | str) -> list[Path]:
+    """The folders a STUDY argument names: one, or several joined by commas (pooled)."""
+    return [Path(part) for part in str(study).split(",") if part]
+
+
+def pooled_runs(study: Path | str, method: str) -> pd.DataFrame:
+    """The rows of ``method`` in every folder of ``study`` (:func:`folders`), one group.
+
+    :raises SystemExit: a folder or method missing (:func:`load_runs`), or a seed in two of the folders."""
+    parts = [load_runs(folder, method) for folder in folders(study)]
+    rows = pd.concat(parts, ignore_index=True)
+    twice = sorted(rows.loc[rows["seed"].duplicated(), "seed"].unique().tolist())
+    if twice:
+        raise SystemExit(f"{study}: {method} has seed(s) {twice} in more than one folder; pool folders of different "
+                         "seeds (transfer.py --first-seed) so that no run counts twice.")
+    return rows
+
+
 def label_of(study: Path, method: str, studies: list[Path]) -> str:
-    """``method``, plus its study's name when the runs come from more than one study."""
-    return method if len(set(studies)) == 1 else f"{method} [{study.name}]"
+    """``method``, plus its study's name (names, for pooled folders) when the runs come from more than one study."""
+    return method if len(set(studies)) == 1 else f"{method} [{'+'.join(f.name for f in folders(study))}]"
 
 
 def compare(runs: list[tuple[Path, str]], reps: int = 2000) -> pd.DataFrame:
     """One row per (study, method); differences of mean final return and mean AUC to the first row."""
     if len(runs) < 2:
         raise SystemExit("give at least two --run STUDY METHOD pairs: the reference first.")
-    groups = [load_runs(study, method) for study, method in runs]
+    groups = [pooled_runs(study, method) for study, method in runs]
     for key in ("target", "steps"):
         values = {str(v) for g in groups for v in g[key].unique()}
         if len(values) > 1:
@@ -81,10 +108,13 @@ def plot(runs: list[tuple[Path, str]], out: Path) -> list[Path]:
     studies = [study for study, _ in runs]
     parts = []
     for study, method in runs:
-        path = study / CURVES
-        if not path.is_file():
-            raise SystemExit(f"{study}: no curves.csv to plot.")
-        curves = pd.read_csv(path)
+        tables = []
+        for folder in folders(study):
+            path = folder / CURVES
+            if not path.is_file():
+                raise SystemExit(f"{folder}: no curves.csv to plot.")
+            tables.append(pd.read_csv(path))
+        curves = pd.concat(tables, ignore_index=True)
         curves = curves[curves["method"] == method].copy()
         curves["method"] = label_of(study, method, studies)
         parts.append(curves)
@@ -97,7 +127,8 @@ def plot(runs: list[tuple[Path, str]], out: Path) -> list[Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", nargs=2, action="append", metavar=("STUDY", "METHOD"), required=True,
-                        help="a study folder and one of its methods; repeat; the first is the reference")
+                        help="a study folder (or several, joined by commas: their runs pooled) and one of its methods; "
+                             "repeat; the first is the reference")
     parser.add_argument("--out", type=Path, default=None, help="folder for comparison.csv (and the plot)")
     parser.add_argument("--plot", action="store_true", help="also plot the learning curves (needs --out)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of each interval")

@@ -188,8 +188,8 @@ def probe_student(config: StudyConfig, teachers: str, schedule: str, every: int,
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: use one of {SCHEDULES}.")
     method = "kickstart:all" if teachers == "all" else "kickstart"
-    config = replace(config, methods=[method], seeds=seed + 1)
-    job = next(j for j in plan(config) if j.seed == seed)
+    config = replace(config, methods=[method], seeds=1, first_seed=seed)
+    job = plan(config)[0]
     names = source_names(job.zoo, job.task)
     if teachers not in ("top", "all") and teachers not in names:
         raise ValueError(f"teacher {teachers!r}: use top, all or a source of the zoo {names}.")

@@ -75,3 +75,16 @@ def test_command_writes_the_table_and_the_plot(tmp_path):
     assert list(table["label"]) == ["scratch", "zoo-lite"]  # one study: plain method names
     assert table.loc[1, "vs_reference"] == pytest.approx(4.0 - (-19.5))
     assert (out / "learning_curves.png").stat().st_size > 0 and (out / "learning_curves.svg").is_file()
+
+
+def test_pooled_folders_count_as_one_group_of_all_their_seeds(tmp_path):
+    first = write_study(tmp_path / "s", [("scratch", 0, -20.0, -20.0), ("scratch", 1, -19.0, -19.0),
+                                         ("zoo-lite", 0, 3.0, -12.0), ("zoo-lite", 1, 5.0, -11.0)])
+    more = write_study(tmp_path / "s-more", [("zoo-lite", 2, 10.0, -6.0), ("zoo-lite", 3, 6.0, -9.0)])
+    pooled = f"{first},{more}"
+    table = compare([(first, "scratch"), (Path(pooled), "zoo-lite")], reps=200).set_index("label")
+    row = table.loc["zoo-lite [s+s-more]"]
+    assert row["runs"] == 4 and row["final_mean"] == pytest.approx(6.0)
+    assert row["vs_reference"] == pytest.approx(6.0 - (-19.5))
+    with pytest.raises(SystemExit, match=r"seed\(s\) \[0, 1\] in more than one folder"):
+        compare([(first, "scratch"), (Path(f"{first},{first}"), "zoo-lite")])

@@ -214,11 +214,19 @@ def test_plots_from_fixture_csv(tmp_path):
     (dict(target="Pong", methods=["finetune:nobody"]), ValueError, "finetune:nobody names no source"),
     (dict(target="Pong", algo="trpo"), ValueError, "Unknown algorithm 'trpo'"),
     (dict(target="Pong", methods=["zoo-lite:sigmoid+nogates"]), ValueError, "Unknown option 'nogates'.*noalign"),
+    (dict(target="Pong", first_seed=-1), ValueError, "--first-seed must be 0 or more"),
 ])
 def test_errors_before_training(zoo_paths, tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
         plan(StudyConfig(zoo=zoo_paths, out=tmp_path, **kwargs))
     assert not list(tmp_path.iterdir())
+
+
+def test_more_seeds_of_a_study_start_at_the_first_seed(zoo_paths, tmp_path):
+    jobs = plan(StudyConfig(target="Pong", zoo=zoo_paths, methods=["scratch", "zoo-lite"], seeds=2, first_seed=3,
+                            out=tmp_path))
+    assert [(j.method, j.seed) for j in jobs] == [("scratch", 3), ("zoo-lite", 3), ("scratch", 4), ("zoo-lite", 4)]
+    assert jobs[-1].run_dir == tmp_path / "zoo-lite" / "seed4"
 
 
 def test_missing_source_is_an_error_before_training(tmp_path):

@@ -72,7 +72,9 @@ class StudyConfig:
     methods: list[str] = _option("comma-separated methods; see below (state-vector targets: multipolar in the place "
                                  "of ensemble, with --algo ppo or a2c only)", type=_comma_list,
                                  factory=lambda: list(DEFAULT_METHODS))
-    seeds: int = _option("seeds per method (0 .. seeds-1)", 3)
+    seeds: int = _option("seeds per method (first-seed .. first-seed+seeds-1)", 3)
+    first_seed: int = _option("the first seed: more seeds of a published study in a folder of their own (e.g. "
+                              "--first-seed 3 --seeds 3 trains seeds 3-5), pooled with it by experiments/compare.py", 0)
     algo: str = _option("SB3 algorithm: ppo, a2c, dqn, qrdqn or sac (continuous actions: e.g. classic:pendulum "
                         "targets with the zoo agents/zoo-pendulum)", "ppo")
     steps: int = _option("agent steps per run (100k: the Atari-100k budget)", 100_000)
@@ -450,6 +452,8 @@ def plan(study: StudyConfig) -> list[RunJob]:
         raise ValueError(f"Unknown algorithm {study.algo!r}; choose one of {sorted(ALGOS)}.")
     if study.seeds < 1 or study.steps < 1:
         raise ValueError("--seeds and --steps must be positive.")
+    if study.first_seed < 0:
+        raise ValueError(f"--first-seed must be 0 or more, got {study.first_seed}.")
     if study.precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be 'bf16' or 'fp32', got {study.precision!r}.")
     if study.launcher not in ("local", "ray"):
@@ -509,7 +513,8 @@ def plan(study: StudyConfig) -> list[RunJob]:
     if study.normalisation is not None and study.normalisation not in NORMALISATIONS:
         raise ValueError(f"Unknown gate normalisation {study.normalisation!r}; choose from {', '.join(NORMALISATIONS)}.")
     # Seed-major: a study stopped part-way has every method at the same number of seeds.
-    jobs = [RunJob(study, task, list(zoo), m, s) for s in range(study.seeds) for m in methods]
+    seeds = range(study.first_seed, study.first_seed + study.seeds)
+    jobs = [RunJob(study, task, list(zoo), m, s) for s in seeds for m in methods]
     for job in jobs:
         check_run_files(job)
         check_normalisation(job)
