@@ -1,7 +1,10 @@
 """Kickstarting (Schmitt et al., 2018): distil the zoo's policies into a student while it learns.
 
 The student's loss gains a distillation term towards one or more frozen teachers' action
-distributions, on the student's own states (the minibatches of its rollouts):
+distributions, on the student's own states (the minibatches of its rollouts, as DAgger labels them: the term
+helps where the teachers' actions on those states lead back to the teachers' play, and teaches nothing useful in
+states the teachers cannot recover from; ``experiments/kickstart_probe.py`` measures which states a student is
+in):
 
     loss = PPO's (or A2C's) loss + lambda(t) * mean_i  sum_k w_k KL(teacher_k(x_i) || student(x_i))
 
