@@ -112,13 +112,20 @@ def acting(mean: Callable[[torch.Tensor], torch.Tensor], action_space: spaces.Bo
     return act
 
 
+def make_action_space(task: Task) -> spaces.Space:
+    """The action space of ``task``'s environments."""
+    env = make_env(task, 1, seed=0, backend="gym")
+    try:
+        return env.action_space
+    finally:
+        env.close()
+
+
 def teacher_table(task: Task, teachers: Sequence[Teacher], weights: Sequence[float], noises: Sequence[float],
                   episodes: int, seed: int, switch: int) -> pd.DataFrame:
     """The first table of the module docstring; ``return_after``: the mean return collected from step ``switch``
     of each episode on (what :class:`Probe`'s ``takeover_return`` compares with)."""
-    env = make_env(task, 1, seed=0, backend="gym")
-    action_space = env.action_space
-    env.close()
+    action_space = make_action_space(task)
     policies: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [
         (t.name, (lambda t: lambda x: t.gaussian(x)[0])(t)) for t in teachers]
     policies.append(("weighted teacher mean", lambda x: weighted_mean(teachers, weights, x)))
@@ -298,14 +305,6 @@ def main() -> None:
             f"step {args.takeover} on, after the student acted until then):\n\n{markdown(probe)}\n")
     atomic_write_bytes(args.out / "probe.md", text.encode())
     print(text)
-
-
-def make_action_space(task: Task) -> spaces.Space:
-    env = make_env(task, 1, seed=0, backend="gym")
-    try:
-        return env.action_space
-    finally:
-        env.close()
 
 
 if __name__ == "__main__":
