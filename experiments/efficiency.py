@@ -388,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{exc}\nNothing written: fix the levels of the targets whose studies exist with "
                              "--targets (the others join when theirs are published).") from None
         if args.targets and args.out.is_file():
-            kept = pd.read_csv(args.out, dtype={"scratch_steps": str})
+            # round_trip: the rows kept are written back digit for digit (pandas' fast parser may not)
+            kept = pd.read_csv(args.out, dtype={"scratch_steps": str}, float_precision="round_trip")
             table = pd.concat([kept[~kept["target"].isin(table["target"])], table], ignore_index=True)
         write_csv_atomic(table, args.out)
         print(table.to_string(index=False))

@@ -212,6 +212,9 @@ def test_levels_of_some_targets_join_those_fixed_before(tmp_path):
     zoo = str(ROOT / "agents" / "zoo")
     script.main(["levels", "--zoo", zoo, "--targets", "Pong", "--out", str(out)])
     first = pd.read_csv(out)
+    pong = out.read_text().splitlines()[1:]
+    script.main(["levels", "--zoo", zoo, "--targets", "Breakout", "--out", str(out)])
+    assert out.read_text().splitlines()[1:len(pong) + 1] == pong  # the rows kept, digit for digit
     script.main(["levels", "--zoo", zoo, "--targets", "Breakout,Pong", "--out", str(out)])
     both = pd.read_csv(out)
     assert set(first["target"]) == {"Pong"} and set(both["target"]) == {"Pong", "Breakout"}
