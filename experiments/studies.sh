@@ -23,6 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
+. experiments/stage_helpers.sh  # same_ranking
 
 run() {  # run <results name> <transfer.py arguments...>
     # These studies were published with the 1M-step zoo: they name it (--zoo agents/zoo) unless they name theirs.
@@ -206,8 +207,7 @@ if [[ $stage == all || $stage == uniform ]]; then
     #    FastCnnPolicy's fused Adam does not bump).
     #    Each takes its study's ranking (uniform does not use it) instead of ranking the zoo again.
     for study in pong-100k lab2d-commons_harvest-100k breakout-loo-100k roadrunner-loo-100k; do
-        mkdir -p "runs/transfer/$study-uniform"
-        [[ -f "runs/transfer/$study-uniform/ranking.csv" ]] || cp "results/$study/ranking.csv" "runs/transfer/$study-uniform/"
+        same_ranking "$study-uniform" "$study"
     done
     run pong-100k-uniform --target Pong --env-backend gym --methods uniform
     run lab2d-commons_harvest-100k-uniform --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo \

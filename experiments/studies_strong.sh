@@ -22,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
 ZOO=agents/zoo-strong
+. experiments/stage_helpers.sh  # same_ranking
 
 run() {  # run <results name> <transfer.py arguments...>
     local name="$1"; shift
@@ -31,12 +32,6 @@ run() {  # run <results name> <transfer.py arguments...>
     fi
     python experiments/transfer.py --out "runs/transfer/$name" --workers "${WORKERS:-2}" --zoo "$ZOO" "$@"
     python experiments/publish.py "runs/transfer/$name" --out "results/$name" > /dev/null
-}
-
-same_ranking() {  # same_ranking <results name> <published study>: its ranking, not computed again
-    [[ -z "${PARK:-}" ]] || return 0
-    mkdir -p "runs/transfer/$1"
-    [[ -f "runs/transfer/$1/ranking.csv" ]] || cp "results/$2/ranking.csv" "runs/transfer/$1/"
 }
 
 compare() {  # compare <out name> <compare.py --run arguments...>
