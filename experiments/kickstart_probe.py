@@ -89,20 +89,19 @@ def play(act: Callable[[np.ndarray], np.ndarray], task: Task, episodes: int, see
     return returns, rests, np.asarray(seen, dtype=np.float32)
 
 
-def teacher_means(teachers: Sequence[Teacher], obs: torch.Tensor) -> list[torch.Tensor]:
-    """Each continuous teacher's action mean on ``obs``."""
-    return [t.gaussian(obs)[0] for t in teachers]
-
-
 def weighted_mean(teachers: Sequence[Teacher], weights: Sequence[float], obs: torch.Tensor) -> torch.Tensor:
-    """``sum_k w_k mu_k(obs)``: the mean that ``sum_k w_k KL(teacher_k || student)`` is smallest at."""
-    return sum(w * m for w, m in zip(weights, teacher_means(teachers, obs)))
+    """``sum_k w_k mu_k(obs)`` of continuous teachers: the mean that ``sum_k w_k KL(teacher_k || student)`` is
+    smallest at."""
+    return sum(w * t.gaussian(obs)[0] for w, t in zip(weights, teachers))
 
 
-def acting(mean: Callable[[torch.Tensor], torch.Tensor], action_space: spaces.Box, noise: float,
-           rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
-    """A policy that acts with ``mean(obs)`` plus Gaussian noise of standard deviation ``noise``, clipped to the
-    action space as SB3 clips its actions."""
+def acting(mean: Callable[[torch.Tensor], torch.Tensor], action_space: spaces.Box, noise: float = 0.0,
+           rng: np.random.Generator | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A policy that acts with ``mean(obs)`` plus Gaussian noise of standard deviation ``noise`` (drawn from
+    ``rng``, needed when ``noise > 0``), clipped to the action space as SB3 clips its actions."""
+    if noise > 0 and rng is None:
+        raise ValueError("noise > 0 needs the generator that draws it (rng).")
+
     def act(obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             action = mean(torch.as_tensor(obs, dtype=torch.float32)).numpy()
@@ -157,7 +156,7 @@ class Probe(BaseCallback):
         returns, _, seen = play(student, self.task, self.episodes, self.seed)
         box = model.action_space
         target_acts = acting(lambda x: weighted_mean(model.teachers, model.teacher_weights, model._teacher_inputs(x)),
-                             box, 0.0, np.random.default_rng(0))
+                             box)
         _, takeover, _ = play(student, self.task, self.episodes, self.seed, then=target_acts, switch=self.switch)
         obs = torch.as_tensor(seen, device=model.device)
         with torch.no_grad():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -49,8 +48,10 @@ def test_a_hand_over_to_the_same_policy_changes_nothing_and_counts_the_rest(poli
     env = make_env(job.task, 1)
     box = env.action_space
     env.close()
-    act = acting(lambda x: teachers[0].gaussian(x)[0], box, 0.0, np.random.default_rng(0))
-    other = acting(lambda x: teachers[1].gaussian(x)[0], box, 0.0, np.random.default_rng(0))
+    act = acting(lambda x: teachers[0].gaussian(x)[0], box)
+    other = acting(lambda x: teachers[1].gaussian(x)[0], box)
+    with pytest.raises(ValueError, match="needs the generator"):
+        acting(lambda x: teachers[0].gaussian(x)[0], box, noise=0.1)
     returns, rests, seen = play(act, job.task, 1, seed=5)
     same, same_rests, _ = play(act, job.task, 1, seed=5, then=act, switch=600)
     assert same == returns and len(seen) == 1000 and rests == returns
