@@ -23,11 +23,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
-. experiments/stage_helpers.sh  # same_ranking
+. experiments/stage_helpers.sh  # same_ranking, published
 
 run() {  # run <results name> <transfer.py arguments...>
     # These studies were published with the 1M-step zoo: they name it (--zoo agents/zoo) unless they name theirs.
     local name="$1"; shift
+    published "$name" && return
     if [[ " $* " != *" --zoo "* ]]; then set -- --zoo agents/zoo "$@"; fi
     python experiments/transfer.py --out "runs/transfer/$name" --workers "${WORKERS:-2}" "$@"
     reevaluate "runs/transfer/$name" "$@"

@@ -25,9 +25,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
+. experiments/stage_helpers.sh  # published
 
 run() {  # run <results name> <transfer.py arguments...>
     local name="$1"; shift
+    published "$name" && return
     if [[ -n "${PARK:-}" ]]; then
         python experiments/transfer.py --out "runs/transfer/$name" "$@" --park || true  # nothing to park yet
         return

@@ -22,10 +22,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
 ZOO=agents/zoo-strong
-. experiments/stage_helpers.sh  # same_ranking
+. experiments/stage_helpers.sh  # same_ranking, published
 
 run() {  # run <results name> <transfer.py arguments...>
     local name="$1"; shift
+    published "$name" && return
     if [[ -n "${PARK:-}" ]]; then
         python experiments/transfer.py --out "runs/transfer/$name" --zoo "$ZOO" "$@" --park || true  # nothing yet
         return
