@@ -57,7 +57,7 @@ from zoo_rl.study.runs import run_hyperparams, run_spec, study_teachers
 from zoo_rl.training import EVAL_SEED_OFFSET, open_run, train_run, vec_normalize_kwargs
 
 SCHEDULES = ("decay", "constant")
-TEACHER_COLUMNS = ["policy", "noise", "return", "return_std", "return_after"]
+TEACHER_COLUMNS = ["policy", "noise", "return", "return_std", "return_after", "return_after_random"]
 PROBE_COLUMNS = ["variant", "step", "weight", "return", "return_std", "student_std", "rms_to_target", "kl",
                  "takeover_return"]
 
@@ -120,10 +120,20 @@ def make_action_space(task: Task) -> spaces.Space:
         env.close()
 
 
+def random_acting(action_space: spaces.Box, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Uniform random actions (a fresh student's play, up to its initial noise), drawn from a generator seeded
+    with ``seed``."""
+    rng = np.random.default_rng(seed)
+    return lambda obs: rng.uniform(action_space.low, action_space.high, size=(len(obs), *action_space.shape))
+
+
 def teacher_table(task: Task, teachers: Sequence[Teacher], weights: Sequence[float], noises: Sequence[float],
                   episodes: int, seed: int, switch: int) -> pd.DataFrame:
     """The first table of the module docstring; ``return_after``: the mean return collected from step ``switch``
-    of each episode on (what :class:`Probe`'s ``takeover_return`` compares with)."""
+    of each episode on (what :class:`Probe`'s ``takeover_return`` compares with); ``return_after_random``: the
+    same policy's return from step ``switch`` on after uniform random actions until then. A teacher that
+    collects its own ``return_after`` from a random policy's states recovers from states it did not lead to,
+    which distillation on a student's states assumes."""
     action_space = make_action_space(task)
     policies: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = [
         (t.name, (lambda t: lambda x: t.gaussian(x)[0])(t)) for t in teachers]
@@ -133,8 +143,12 @@ def teacher_table(task: Task, teachers: Sequence[Teacher], weights: Sequence[flo
         for noise in [0.0, *noises]:
             rng = np.random.default_rng(seed)
             returns, rests, _ = play(acting(mean, action_space, noise, rng), task, episodes, seed, switch=switch)
+            rng = np.random.default_rng(seed)
+            _, recovered, _ = play(random_acting(action_space, seed), task, episodes, seed,
+                                   then=acting(mean, action_space, noise, rng), switch=switch)
             rows.append(dict(policy=name, noise=noise, **{"return": float(np.mean(returns))},
-                             return_std=float(np.std(returns)), return_after=float(np.mean(rests))))
+                             return_std=float(np.std(returns)), return_after=float(np.mean(rests)),
+                             return_after_random=float(np.mean(recovered))))
     return pd.DataFrame(rows, columns=TEACHER_COLUMNS)
 
 
@@ -257,6 +271,8 @@ def main() -> None:
     parser.add_argument("--takeover", type=int, default=300,
                         help="step of an episode at which what the student distils takes over from it")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table-only", action="store_true",
+                        help="write the teacher table (teachers.csv) alone: no student is trained")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     teachers = [t for t in args.teachers.split(",") if t]
@@ -266,7 +282,7 @@ def main() -> None:
     if bad or not teachers or not schedules:
         sys.exit(f"error: --teachers needs at least one of top, all or a source name; --schedules one of {SCHEDULES}"
                  f"{f' (got {bad})' if bad else ''}.")
-    if (args.out / "probe.csv").exists():
+    if (args.out / "probe.csv").exists() or (args.out / "teachers.csv").exists():
         sys.exit(f"error: {args.out} already holds a probe; give another --out.")
     with tempfile.TemporaryDirectory() as folder:
         if args.ranking is not None:
@@ -284,7 +300,7 @@ def main() -> None:
             table = teacher_table(job.task, everyone, weights, noises, args.episodes, args.seed + EVAL_SEED_OFFSET,
                                   args.takeover)
             rows = []
-            for teacher in teachers:
+            for teacher in [] if args.table_only else teachers:
                 for schedule in schedules:
                     rows += probe_student(config, teacher, schedule, args.every, args.episodes, args.seed,
                                           args.takeover)
@@ -294,14 +310,18 @@ def main() -> None:
     probe = pd.DataFrame(rows, columns=PROBE_COLUMNS)
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv_atomic(table, args.out / "teachers.csv")
-    write_csv_atomic(probe, args.out / "probe.csv")
+    if not args.table_only:
+        write_csv_atomic(probe, args.out / "probe.csv")
     command = f"python experiments/kickstart_probe.py {' '.join(sys.argv[1:])}"
     text = (f"Kickstarting one level down (`{command}`; seed {args.seed}, {args.episodes} deterministic episodes "
             f"per row).\n\nWhat the student is taught (noise: standard deviation added to the mean action):\n\n"
-            f"{markdown(table)}\n\n(return_after: the return from step {args.takeover} of each episode on.)\n\n"
-            f"What the student learns (on the states of its own episodes; rms_to_target: distance of its mean from "
-            f"the weighted mean of the teachers it distils; takeover_return: what that weighted mean collects from "
-            f"step {args.takeover} on, after the student acted until then):\n\n{markdown(probe)}\n")
+            f"{markdown(table)}\n\n(return_after: the return from step {args.takeover} of each episode on; "
+            f"return_after_random: the same after uniform random actions until step {args.takeover}.)\n\n")
+    if not args.table_only:
+        text += ("What the student learns (on the states of its own episodes; rms_to_target: distance of its mean "
+                 "from the weighted mean of the teachers it distils; takeover_return: what that weighted mean "
+                 f"collects from step {args.takeover} on, after the student acted until then):\n\n"
+                 f"{markdown(probe)}\n")
     atomic_write_bytes(args.out / "probe.md", text.encode())
     print(text)
 

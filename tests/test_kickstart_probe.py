@@ -7,7 +7,9 @@ import pytest
 
 from conftest import untrained_policy_zoo
 from envs.tasks import make_env
-from kickstart_probe import acting, play, probe_student, teacher_table
+import numpy as np
+
+from kickstart_probe import acting, play, probe_student, random_acting, teacher_table
 from zoo_rl.files import RANKING
 from zoo_rl.study import StudyConfig, plan
 from zoo_rl.study.runs import study_teachers
@@ -40,6 +42,22 @@ def test_the_weighted_teacher_mean_of_one_weighted_teacher_plays_as_that_teacher
         assert table.loc[("weighted teacher mean", noise), "return"] == table.loc[("src0", noise), "return"]
     assert table.loc[("src0", 0.0), "return"] != table.loc[("src0", 0.1), "return"]
     assert (table["return_after"] == table["return"]).all()  # from step 0 on: the whole episode
+    assert (table["return_after_random"] == table["return"]).all()  # random play never acts
+
+
+def test_recovery_from_random_play_hands_over_at_the_switch(policy_zoo, tmp_path):
+    job = plan(config(tmp_path, policy_zoo))[0]
+    teachers, weights = study_teachers(job, "all")
+    table = teacher_table(job.task, teachers[:1], [1.0], [], episodes=1, seed=3, switch=600).set_index("policy")
+    own, after_random = table.loc["src0", "return_after"], table.loc["src0", "return_after_random"]
+    assert own != table.loc["src0", "return"] and after_random != own  # the last 400 steps, from other states
+    env = make_env(job.task, 1)
+    box = env.action_space
+    env.close()
+    obs = np.zeros((1, *box.shape))
+    draws = [random_acting(box, 7)(obs) for _ in range(2)]
+    assert (draws[0] == draws[1]).all() and draws[0].shape == (1, *box.shape)  # seeded
+    assert (draws[0] >= box.low).all() and (draws[0] <= box.high).all()
 
 
 def test_a_hand_over_to_the_same_policy_changes_nothing_and_counts_the_rest(policy_zoo, tmp_path):
