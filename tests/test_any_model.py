@@ -287,6 +287,16 @@ def test_mismatched_architecture_names_layer_shapes_and_sources(sources):
     assert "net_arch" in message
 
 
+def test_sources_of_two_architectures_are_refused_before_any_policy(sources, tmp_path):
+    other = tmp_path / "sac-wide.zip"
+    SAC("MlpPolicy", PENDULUM, policy_kwargs=dict(net_arch=[8]), device="cpu").save(other)
+    with pytest.raises(ValueError) as info:
+        zoo_policy(SAC, zoo=[*sources("sac"), str(other)], net_arch=[16, 16])
+    message = str(info.value)
+    assert "do not share one architecture" in message and "sac-wide.zip" in message
+    assert "actor.latent_pi.0.weight: 'sac-0' (16, 3), 'sac-1' (16, 3), 'sac-wide' (8, 3)" in message
+
+
 def test_mismatched_spaces_name_layer_shapes_and_sources(sources):
     policy, kwargs = zoo_policy(DQN, zoo=sources("dqn"), net_arch=[16, 16])
     with pytest.raises(ValueError) as info:

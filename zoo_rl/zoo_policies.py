@@ -407,6 +407,24 @@ def check_family(sources: Sequence[PolicySource], policy_class: type) -> None:
                 "target's algorithm family and architecture.")
 
 
+def check_agree(sources: Sequence[PolicySource]) -> None:
+    """:raises ValueError: sources that disagree with each other on a tensor's shape, before any policy is built
+    (the message names each tensor and its shape in every source); the tensors one source lacks are found
+    against the policy when it is built (:func:`check_fit`)."""
+    common = set.intersection(*(set(source.state) for source in sources))
+    problems = []
+    for key in sorted(common):
+        shapes = [tuple(source.state[key].shape) for source in sources]
+        if len(set(shapes)) > 1:
+            problems.append(f"  - {key}: " + ", ".join(f"{s.name!r} {shape}" for s, shape in zip(sources, shapes)))
+    if problems:
+        shown = problems[:8] + ([f"  ... and {len(problems) - 8} more"] if len(problems) > 8 else [])
+        where = ", ".join(f"{s.name!r} ({s.origin})" for s in sources)
+        raise ValueError("The sources do not share one architecture (" + where + "):\n" + "\n".join(shown) +
+                         "\nEvery source must have the target's architecture: train them with the same "
+                         "net_arch, features extractor and spaces.")
+
+
 def check_fit(policy: nn.Module, expected: dict[str, tuple[int, ...]], tensors: list[dict[str, torch.Tensor]],
               sources: Sequence[PolicySource], key_prefix: str) -> None:
     """:raises ValueError: a source that lacks a tensor of the module, has one the module lacks, or has another
@@ -615,7 +633,9 @@ def zoo_policy(
         (``net_arch``, ``activation_fn``, ``n_critics``, ``n_quantiles``, ``share_features_extractor``...).
     :return: ``(policy_class, policy_kwargs)``; ``policy_kwargs`` hold only lists, strings and numbers
         besides SB3's own, so that ``ALGO.load`` rebuilds the policy without the source files.
-    :raises ValueError: an unsupported algorithm, bad options, or sources of another algorithm family.
+    :raises ValueError: an unsupported algorithm, bad options, sources of another algorithm family, or sources
+        whose tensors disagree in shape with each other (their fit to the target's spaces and ``net_arch`` is
+        checked when the policy is built).
     """
     algo_class = ALGORITHMS.get(algo.lower()) if isinstance(algo, str) else algo
     if algo_class is None:
@@ -631,6 +651,7 @@ def zoo_policy(
     sources, _ = read_zoo(options)
     if sources is not None:
         check_family(sources, policy_class)
+        check_agree(sources)
     kwargs = dict(policy_kwargs)
     # SB3's CnnPolicy / MultiInputPolicy differ from MlpPolicy only by their extractor's default: keep it.
     default_extractor = inspect.signature(base.__init__).parameters["features_extractor_class"].default
