@@ -780,6 +780,12 @@ def test_the_plan_shows_done_and_partial_runs_and_estimates(tmp_path):
     assert progress.describe().startswith("Pong: 1/3 runs | scratch seed 1 playing its final games |")
     progress.finished(jobs[1])
     assert progress.describe().startswith("Pong: 2/3 runs | ETA")
+    # a run another process on the same study finished meanwhile counts at this process's next finish
+    progress.update(jobs[2], 128)
+    jobs[2].run_dir.mkdir(parents=True)
+    (jobs[2].run_dir / "result.json").write_text(json.dumps({"timesteps_per_second": 100.0}))
+    progress.finished(jobs[1])
+    assert progress.describe().startswith("Pong: 3/3 runs | ETA") and progress.work(progress.steps) == progress.total
 
 
 def test_the_plan_reads_a_run_that_shared_the_machine_as_its_speed_alone(tmp_path, monkeypatch):

@@ -345,10 +345,15 @@ class StudyProgress:
         self.refresh()
 
     def finished(self, job: RunJob) -> None:
-        key = (job.method, job.seed)
-        self.steps[key] = self.study.steps
-        self.running.pop(key, None)
-        self.done.add(key)
+        """``job`` has finished here; so may have others in another process on the same study (two processes
+        with one worker each): those are counted too (their result.json), so that each line counts every
+        finished run, not only its own process's."""
+        for other in self.jobs:
+            key = (other.method, other.seed)
+            if other is job or (key not in self.done and (other.run_dir / RESULT).is_file()):
+                self.steps[key] = self.study.steps
+                self.running.pop(key, None)
+                self.done.add(key)
         self.refresh()
 
     def describe(self) -> str:
