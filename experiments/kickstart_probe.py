@@ -121,8 +121,8 @@ def make_action_space(task: Task) -> spaces.Space:
 
 
 def random_acting(action_space: spaces.Box, seed: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Uniform random actions (a fresh student's play, up to its initial noise), drawn from a generator seeded
-    with ``seed``."""
+    """Actions drawn uniformly from the action box (play that follows no policy), from a generator seeded with
+    ``seed``."""
     rng = np.random.default_rng(seed)
     return lambda obs: rng.uniform(action_space.low, action_space.high, size=(len(obs), *action_space.shape))
 

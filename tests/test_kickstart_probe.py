@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import untrained_policy_zoo
 from envs.tasks import make_env
-import numpy as np
-
 from kickstart_probe import acting, play, probe_student, random_acting, teacher_table
 from zoo_rl.files import RANKING
 from zoo_rl.study import StudyConfig, plan
@@ -47,7 +46,7 @@ def test_the_weighted_teacher_mean_of_one_weighted_teacher_plays_as_that_teacher
 
 def test_recovery_from_random_play_hands_over_at_the_switch(policy_zoo, tmp_path):
     job = plan(config(tmp_path, policy_zoo))[0]
-    teachers, weights = study_teachers(job, "all")
+    teachers, _ = study_teachers(job, "all")
     table = teacher_table(job.task, teachers[:1], [1.0], [], episodes=1, seed=3, switch=600).set_index("policy")
     own, after_random = table.loc["src0", "return_after"], table.loc["src0", "return_after_random"]
     assert own != table.loc["src0", "return"] and after_random != own  # the last 400 steps, from other states

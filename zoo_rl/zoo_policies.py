@@ -418,11 +418,19 @@ def check_agree(sources: Sequence[PolicySource]) -> None:
         if len(set(shapes)) > 1:
             problems.append(f"  - {key}: " + ", ".join(f"{s.name!r} {shape}" for s, shape in zip(sources, shapes)))
     if problems:
-        shown = problems[:8] + ([f"  ... and {len(problems) - 8} more"] if len(problems) > 8 else [])
-        where = ", ".join(f"{s.name!r} ({s.origin})" for s in sources)
-        raise ValueError("The sources do not share one architecture (" + where + "):\n" + "\n".join(shown) +
-                         "\nEvery source must have the target's architecture: train them with the same "
-                         "net_arch, features extractor and spaces.")
+        raise ValueError(f"The sources do not share one architecture ({_named(sources)}):\n{_listed(problems)}\n"
+                         "Every source must have the target's architecture: train them with the same net_arch, "
+                         "features extractor and spaces.")
+
+
+def _named(sources: Sequence[PolicySource]) -> str:
+    return ", ".join(f"{s.name!r} ({s.origin})" for s in sources)
+
+
+def _listed(problems: list[str], most: int = 8) -> str:
+    """The first ``most`` lines of a mismatch, and how many more there are."""
+    more = [f"  ... and {len(problems) - most} more"] if len(problems) > most else []
+    return "\n".join(problems[:most] + more)
 
 
 def check_fit(policy: nn.Module, expected: dict[str, tuple[int, ...]], tensors: list[dict[str, torch.Tensor]],
@@ -440,11 +448,9 @@ def check_fit(policy: nn.Module, expected: dict[str, tuple[int, ...]], tensors: 
         each = ", ".join(f"{s.name!r} {shape if shape is not None else 'absent'}" for s, shape in zip(sources, shapes))
         problems.append(f"  - {key_prefix}{key}: {here}; {each}")
     if problems:
-        shown = problems[:8] + ([f"  ... and {len(problems) - 8} more"] if len(problems) > 8 else [])
-        where = ", ".join(f"{s.name!r} ({s.origin})" for s in sources)
         raise ValueError(
             f"The zoo does not fit this {type(policy).__name__} on observations {policy.observation_space} and "
-            f"actions {policy.action_space} (sources {where}):\n" + "\n".join(shown) + "\nEvery source must have the "
+            f"actions {policy.action_space} (sources {_named(sources)}):\n{_listed(problems)}\nEvery source must have the "
             "target's architecture: the same observation and action spaces, net_arch, n_critics / n_quantiles, "
             "features extractor and share_features_extractor. Pass the sources' policy_kwargs to zoo_policy.")
 

@@ -324,14 +324,24 @@ class StudyProgress:
         self.running[key] = self.steps[key]
         self.refresh()
 
-    def poll(self) -> None:
-        """Read every unfinished run's progress.json (runs in other processes)."""
+    def _mark_done(self, key: tuple[str, int]) -> None:
+        self.steps[key] = self.study.steps
+        self.running.pop(key, None)
+        self.done.add(key)
+
+    def _finished_elsewhere(self) -> None:
+        """Count the runs whose result.json another process wrote (its final games played)."""
         for job in self.jobs:
             key = (job.method, job.seed)
-            if (job.run_dir / RESULT).is_file():
-                self.running.pop(key, None)
-                self.steps[key] = self.study.steps
-                self.done.add(key)
+            if key not in self.done and (job.run_dir / RESULT).is_file():
+                self._mark_done(key)
+
+    def poll(self) -> None:
+        """Read every unfinished run's progress.json (runs in other processes)."""
+        self._finished_elsewhere()
+        for job in self.jobs:
+            key = (job.method, job.seed)
+            if key in self.done:
                 continue
             path = job.run_dir / PROGRESS
             if path.is_file():
@@ -348,12 +358,8 @@ class StudyProgress:
         """``job`` has finished here; so may have others in another process on the same study (two processes
         with one worker each): those are counted too (their result.json), so that each line counts every
         finished run, not only its own process's."""
-        for other in self.jobs:
-            key = (other.method, other.seed)
-            if other is job or (key not in self.done and (other.run_dir / RESULT).is_file()):
-                self.steps[key] = self.study.steps
-                self.running.pop(key, None)
-                self.done.add(key)
+        self._mark_done((job.method, job.seed))
+        self._finished_elsewhere()
         self.refresh()
 
     def describe(self) -> str:
