@@ -19,7 +19,8 @@ The criteria, each with the 95% bootstrap interval of :func:`zoo_rl.metrics.diff
   shown above scratch; where the study has MULTIPOLAR, the best zoo method against it is reported beside;
 - ``loo``: on a target without one, no zoo method of the default set is shown below scratch;
 - ``ranking``: the ranking's top source is the hindsight-best fine-tune or not shown worse than it, on at least
-  ``--ranking-studies`` studies (``validation.csv`` of ``experiments/validate_ranking.py``);
+  ``--ranking-studies`` studies (``validation.csv`` of ``experiments/validate_ranking.py``), counting only the
+  studies that test it (two fine-tunes or more, the top-ranked source's among them);
 - ``efficiency``: on at least one related target, a zoo method reaches the higher return level in at most a
   fifth of the steps scratch needs (``efficiency.csv`` of ``experiments/efficiency.py`` in the study folder:
   the ``half-source`` level, the ratio of median steps and its interval); "shown" when the interval's upper end
@@ -162,11 +163,19 @@ def efficiency_rows(study: Path, target: str) -> tuple[list[dict], bool, bool] |
 
 
 def ranking_verdict(folder: Path, needed: int) -> tuple[int, int, bool]:
-    """(studies where the top-ranked fine-tune is not shown worse than the best, studies, met)."""
+    """(studies where the top-ranked fine-tune is not shown worse than the best, studies that test it, met).
+
+    Only studies that test the ranking count (``tests_ranking``: at least two fine-tunes, the ranking's top
+    source among them); a study with one fine-tune would pass by construction.
+    """
     path = Path(folder) / "validation.csv"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run python experiments/validate_ranking.py ... --out {folder} first.")
     table = pd.read_csv(path)
+    if "tests_ranking" in table:
+        table = table[table["tests_ranking"].astype(bool)]
+    elif "fine_tuned_sources" in table:  # written before tests_ranking: at least two fine-tunes
+        table = table[table["fine_tuned_sources"] >= 2]
     good = int(table["not_shown_worse"].astype(bool).sum())
     return good, len(table), good >= needed
 
@@ -231,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
               f"experiments/efficiency.py {' '.join(unjudged)})")
     if args.ranking is not None:
         good, total, met = ranking_verdict(args.ranking, args.ranking_studies)
-        verdicts.append((f"ranking ({good} of {total} studies not shown worse, {args.ranking_studies} needed)",
+        verdicts.append((f"ranking ({good} of {total} studies that test it not shown worse, {args.ranking_studies} needed)",
                          "all studies", met))
     table = pd.DataFrame(rows)
     for criterion, target, met in verdicts:

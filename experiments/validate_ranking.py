@@ -8,7 +8,10 @@ with :func:`zoo_rl.rank_sources`'s defaults and written there when missing), the
 fine-tunes' hindsight-best source and its rank, the top-ranked source, the difference of the
 top-ranked source's fine-tune to the best one with its 95% bootstrap interval over seeds, and the
 Spearman correlation between rank and the fine-tunes' mean final returns. Only sources with a
-fine-tune count. Writes ``validation.csv`` and ``validation.md`` into ``--out``.
+fine-tune count. A study tests the ranking (``tests_ranking``) only where it fine-tunes at least two sources,
+the ranking's top source among them: with one fine-tune (Pong at 500k steps fine-tunes only the related
+source) the top-ranked fine-tune is the best by construction, and a study that leaves the top source out says
+nothing about it. Writes ``validation.csv`` and ``validation.md`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def validate(study_dir: Path) -> dict:
     ranked = ranking[ranking["source"].isin(means.index)].sort_values("rank").reset_index(drop=True)
     best = means.idxmax()
     top = ranked["source"][0]
+    ranking_top = ranking.sort_values("rank")["source"].iloc[0]
     low, high = difference_interval(finetunes.loc[finetunes["source"] == top, "final_return"].to_numpy(),
                                     finetunes.loc[finetunes["source"] == best, "final_return"].to_numpy())
     rho = spearmanr(-ranked["rank"], means[ranked["source"]].to_numpy()).statistic if len(ranked) > 2 else np.nan
@@ -47,8 +51,17 @@ def validate(study_dir: Path) -> dict:
             "best_finetune": best, "best_return": means[best], "rank_of_best": int(ranked.index[ranked["source"] == best][0]) + 1,
             "top_ranked": top, "top_ranked_basis": ranked["basis"][0], "top_ranked_return": means[top],
             "top_minus_best": means[top] - means[best], "top_minus_best_low": low, "top_minus_best_high": high,
-            "not_shown_worse": bool(high >= 0), "spearman": rho,
+            "not_shown_worse": bool(high >= 0), "tests_ranking": bool(len(ranked) >= 2 and top == ranking_top),
+            "spearman": rho,
             "ranking_agent_steps": int(ranking["agent_steps"].sum())}
+
+
+def verdict(row) -> str:
+    """The "not shown worse" cell: yes / no, or why the study does not test the ranking."""
+    if not row.tests_ranking:
+        return ("untested: one fine-tune" if row.fine_tuned_sources < 2
+                else "untested: the ranking's top source has no fine-tune")
+    return "yes" if row.not_shown_worse else "no"
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -58,7 +71,7 @@ def markdown(table: pd.DataFrame) -> str:
         lines.append(f"| {r.study} | {r.best_finetune} ({r.best_return:.1f}) | {r.rank_of_best} of "
                      f"{r.fine_tuned_sources} | {r.top_ranked} ({r.top_ranked_basis}) | {r.top_minus_best:+.1f} "
                      f"[{r.top_minus_best_low:+.1f}, {r.top_minus_best_high:+.1f}] | "
-                     f"{'yes' if r.not_shown_worse else 'no'} | {r.spearman:+.2f} |")
+                     f"{verdict(r)} | {r.spearman:+.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -76,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     write_csv_atomic(table, args.out / "validation.csv")
     (args.out / "validation.md").write_text(markdown(table))
     print(markdown(table))
-    print(f"first or not shown worse on {int(table['not_shown_worse'].sum())} of {len(table)} studies")
+    tested = table[table["tests_ranking"]]
+    print(f"first or not shown worse on {int(tested['not_shown_worse'].sum())} of the {len(tested)} studies that "
+          f"test the ranking ({len(table) - len(tested)} do not)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -56,6 +58,13 @@ def test_efficiency_and_ranking_verdicts(tmp_path):
     pd.DataFrame({"not_shown_worse": [True, True, False, True, True]}).to_csv(ranking / "validation.csv", index=False)
     assert criteria.ranking_verdict(ranking, 4) == (4, 5, True)
     assert criteria.ranking_verdict(ranking, 5)[2] is False
+    # a study that does not test the ranking (one fine-tune: passes by construction) is not counted
+    pd.DataFrame({"not_shown_worse": [True, True, False, True, True],
+                  "tests_ranking": [True, True, True, True, False]}).to_csv(ranking / "validation.csv", index=False)
+    assert criteria.ranking_verdict(ranking, 4) == (3, 4, False)
+    pd.DataFrame({"not_shown_worse": [True, True], "fine_tuned_sources": [5, 1]}  # a table written before the column
+                 ).to_csv(ranking / "validation.csv", index=False)
+    assert criteria.ranking_verdict(ranking, 1) == (1, 1, True)
 
 
 def test_the_command_writes_its_tables_and_refuses_bad_input(tmp_path, capsys):
@@ -96,3 +105,28 @@ def test_a_whole_policy_target_judges_full_seed_methods_beside_multipolar(tmp_pa
     criteria.main(["--related", str(folder), "--out", str(tmp_path / "out")])
     assert "efficiency not judged: no related target has the level 'half-source'" in capsys.readouterr().out
     assert "efficiency (" not in (tmp_path / "out" / "criteria.md").read_text()
+
+
+def test_a_study_tests_the_ranking_only_with_several_fine_tunes_the_top_one_among_them(tmp_path, monkeypatch):
+    import shutil
+
+    import validate_ranking
+
+    root = Path(__file__).parents[1]
+    monkeypatch.chdir(root)  # study.json names its zoo relative to the repository
+
+    def folder(name, finals):
+        d = study(tmp_path / name, "Pong", finals)
+        for file in ("study.json", "ranking.csv"):  # the zoo and ranking of a published study: nothing is played
+            shutil.copy(root / "results" / "pong-500k" / file, d)
+        return validate_ranking.validate(d)
+
+    several = folder("several", {"finetune:pong-m1": [-10, -11, -12], "finetune:breakout": [-20, -20, -19]})
+    one = folder("one", {"finetune:pong-m1": [-10, -11, -12]})
+    top_left_out = folder("left-out", {"finetune:breakout": [-20, -19, -20], "finetune:enduro": [-20, -20, -20]})
+    assert several["tests_ranking"] and several["not_shown_worse"] and several["top_ranked"] == "pong-m1"
+    assert one["not_shown_worse"] and not one["tests_ranking"]  # the only fine-tune is the best by construction
+    assert not top_left_out["tests_ranking"]  # pong-m1, ranked first, has no fine-tune here
+    table = pd.DataFrame([several, one, top_left_out])
+    cells = validate_ranking.markdown(table)
+    assert "untested: one fine-tune" in cells and "untested: the ranking's top source has no fine-tune" in cells
