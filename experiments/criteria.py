@@ -172,10 +172,10 @@ def ranking_verdict(folder: Path, needed: int) -> tuple[int, int, bool]:
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run python experiments/validate_ranking.py ... --out {folder} first.")
     table = pd.read_csv(path)
-    if "tests_ranking" in table:
-        table = table[table["tests_ranking"].astype(bool)]
-    elif "fine_tuned_sources" in table:  # written before tests_ranking: at least two fine-tunes
-        table = table[table["fine_tuned_sources"] >= 2]
+    if "tests_ranking" not in table:
+        raise SystemExit(f"{path} has no tests_ranking column (written by an older validate_ranking.py): run "
+                         f"python experiments/validate_ranking.py ... --out {folder} again.")
+    table = table[table["tests_ranking"].astype(bool)]
     good = int(table["not_shown_worse"].astype(bool).sum())
     return good, len(table), good >= needed
 

@@ -2,7 +2,8 @@
 
 Collects observations of the target with a random policy, then prints, per layer, the root-mean-square
 of the activations (after ReLU) of every source alone and of the Zoo-Tuning network at the start of
-training under each gate normalisation (``zoo_rl.diagnostics.feature_scale``). With equal gates,
+training under each gate normalisation (``zoo_rl.diagnostics.feature_scale``), and how alike the sources'
+weights are, layer by layer (the cosine between every two sources, ``zoo_rl.diagnostics.weight_agreement``). With equal gates,
 ``softmax`` averages the sources and ``sigmoid`` (the paper's) sums them with weights 0.5.
 
     python experiments/feature_scale.py --target Pong
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from envs.tasks import make_env, resolve
-from zoo_rl.diagnostics import feature_scale
+from zoo_rl.diagnostics import feature_scale, weight_agreement
 from zoo_rl.layers import NORMALISATIONS
 from zoo_rl.files import write_csv_atomic
 from zoo_rl.study import default_zoo, expand_zoo
@@ -69,6 +70,9 @@ def main() -> None:
     for n in norms:
         print(f"zoo {n}: last layer at {wide.loc[f'zoo {n}', last] / wide.loc['mean of sources', last]:.3f}x "
               "the mean source's")
+    agreement = weight_agreement([str(z) for z in zoo])
+    print("cosine between two sources' weights (every pair):")
+    print(agreement.to_string(index=False, float_format=lambda v: f"{v:+.2f}"))
     if args.out:
         write_csv_atomic(table, args.out)
 

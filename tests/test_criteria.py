@@ -55,16 +55,17 @@ def test_efficiency_and_ranking_verdicts(tmp_path):
     assert [r["method"] for r in rows] == ["zoo-lite"] and point and not shown  # 0.15 met, interval up to 0.3
     ranking = tmp_path / "ranking"
     ranking.mkdir()
-    pd.DataFrame({"not_shown_worse": [True, True, False, True, True]}).to_csv(ranking / "validation.csv", index=False)
+    pd.DataFrame({"not_shown_worse": [True, True, False, True, True],
+                  "tests_ranking": [True] * 5}).to_csv(ranking / "validation.csv", index=False)
     assert criteria.ranking_verdict(ranking, 4) == (4, 5, True)
     assert criteria.ranking_verdict(ranking, 5)[2] is False
     # a study that does not test the ranking (one fine-tune: passes by construction) is not counted
     pd.DataFrame({"not_shown_worse": [True, True, False, True, True],
                   "tests_ranking": [True, True, True, True, False]}).to_csv(ranking / "validation.csv", index=False)
     assert criteria.ranking_verdict(ranking, 4) == (3, 4, False)
-    pd.DataFrame({"not_shown_worse": [True, True], "fine_tuned_sources": [5, 1]}  # a table written before the column
-                 ).to_csv(ranking / "validation.csv", index=False)
-    assert criteria.ranking_verdict(ranking, 1) == (1, 1, True)
+    pd.DataFrame({"not_shown_worse": [True]}).to_csv(ranking / "validation.csv", index=False)  # an older table
+    with pytest.raises(SystemExit, match="validate_ranking.py .* again"):
+        criteria.ranking_verdict(ranking, 1)
 
 
 def test_the_command_writes_its_tables_and_refuses_bad_input(tmp_path, capsys):

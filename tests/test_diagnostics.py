@@ -232,3 +232,17 @@ def test_whole_policy_layers_by_hand(tmp_path):
     assert table.loc[("zoo-lite", "action_net", "src1"), "drift"] == pytest.approx(0.0, abs=1e-7)
     moved = float((0.5 * 0.1 * original[2]["head.action_net.weight"]).norm())
     assert table.loc[("zoo-lite", "action_net", "src0"), "moved"] == pytest.approx(moved, rel=1e-4)
+
+
+def test_weight_agreement_of_copies_opposites_and_strangers(tmp_path):
+    """A copy has cosine 1, a negated copy -1, and independent random networks are near 0 in every layer."""
+    from conftest import random_nature_state
+    from zoo_rl.diagnostics import weight_agreement
+
+    state = random_nature_state(0)
+    negated = {k: -v for k, v in state.items()}
+    table = weight_agreement(write_sources(tmp_path / "a", [state, state, negated])).set_index("layer")
+    assert (table["pairs"] == 3).all()
+    assert np.allclose(table["cosine_max"], 1, atol=1e-5) and np.allclose(table["cosine_min"], -1, atol=1e-5)
+    strangers = weight_agreement(write_sources(tmp_path / "b", [random_nature_state(s) for s in range(3)]))
+    assert (strangers[["cosine_min", "cosine_max"]].abs() < 0.1).all().all()

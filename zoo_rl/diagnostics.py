@@ -42,6 +42,27 @@ def effective_sources(gates: np.ndarray) -> float:
     return float(math.exp(-(p * np.log(p)).sum()))
 
 
+def weight_agreement(zoo: list[str]) -> pd.DataFrame:
+    """How alike the sources' weights are, per layer: the cosine between every two sources' flattened weights.
+
+    With equal gates the merged layer is a weighted sum of the sources' weights: 1 for two copies of one
+    network, near 0 for networks trained apart. How the sum's features scale on the target's observations is
+    :func:`feature_scale`'s measurement, not this one's.
+
+    :param zoo: source specs (as for :class:`~zoo_rl.extractor.ZooExtractor`).
+    :return: one row per layer: ``layer, pairs, cosine_min, cosine_mean, cosine_max``.
+    """
+    sources = cached_zoo(list(zoo))
+    rows = []
+    for layer in LAYERS:
+        flat = torch.stack([s.state[f"{layer}.weight"].flatten() for s in sources])
+        flat = flat / flat.norm(dim=1, keepdim=True)
+        pairs = (flat @ flat.T)[torch.triu_indices(len(sources), len(sources), offset=1).unbind()]
+        rows.append({"layer": layer, "pairs": len(pairs), "cosine_min": float(pairs.min()),
+                     "cosine_mean": float(pairs.mean()), "cosine_max": float(pairs.max())})
+    return pd.DataFrame(rows)
+
+
 def feature_scale(zoo: list[str], observations: torch.Tensor,
                   normalisations: tuple[str, ...] = ("softmax", "sigmoid")) -> pd.DataFrame:
     """Root-mean-square of each layer's output (after ReLU) on ``observations``: every source alone,
