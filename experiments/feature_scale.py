@@ -2,9 +2,11 @@
 
 Collects observations of the target with a random policy, then prints, per layer, the root-mean-square
 of the activations (after ReLU) of every source alone and of the Zoo-Tuning network at the start of
-training under each gate normalisation (``zoo_rl.diagnostics.feature_scale``), and how alike the sources'
-weights are, layer by layer (the cosine between every two sources, ``zoo_rl.diagnostics.weight_agreement``). With equal gates,
-``softmax`` averages the sources and ``sigmoid`` (the paper's) sums them with weights 0.5.
+training under each gate normalisation (``zoo_rl.diagnostics.feature_scale``); then each layer's pre-activation
+mean over its standard deviation and the share of units above zero (why a sum of sources falls silent); then how
+alike the sources' weights are, layer by layer (the cosine between every two sources,
+``zoo_rl.diagnostics.weight_agreement``). With equal gates, ``softmax`` averages the sources and ``sigmoid`` (the
+paper's) sums them with weights 0.5.
 
     python experiments/feature_scale.py --target Pong
     python experiments/feature_scale.py --target lab2d:commons_harvest --zoo agents/zoo-lab2d agents/zoo
@@ -70,6 +72,11 @@ def main() -> None:
     for n in norms:
         print(f"zoo {n}: last layer at {wide.loc[f'zoo {n}', last] / wide.loc['mean of sources', last]:.3f}x "
               "the mean source's")
+    ratio = table.assign(cell=[f"{m / s:+.2f} ({a:.2f})" for m, s, a in
+                               zip(table["pre_mean"], table["pre_std"], table["active"])])
+    ratio = ratio.pivot(index="network", columns="layer", values="cell").loc[wide.index[:-1], wide.columns]
+    print("pre-activation mean / standard deviation (share of units above zero):")
+    print(ratio.to_string())
     agreement = weight_agreement([str(z) for z in zoo])
     print("cosine between two sources' weights (every pair):")
     print(agreement.to_string(index=False, float_format=lambda v: f"{v:+.2f}"))

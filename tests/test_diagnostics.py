@@ -175,6 +175,33 @@ def test_averaging_unrelated_sources_shrinks_the_features(tmp_path):
     assert 0.5 * sources.mean() < last[f"zoo {DEFAULT_NORMALISATION}"] < 8 * sources.mean()
 
 
+def test_a_sum_of_sources_below_zero_falls_silent(tmp_path):
+    """Eight random sources whose first layer sits below zero (its pre-activation's mean at -0.7 of its spread,
+    as trained sources' do): the sigmoid half-sum's first pre-activation is exactly half the sum of theirs, its
+    mean adds in step while the spread adds in quadrature, so its mean-to-spread ratio is about sqrt(8) times
+    theirs and far fewer of its units fire than any source's."""
+    import torch.nn.functional as F
+
+    from conftest import random_nature_state
+    from zoo_rl.diagnostics import feature_scale
+
+    x = torch.rand(6, 4, 84, 84)
+    states = []
+    for seed in range(8):
+        state = random_nature_state(seed)
+        pre = F.conv2d(x, state["cnn.0.weight"], state["cnn.0.bias"], stride=4)
+        state["cnn.0.bias"] = state["cnn.0.bias"] - (pre.mean() + 0.7 * pre.std())
+        states.append(state)
+    table = feature_scale(write_sources(tmp_path, states), x, ("sigmoid",))
+    first = table[table["layer"] == "cnn.0"].set_index("network")
+    sources, merged = first.loc[[f"s{k}" for k in range(8)]], first.loc["zoo sigmoid"]
+    assert merged["pre_mean"] == pytest.approx(0.5 * sources["pre_mean"].sum(), rel=1e-4)
+    assert np.allclose(sources["pre_mean"] / sources["pre_std"], -0.7, atol=1e-3)
+    assert merged["pre_mean"] / merged["pre_std"] < -0.7 * 2
+    assert merged["active"] < 0.5 * sources["active"].min()
+    assert ((table["active"] >= 0) & (table["active"] <= 1)).all()
+
+
 def test_feature_scale_cli_rejects_unknown_normalisations(capsys, monkeypatch):
     import sys
 

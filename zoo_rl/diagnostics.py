@@ -75,9 +75,17 @@ def feature_scale(zoo: list[str], observations: torch.Tensor,
     layers; summing with 0.5 grows them where sources agree. Either way the target starts from features
     of another scale than any source's, which this measures.
 
+    The pre-activations say why a sum can fall silent. In the first layer (one input for all) the sum's
+    pre-activation is exactly the gate-weighted sum of the sources': their means add in step, while the
+    input-dependent parts of filters trained apart add roughly in quadrature. Sources whose units mostly sit
+    below zero (a negative mean, sparse features) thus give a sum whose mean-to-spread ratio is about
+    ``sqrt(K)`` times theirs, and fewer of its units fire; later layers repeat it on the sum's own features.
+
     :param zoo: source specs (as for :class:`~zoo_rl.extractor.ZooExtractor`).
     :param observations: ``(B, C, H, W)`` float images scaled to [0, 1] (SB3 divides by 255 first).
-    :return: columns ``network, layer, rms``; networks are the source names, then ``zoo <normalisation>``.
+    :return: columns ``network, layer, rms, pre_mean, pre_std, active``: the output's RMS, the pre-activation's
+        mean and standard deviation (over observations, units and positions) and the share of units above
+        zero; networks are the source names, then ``zoo <normalisation>``.
     """
     import gymnasium as gym
 
@@ -91,6 +99,9 @@ def feature_scale(zoo: list[str], observations: torch.Tensor,
             extractor.train()  # lite layers take the first batch's gates: the start of training
             x = observations
             for layer_name, layer in zip(LAYERS, extractor.layers.values()):
-                x = torch.relu(layer(x))
-                rows.append({"network": name, "layer": layer_name, "rms": float(x.pow(2).mean().sqrt())})
+                pre = layer(x)
+                x = torch.relu(pre)
+                rows.append({"network": name, "layer": layer_name, "rms": float(x.pow(2).mean().sqrt()),
+                             "pre_mean": float(pre.mean()), "pre_std": float(pre.std()),
+                             "active": float((pre > 0).float().mean())})
     return pd.DataFrame(rows)
