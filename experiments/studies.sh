@@ -203,8 +203,8 @@ if [[ $stage == all || $stage == ranking ]]; then
 fi
 if [[ $stage == all || $stage == uniform ]]; then
     # 4. The weight average (`uniform`) of the Pong, Lab2D and leave-one-out studies, trained again, 3 seeds
-    #    each (about 2.5 CPU-hours): the runs in those studies' results acted, in rollouts and evaluations, with
-    #    the average they started from (a uniform zoo layer cached its merged weights by version counters, which
+    #    each (1.4 CPU-hours: `publish.py results/<study>-uniform --cost`): the runs in those studies' results
+    #    acted, in rollouts and evaluations, with the average they started from (a uniform zoo layer cached its merged weights by version counters, which
     #    FastCnnPolicy's fused Adam does not bump).
     #    Each takes its study's ranking (uniform does not use it) instead of ranking the zoo again.
     for study in pong-100k lab2d-commons_harvest-100k breakout-loo-100k roadrunner-loo-100k; do
@@ -216,4 +216,7 @@ if [[ $stage == all || $stage == uniform ]]; then
     for target in Breakout RoadRunner; do
         run "$(echo "$target" | tr '[:upper:]' '[:lower:]')-loo-100k-uniform" --target "$target" --methods uniform
     done
+    # Its row across the three Atari targets (the `uniform` row of results/cross_target.csv is the untrained average).
+    python experiments/transfer.py --aggregate results/pong-100k-uniform results/breakout-loo-100k-uniform \
+        results/roadrunner-loo-100k-uniform --out results/cross_target-uniform.csv
 fi
