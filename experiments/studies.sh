@@ -204,8 +204,8 @@ fi
 if [[ $stage == all || $stage == uniform ]]; then
     # 4. The weight average (`uniform`) of the Pong, Lab2D and leave-one-out studies, trained again, 3 seeds
     #    each (1.4 CPU-hours: `publish.py results/<study>-uniform --cost`): the runs in those studies' results
-    #    acted, in rollouts and evaluations, with the average they started from (a uniform zoo layer cached its merged weights by version counters, which
-    #    FastCnnPolicy's fused Adam does not bump).
+    #    acted, in rollouts and evaluations, with the average they started from (a uniform zoo layer cached its
+    #    merged weights by version counters, which FastCnnPolicy's fused Adam does not bump).
     #    Each takes its study's ranking (uniform does not use it) instead of ranking the zoo again.
     for study in pong-100k lab2d-commons_harvest-100k breakout-loo-100k roadrunner-loo-100k; do
         same_ranking "$study-uniform" "$study"
