@@ -881,8 +881,8 @@ def test_sigterm_stops_the_study_with_its_resume_line(tmp_path):
 
 def test_published_tables_regenerate_exactly():
     """Every published summary.csv is what the study runner computes from its results.csv today, and
-    results/cross_target.csv (and -uniform.csv) what --aggregate computes from the published studies: the tables in results/
-    stay reproducible by the code that ships with them."""
+    results/cross_target.csv (and -uniform.csv) what --aggregate computes from the published studies: the tables
+    in results/ stay reproducible by the code that ships with them."""
     results = ROOT / "results"
     for path in sorted(results.glob("*/results.csv")):
         published = pd.read_csv(path.parent / "summary.csv")
