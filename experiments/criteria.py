@@ -184,14 +184,18 @@ def fmt(value: float) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:+.2f}"
 
 
-def markdown(rows: pd.DataFrame, verdicts: list[tuple[str, str, bool]]) -> str:
+def markdown(rows: pd.DataFrame, verdicts: list[tuple[str, str, bool]], notes: list[str] = ()) -> str:
+    """The verdicts, then every compared pair; ``notes`` (criteria not judged, and why) below the verdicts."""
     lines = ["| criterion | target | verdict |", "| --- | --- | --- |"]
     lines += [f"| {c} | {t} | {'met' if ok else 'not met'} |" for c, t, ok in verdicts]
-    lines += ["", "| criterion | target | method | against | difference [95% CI] | seeds |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [""] + [f"{note[0].upper()}{note[1:]}." for note in notes] + [""] * bool(notes)
+    lines += ["| criterion | target | method | against | difference [95% CI] | seeds |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows.itertuples():
         lines.append(f"| {r.criterion} | {r.target} | {r.method} | {r.against} | {fmt(r.difference)} "
                      f"[{fmt(r.low)}, {fmt(r.high)}] | {r.seeds} |")
-    return "\n".join(lines) + "\n\nEfficiency rows: the ratio of median steps to the higher level, zoo method over scratch.\n"
+    if "criterion" in rows and (rows["criterion"] == "efficiency").any():
+        lines += ["", "Efficiency rows: the ratio of median steps to the higher level, zoo method over scratch."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -229,25 +233,28 @@ def main(argv: list[str] | None = None) -> None:
         target_rows, met = loo_rows(target_runs(folders))
         rows += target_rows
         verdicts.append(("loo", target_rows[0]["target"], met))
+    notes = []  # criteria not judged, and why: printed and written below the verdicts
     if args.related and not unjudged and not leveled:
-        print(f"efficiency not judged: no related target has the level {HIGHER_LEVEL!r} (a whole-policy target's "
-              "only level is scratch's final return: its efficiency.md)")
+        notes.append(f"efficiency not judged: no related target has the level {HIGHER_LEVEL!r} (a whole-policy target's "
+                     "only level is scratch's final return: its efficiency.md)")
     elif args.related and not unjudged:
         verdicts.append(("efficiency (a fifth of scratch's steps, point)", "any related target", efficiency_met))
         verdicts.append(("efficiency (a fifth of scratch's steps, interval)", "any related target", efficiency_shown))
     elif unjudged:  # a verdict over part of the targets could say "not met" where the others would meet it
-        print(f"efficiency not judged: no efficiency.csv in {', '.join(unjudged)} (run python "
-              f"experiments/efficiency.py {' '.join(unjudged)})")
+        notes.append(f"efficiency not judged: no efficiency.csv in {', '.join(unjudged)} (run python "
+                     f"experiments/efficiency.py {' '.join(unjudged)})")
     if args.ranking is not None:
         good, total, met = ranking_verdict(args.ranking, args.ranking_studies)
         verdicts.append((f"ranking ({good} of {total} studies that test it not shown worse, {args.ranking_studies} needed)",
                          "all studies", met))
     table = pd.DataFrame(rows)
+    for note in notes:
+        print(note)
     for criterion, target, met in verdicts:
         print(f"{'met    ' if met else 'NOT MET'}  {criterion}: {target}")
     if args.out is not None:
         write_csv_atomic(table, args.out / "criteria.csv")
-        atomic_write_bytes(args.out / "criteria.md", markdown(table, verdicts).encode())
+        atomic_write_bytes(args.out / "criteria.md", markdown(table, verdicts, notes).encode())
         print(f"wrote {args.out / 'criteria.csv'} and {args.out / 'criteria.md'}")
 
 

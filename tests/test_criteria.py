@@ -105,7 +105,9 @@ def test_a_whole_policy_target_judges_full_seed_methods_beside_multipolar(tmp_pa
     assert criteria.efficiency_rows(folder, "mujoco-halfcheetah+mass=1.5") is None
     criteria.main(["--related", str(folder), "--out", str(tmp_path / "out")])
     assert "efficiency not judged: no related target has the level 'half-source'" in capsys.readouterr().out
-    assert "efficiency (" not in (tmp_path / "out" / "criteria.md").read_text()
+    written = (tmp_path / "out" / "criteria.md").read_text()
+    assert "efficiency (" not in written and "Efficiency rows" not in written  # no footer without its rows
+    assert "Efficiency not judged: no related target has the level 'half-source'" in written  # says why
 
 
 def test_a_study_tests_the_ranking_only_with_several_fine_tunes_the_top_one_among_them(tmp_path, monkeypatch):
