@@ -184,7 +184,7 @@ def fmt(value: float) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:+.2f}"
 
 
-def markdown(rows: pd.DataFrame, verdicts: list[tuple[str, str, bool]], notes: list[str] = ()) -> str:
+def markdown(rows: pd.DataFrame, verdicts: list[tuple[str, str, bool]], notes: tuple[str, ...] | list[str] = ()) -> str:
     """The verdicts, then every compared pair; ``notes`` (criteria not judged, and why) below the verdicts."""
     lines = ["| criterion | target | verdict |", "| --- | --- | --- |"]
     lines += [f"| {c} | {t} | {'met' if ok else 'not met'} |" for c, t, ok in verdicts]
