@@ -184,11 +184,13 @@ def fmt(value: float) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:+.2f}"
 
 
-def markdown(rows: pd.DataFrame, verdicts: list[tuple[str, str, bool]], notes: tuple[str, ...] | list[str] = ()) -> str:
-    """The verdicts, then every compared pair; ``notes`` (criteria not judged, and why) below the verdicts."""
+def markdown(rows: pd.DataFrame, verdicts: list[tuple[str, str, bool]], notes: list[str]) -> str:
+    """The verdicts, then ``notes`` (criteria not judged, and why), then every compared pair."""
     lines = ["| criterion | target | verdict |", "| --- | --- | --- |"]
     lines += [f"| {c} | {t} | {'met' if ok else 'not met'} |" for c, t, ok in verdicts]
-    lines += [""] + [f"{note[0].upper()}{note[1:]}." for note in notes] + [""] * bool(notes)
+    for note in notes:
+        lines += ["", note]
+    lines.append("")
     lines += ["| criterion | target | method | against | difference [95% CI] | seeds |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows.itertuples():
         lines.append(f"| {r.criterion} | {r.target} | {r.method} | {r.against} | {fmt(r.difference)} "
@@ -235,14 +237,14 @@ def main(argv: list[str] | None = None) -> None:
         verdicts.append(("loo", target_rows[0]["target"], met))
     notes = []  # criteria not judged, and why: printed and written below the verdicts
     if args.related and not unjudged and not leveled:
-        notes.append(f"efficiency not judged: no related target has the level {HIGHER_LEVEL!r} (a whole-policy target's "
-                     "only level is scratch's final return: its efficiency.md)")
+        notes.append(f"Efficiency not judged: no related target has the level {HIGHER_LEVEL!r} (a whole-policy target's "
+                     "only level is scratch's final return: its efficiency.md).")
     elif args.related and not unjudged:
         verdicts.append(("efficiency (a fifth of scratch's steps, point)", "any related target", efficiency_met))
         verdicts.append(("efficiency (a fifth of scratch's steps, interval)", "any related target", efficiency_shown))
     elif unjudged:  # a verdict over part of the targets could say "not met" where the others would meet it
-        notes.append(f"efficiency not judged: no efficiency.csv in {', '.join(unjudged)} (run python "
-                     f"experiments/efficiency.py {' '.join(unjudged)})")
+        notes.append(f"Efficiency not judged: no efficiency.csv in {', '.join(unjudged)} (run python "
+                     f"experiments/efficiency.py {' '.join(unjudged)}).")
     if args.ranking is not None:
         good, total, met = ranking_verdict(args.ranking, args.ranking_studies)
         verdicts.append((f"ranking ({good} of {total} studies that test it not shown worse, {args.ranking_studies} needed)",

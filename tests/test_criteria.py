@@ -75,7 +75,7 @@ def test_the_command_writes_its_tables_and_refuses_bad_input(tmp_path, capsys):
     criteria.main(["--related", str(a), "--out", str(tmp_path / "out")])
     assert (tmp_path / "out" / "criteria.md").read_text().startswith("| criterion | target | verdict |")
     printed = capsys.readouterr().out
-    assert "related: Pong" in printed and "efficiency not judged: no efficiency.csv in" in printed
+    assert "related: Pong" in printed and "Efficiency not judged: no efficiency.csv in" in printed
     assert "efficiency (" not in (tmp_path / "out" / "criteria.md").read_text()  # no verdict without its tables
     with pytest.raises(SystemExit, match="differ in steps"):
         criteria.main(["--loo", str(c), str(b)])
@@ -104,7 +104,7 @@ def test_a_whole_policy_target_judges_full_seed_methods_beside_multipolar(tmp_pa
                  ).to_csv(folder / "efficiency.csv", index=False)
     assert criteria.efficiency_rows(folder, "mujoco-halfcheetah+mass=1.5") is None
     criteria.main(["--related", str(folder), "--out", str(tmp_path / "out")])
-    assert "efficiency not judged: no related target has the level 'half-source'" in capsys.readouterr().out
+    assert "Efficiency not judged: no related target has the level 'half-source'" in capsys.readouterr().out
     written = (tmp_path / "out" / "criteria.md").read_text()
     assert "efficiency (" not in written and "Efficiency rows" not in written  # no footer without its rows
     assert "Efficiency not judged: no related target has the level 'half-source'" in written  # says why
