@@ -133,3 +133,21 @@ def test_a_study_tests_the_ranking_only_with_several_fine_tunes_the_top_one_amon
     table = pd.DataFrame([several, one, top_left_out])
     cells = validate_ranking.markdown(table)
     assert "untested: one fine-tune" in cells and "untested: the ranking's top source has no fine-tune" in cells
+
+
+@pytest.mark.parametrize("out, args", [
+    ("criteria-strong", ["--related", "pong-100k-strong", "--related", "breakout-m4-100k-strong", "breakout-m4-100k",
+                         "--loo", "breakout-loo-100k-strong", "breakout-loo-100k",
+                         "--loo", "roadrunner-loo-100k-strong", "roadrunner-loo-100k", "--ranking", "ranking-strong"]),
+    ("criteria-continuous", ["--related", "halfcheetah-friction0.8-mass1.25-100k",
+                             "--related", "halfcheetah-legs1.1-mass0.75-100k", "--related", "halfcheetah-mass3.5-100k",
+                             "--related", "pendulum-g12-sac-10k"]),
+])
+def test_published_criteria_regenerate_exactly(tmp_path, out, args):
+    """results/criteria-*/ is what the criteria stage of experiments/studies_strong.sh and studies_continuous.sh
+    writes from the published studies today (the same arguments, folders under results/)."""
+    results = Path(__file__).resolve().parents[1] / "results"
+    criteria.main([a if a.startswith("--") else str(results / a) for a in args] + ["--out", str(tmp_path)])
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "criteria.csv"), pd.read_csv(results / out / "criteria.csv"),
+                                  check_dtype=False, atol=1e-9)
+    assert (tmp_path / "criteria.md").read_text() == (results / out / "criteria.md").read_text()

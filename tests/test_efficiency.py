@@ -146,6 +146,22 @@ def test_published_levels_are_the_rules_applied_to_the_committed_files(tmp_path)
     pd.testing.assert_frame_equal(fresh.reset_index(drop=True), committed, check_dtype=False)
 
 
+def test_published_efficiency_tables_regenerate_exactly():
+    """Every published efficiency.csv and .md is what `efficiency.py <study>` writes today, with the levels of the
+    study's zoo (the 1M zoo's studies: `--levels results/levels-zoo-1m.csv`; every other: results/levels.csv)."""
+    script = load_script()
+    rules = script.read_rules()
+    studies = sorted(p.parent for p in (ROOT / "results").glob("*/efficiency.csv"))
+    assert len(studies) >= 20
+    for study in studies:
+        zoo = json.loads((study / "study.json").read_text())["zoo"]
+        levels = ROOT / "results" / ("levels-zoo-1m.csv" if zoo == ["agents/zoo"] else "levels.csv")
+        table, markdown = script.study_efficiency(study, levels, reps=2000, rules=rules)
+        pd.testing.assert_frame_equal(table.reset_index(drop=True), pd.read_csv(study / "efficiency.csv"),
+                                      check_dtype=False, atol=1e-9, obj=str(study))
+        assert markdown + "\n" == (study / "efficiency.md").read_text(), study
+
+
 def test_study_efficiency_names_a_missing_target(tmp_path):
     script = load_script()
     levels = tmp_path / "levels.csv"
